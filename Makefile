@@ -1,0 +1,44 @@
+# ntk — two commands on a fresh clone: `make demo` and `make test`.
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+TORCH   ?= torch==2.13.0
+STAMP   := $(VENV)/.ntk-setup-stamp
+
+.PHONY: setup test demo bench lint tools clean test-xla embedded-model
+
+setup: $(STAMP) tools
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first, pinned, so no multi-GB CUDA build is pulled in by the project's range
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+# Debian's bedtools/samtools/bcftools/tabix, used by tests as the field's reference tools.
+tools:
+	@missing=""; for t in bedtools samtools bcftools tabix bgzip; do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	if [ -n "$$missing" ]; then \
+	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian tools:$$missing" >&2; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bedtools samtools bcftools tabix >/dev/null) \
+	      || echo "warning: could not install$$missing; tests needing them are skipped" >&2; \
+	  else echo "warning: missing$$missing (install bedtools samtools bcftools tabix); tests needing them are skipped" >&2; fi; \
+	fi
+
+test: setup
+	$(BIN)/python -m pytest -q -n 2 tests
+
+demo: setup
+	PATH="$(BIN):$$PATH" bash scripts/demo.sh
+
+bench: setup
+	$(BIN)/python bench/core_throughput.py
+
+lint: setup
+	$(BIN)/ruff check ntk tests bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info

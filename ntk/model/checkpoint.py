@@ -1,0 +1,214 @@
+"""Load and save HF-layout checkpoints safely (safetensors, or ``torch.load(weights_only=True)``).
+
+A checkpoint is a directory with ``config.json`` and one of: ``model.safetensors``,
+``model.safetensors.index.json`` (sharded), ``pytorch_model.bin`` or ``pytorch_model.bin.index.json``.
+Nothing from the directory is ever executed (no ``trust_remote_code``): the architecture comes from
+ntk's own code, configured by ``config.json``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from ..errors import CheckpointError
+from .config import PRESETS, NTConfig
+from .nt import NucleotideTransformer
+from .runtime import resolve_device, resolve_dtype
+
+EMBEDDED_DIR = Path(__file__).resolve().parent.parent / "models"
+EMBEDDED_DEFAULT = "ntk-yeast-tiny"
+
+# keys that released checkpoints may carry and that ntk's architecture does not use
+_IGNORABLE_SUFFIXES = ("rotary_embeddings.inv_freq", "embeddings.position_ids")
+_IGNORABLE_PREFIXES = ("esm.contact_head.", "esm.pooler.")
+
+
+def hf_cache_dir() -> Path:
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"])
+    if os.environ.get("HUGGINGFACE_HUB_CACHE"):
+        return Path(os.environ["HUGGINGFACE_HUB_CACHE"])
+    home = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface")
+    return Path(home) / "hub"
+
+
+def find_in_hf_cache(repo_id: str) -> Path | None:
+    """Local snapshot directory of an HF repo (refs/main first, else the newest snapshot with a config)."""
+    root = hf_cache_dir() / ("models--" + repo_id.replace("/", "--"))
+    snaps = root / "snapshots"
+    if not snaps.is_dir():
+        return None
+    ref = root / "refs" / "main"
+    if ref.is_file():
+        cand = snaps / ref.read_text().strip()
+        if (cand / "config.json").is_file():
+            return cand
+    found = [p for p in snaps.iterdir() if (p / "config.json").is_file()]
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
+def resolve_model_path(path_or_name: str | os.PathLike | None) -> Path:
+    """Directory for a path, a preset name, an HF repo id found in the cache, or None (embedded default)."""
+    if path_or_name is None or str(path_or_name) in ("", "default", EMBEDDED_DEFAULT):
+        p = EMBEDDED_DIR / EMBEDDED_DEFAULT
+        if not (p / "config.json").is_file():
+            raise CheckpointError(f"the embedded default model is missing from the installation ({p}); "
+                                  "reinstall ntk or pass --model DIR")
+        return p
+    s = str(path_or_name)
+    p = Path(s).expanduser()
+    if p.is_dir():
+        return p
+    if p.is_file() and p.name == "config.json":
+        return p.parent
+    if (EMBEDDED_DIR / s / "config.json").is_file():
+        return EMBEDDED_DIR / s
+    repo = PRESETS[s][0] if s in PRESETS else (s if "/" in s and not p.exists() else None)
+    if s in PRESETS and repo is None:
+        raise CheckpointError(f"preset {s!r} is a training configuration without released weights; "
+                              f"use it with `ntk pretrain --config {s}`")
+    if repo is not None:
+        hit = find_in_hf_cache(repo)
+        if hit is not None:
+            return hit
+        raise CheckpointError(
+            f"model {s!r} ({repo}) is not in the local HF cache ({hf_cache_dir()}); ntk never downloads at run "
+            f"time: run `ntk models download {s}` on a machine with network, or pass --model DIR")
+    raise CheckpointError(f"model {s!r}: no such directory, preset or cached HF repo "
+                          f"(presets: {', '.join(k for k, v in PRESETS.items() if v[0])})")
+
+
+# ------------------------------------------------------------------------------------------------
+def _load_file(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"{path}: refusing to load: the pickle needs code execution to unpickle "
+            f"({str(e).splitlines()[0][:160]}); only plain tensors are accepted (convert it to safetensors)") from None
+    except (RuntimeError, EOFError, OSError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"{path}: not a readable PyTorch weights file ({str(e).splitlines()[0][:200]})") from None
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path}: does not hold a flat dictionary of tensors")
+    return obj
+
+
+def load_state_dict(directory: Path) -> dict[str, torch.Tensor]:
+    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        index = directory / index_name
+        if index.is_file():
+            try:
+                weight_map = json.loads(index.read_text())["weight_map"]
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise CheckpointError(f"{index}: malformed shard index ({e})") from None
+            sd: dict[str, torch.Tensor] = {}
+            for shard in sorted(set(weight_map.values())):
+                if not (directory / shard).is_file():
+                    raise CheckpointError(f"{index}: shard {shard} is missing")
+                sd.update(_load_file(directory / shard))
+            return sd
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (directory / name).is_file():
+            return _load_file(directory / name)
+    raise CheckpointError(f"{directory}: no weights (model.safetensors, pytorch_model.bin or a shard index)")
+
+
+def _normalise_keys(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # a bare EsmModel saves "embeddings.*"/"encoder.*" without the "esm." prefix
+    if not any(k.startswith("esm.") for k in sd) and any(k.startswith(("embeddings.", "encoder.")) for k in sd):
+        sd = {("esm." + k if k.startswith(("embeddings.", "encoder.")) else k): v for k, v in sd.items()}
+    return sd
+
+
+def build_model(cfg: NTConfig, sd_keys: set[str] | None = None) -> NucleotideTransformer:
+    lm = None
+    if sd_keys is not None:
+        lm = any(k.startswith("lm_head.") for k in sd_keys) or (
+            not cfg.is_segmentation and any(a.endswith("MaskedLM") for a in cfg.architectures or []))
+    labels = None
+    if sd_keys is not None and any(k.startswith("classifier.") for k in sd_keys):
+        w = [k for k in sd_keys if k == "classifier.out_proj.weight"]
+        labels = cfg.num_labels if w else None
+    return NucleotideTransformer(cfg, lm_head=lm, seq_head_labels=labels)
+
+
+def load_into(model: NucleotideTransformer, sd: dict[str, torch.Tensor], where: str) -> None:
+    want = model.state_dict()
+    sd = _normalise_keys(sd)
+    missing = [k for k in want if k not in sd]
+    unexpected, mismatched = [], []
+    for k, v in sd.items():
+        if k not in want:
+            if k.endswith(_IGNORABLE_SUFFIXES) or k.startswith(_IGNORABLE_PREFIXES):
+                continue
+            if k == "esm.embeddings.position_embeddings.weight" and model.config.rotary:
+                continue  # v2 checkpoints carry an unused learned position table
+            unexpected.append(k)
+        elif tuple(v.shape) != tuple(want[k].shape):
+            mismatched.append(f"{k} {tuple(v.shape)} != expected {tuple(want[k].shape)}")
+    if missing or unexpected or mismatched:
+        parts = []
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)):
+            if items:
+                shown = ", ".join(items[:4]) + (f" (+{len(items) - 4} more)" if len(items) > 4 else "")
+                parts.append(f"{len(items)} {label}: {shown}")
+        raise CheckpointError(f"{where}: weights do not match config.json: " + "; ".join(parts))
+    model.load_state_dict({k: sd[k] for k in want}, strict=True)
+
+
+def load_model(path_or_name=None, device="cpu", dtype=torch.float32) -> NucleotideTransformer:
+    """Load a model for inference (eval mode) from a directory, preset name, cached HF repo, or the default."""
+    directory = resolve_model_path(path_or_name)
+    cfg = NTConfig.from_json(directory / "config.json")
+    sd = _normalise_keys(load_state_dict(directory))
+    model = build_model(cfg, set(sd))
+    load_into(model, sd, str(directory))
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    model = model.to(device=dev, dtype=dt).eval()
+    model.source = str(directory)
+    model.requires_grad_(False)
+    return model
+
+
+def save_model(model: NucleotideTransformer, directory: str | os.PathLike, extra_files: dict[str, str] | None = None,
+               dtype: torch.dtype | None = None) -> Path:
+    """Write ``config.json`` + ``model.safetensors`` atomically (temp dir + rename) in the HF layout."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    try:
+        cfg = model.config
+        cfg.to_json(tmp / "config.json")
+        sd = {k: v.detach().to("cpu", dtype or v.dtype).contiguous() for k, v in model.state_dict().items()}
+        save_file(sd, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
+        if directory.exists():
+            old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
+            directory.rename(old)
+            tmp.rename(directory)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory

@@ -1,0 +1,212 @@
+"""Pre-LN ESM encoder used by every Nucleotide Transformer (v1, v2, SegmentNT, AgroNT).
+
+Module names mirror the HF state-dict keys (``esm.encoder.layer.N.attention.self.query`` ...) so
+checkpoints load without renaming. Attention runs through ``F.scaled_dot_product_attention``: no
+attention matrix is materialised.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import NTConfig
+
+
+class LayerNorm(nn.LayerNorm):
+    """LayerNorm computed in float32 whatever the parameter dtype (stable under bf16/fp16)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight.float() if self.weight is not None else None
+        b = self.bias.float() if self.bias is not None else None
+        return F.layer_norm(x.float(), self.normalized_shape, w, b, self.eps).to(x.dtype)
+
+
+class Embeddings(nn.Module):
+    def __init__(self, cfg: NTConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden_size, padding_idx=cfg.pad_token_id)
+        self.position_embeddings = (
+            nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size, padding_idx=cfg.pad_token_id)
+            if not cfg.rotary else None
+        )
+        self.token_dropout = cfg.token_dropout
+        self.pad_id = cfg.pad_token_id
+        self.mask_id = cfg.mask_token_id
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        x = self.word_embeddings(input_ids)
+        if self.token_dropout:
+            # ESM token dropout as applied at inference by the reference: zero <mask> rows, rescale by
+            # (1 - 0.15*0.8) / (1 - observed mask ratio) per sequence.
+            is_mask = input_ids == self.mask_id
+            x = x.masked_fill(is_mask.unsqueeze(-1), 0.0)
+            observed = is_mask.sum(-1).float() / attention_mask.sum(-1).float()
+            x = (x * (1 - 0.15 * 0.8) / (1 - observed)[:, None, None]).to(x.dtype)
+        if self.position_embeddings is not None:
+            not_pad = (input_ids != self.pad_id).long()
+            positions = torch.cumsum(not_pad, dim=1) * not_pad + self.pad_id
+            x = x + self.position_embeddings(positions)
+        return x * attention_mask.unsqueeze(-1).to(x.dtype)
+
+
+def rotary_inv_freq(head_dim: int, rescaling_factor: float | None, device=None) -> torch.Tensor:
+    """Inverse frequencies; with a rescaling factor s the base becomes 10000 * s^(d/(d-2)) (reference rule)."""
+    base = 10000.0
+    if rescaling_factor is not None:
+        base = base * rescaling_factor ** (head_dim / (head_dim - 2))
+    return 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim))
+
+
+class Rotary:
+    """cos/sin tables for rotate-half rotary embeddings, cached per (length, factor, device, dtype)."""
+
+    def __init__(self, head_dim: int):
+        self.head_dim = head_dim
+        self._cache: dict = {}
+
+    def tables(self, T: int, factor: float | None, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (T, factor, str(device), dtype)
+        if key not in self._cache:
+            if len(self._cache) > 16:
+                self._cache.clear()
+            inv = rotary_inv_freq(self.head_dim, factor, device=device)
+            t = torch.arange(T, dtype=torch.float32, device=device)
+            freqs = torch.outer(t, inv)
+            emb = torch.cat((freqs, freqs), dim=-1)
+            self._cache[key] = (emb.cos().to(dtype), emb.sin().to(dtype))
+        return self._cache[key]
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    a, b = x.chunk(2, dim=-1)
+    return torch.cat((-b, a), dim=-1)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    return x * cos + _rotate_half(x) * sin
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, cfg: NTConfig):
+        super().__init__()
+        H = cfg.hidden_size
+        self.query = nn.Linear(H, H)
+        self.key = nn.Linear(H, H)
+        self.value = nn.Linear(H, H)
+        self.n_heads = cfg.num_attention_heads
+        self.head_dim = cfg.head_dim
+        self.dropout = cfg.attention_probs_dropout_prob
+
+
+class AttentionOutput(nn.Module):
+    def __init__(self, cfg: NTConfig):
+        super().__init__()
+        self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+
+
+class Attention(nn.Module):
+    """Pre-LN multi-head self-attention with residual: ``x + Wo * MHA(LN(x))``."""
+
+    def __init__(self, cfg: NTConfig):
+        super().__init__()
+        self.LayerNorm = LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.self = SelfAttention(cfg)
+        self.output = AttentionOutput(cfg)
+
+    def forward(self, x, key_mask, rope):
+        B, T, H = x.shape
+        sa = self.self
+        h = self.LayerNorm(x)
+        q = sa.query(h).view(B, T, sa.n_heads, sa.head_dim).transpose(1, 2)
+        k = sa.key(h).view(B, T, sa.n_heads, sa.head_dim).transpose(1, 2)
+        v = sa.value(h).view(B, T, sa.n_heads, sa.head_dim).transpose(1, 2)
+        if rope is not None:
+            cos, sin = rope
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        drop = sa.dropout if self.training else 0.0
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, dropout_p=drop)
+        a = a.transpose(1, 2).reshape(B, T, H)
+        return x + self.output.dense(a)
+
+
+class Intermediate(nn.Module):
+    def __init__(self, cfg: NTConfig):
+        super().__init__()
+        out = 2 * cfg.intermediate_size if cfg.glu else cfg.intermediate_size
+        self.dense = nn.Linear(cfg.hidden_size, out, bias=not cfg.glu)
+        self.glu = cfg.glu
+
+    def forward(self, x):
+        x = self.dense(x)
+        if self.glu:
+            gate, up = x.chunk(2, dim=-1)
+            return F.silu(gate) * up
+        return F.gelu(x)  # exact (erf) GELU
+
+
+class Output(nn.Module):
+    def __init__(self, cfg: NTConfig):
+        super().__init__()
+        self.dense = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=not cfg.glu)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: NTConfig):
+        super().__init__()
+        self.attention = Attention(cfg)
+        self.LayerNorm = LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.intermediate = Intermediate(cfg)
+        self.output = Output(cfg)
+        self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
+
+    def forward(self, x, key_mask, rope):
+        x = self.attention(x, key_mask, rope)
+        return x + self.dropout(self.output.dense(self.intermediate(self.LayerNorm(x))))
+
+
+class Encoder(nn.Module):
+    def __init__(self, cfg: NTConfig):
+        super().__init__()
+        self.layer = nn.ModuleList(Block(cfg) for _ in range(cfg.num_hidden_layers))
+        self.emb_layer_norm_after = LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.gradient_checkpointing = False
+
+
+class ESM(nn.Module):
+    """Embeddings + L pre-LN blocks + final LayerNorm. Returns the list of hidden states like HF."""
+
+    def __init__(self, cfg: NTConfig):
+        super().__init__()
+        self.config = cfg
+        self.embeddings = Embeddings(cfg)
+        self.encoder = Encoder(cfg)
+        self.rotary = Rotary(cfg.head_dim) if cfg.rotary else None
+
+    def forward(self, input_ids, attention_mask, output_hidden_states=False, rescaling_factor=None,
+                layers: int | None = None):
+        """``layers``: stop after that many blocks (no final LN unless all blocks ran)."""
+        B, T = input_ids.shape
+        x = self.embeddings(input_ids, attention_mask)
+        dtype = self.encoder.emb_layer_norm_after.weight.dtype
+        x = x.to(dtype)
+        # key-padding mask only; None when nothing is padded (lets SDPA pick its fastest kernel)
+        key_mask = None if bool(attention_mask.all()) else attention_mask[:, None, None, :]
+        rope = None
+        if self.rotary is not None:
+            factor = rescaling_factor if rescaling_factor is not None else self.config.rescaling_for_tokens(T)
+            rope = self.rotary.tables(T, factor, x.device, x.dtype)
+        hidden = [x] if output_hidden_states else None
+        n = len(self.encoder.layer) if layers is None else layers
+        for i, block in enumerate(self.encoder.layer[:n]):
+            if self.encoder.gradient_checkpointing and self.training:
+                x = torch.utils.checkpoint.checkpoint(block, x, key_mask, rope, use_reentrant=False)
+            else:
+                x = block(x, key_mask, rope)
+            if hidden is not None and i < len(self.encoder.layer) - 1:
+                hidden.append(x)
+        if n == len(self.encoder.layer):
+            x = self.encoder.emb_layer_norm_after(x)
+            if hidden is not None:
+                hidden.append(x)
+        return x, hidden

@@ -1,0 +1,91 @@
+"""Heads on top of the encoder: masked-LM head, SegmentNT 1-D U-Net head, sequence heads for fine-tuning."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import NTConfig
+from .encoder import LayerNorm
+
+
+class LMHead(nn.Module):
+    """ESM/RoBERTa LM head: dense -> GELU -> LayerNorm -> decoder (no bias) + bias. Not tied to embeddings."""
+
+    def __init__(self, cfg: NTConfig):
+        super().__init__()
+        self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.layer_norm = LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.decoder = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
+
+    def forward(self, x):
+        return self.decoder(self.layer_norm(F.gelu(self.dense(x)))) + self.bias
+
+
+class _ConvBlock(nn.Module):
+    def __init__(self, channels: list[int], transpose: bool = False):
+        super().__init__()
+        conv = nn.ConvTranspose1d if transpose else nn.Conv1d
+        self.conv_layers = nn.ModuleList(
+            conv(channels[i], channels[i + 1], kernel_size=3, stride=1, padding=1) for i in range(len(channels) - 1)
+        )
+
+
+class UNet1D(nn.Module):
+    """The SegmentNT U-Net (reference ``UNET1DSegmentationHead``), channels-first.
+
+    down i: (conv k3 + SiLU) x n, keep as skip, average-pool by 2;
+    up i:   (transposed conv k3 + SiLU) x n, nearest upsample x2, add the matching skip;
+    final:  conv k3 + SiLU, ..., last conv without activation.
+    """
+
+    def __init__(self, embed_dim: int, num_layers: int = 2, convs_per_block: int = 2):
+        super().__init__()
+        chans = [embed_dim * 2**i for i in range(num_layers)]  # (H, 2H) for two levels
+        down, c_in = [], embed_dim
+        for c in chans:
+            down.append(_ConvBlock([c_in] + [c] * convs_per_block))
+            c_in = c
+        up = []
+        for c in reversed(chans):
+            up.append(_ConvBlock([c_in] + [c] * convs_per_block, transpose=True))
+            c_in = c
+        self._downsample_blocks = nn.ModuleList(down)
+        self._upsample_blocks = nn.ModuleList(up)
+        self.final_block = _ConvBlock([c_in] + [embed_dim] * convs_per_block)
+        self.num_layers = num_layers
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x [B, C, L]
+        skips = []
+        for blk in self._downsample_blocks:
+            for conv in blk.conv_layers:
+                x = F.silu(conv(x))
+            skips.append(x)
+            x = F.avg_pool1d(x, kernel_size=2, stride=2)
+        for blk, skip in zip(self._upsample_blocks, reversed(skips)):
+            for conv in blk.conv_layers:
+                x = F.silu(conv(x))
+            x = torch.repeat_interleave(x, 2, dim=-1) + skip
+        convs = self.final_block.conv_layers
+        for i, conv in enumerate(convs):
+            x = conv(x)
+            if i < len(convs) - 1:
+                x = F.silu(x)
+        return x
+
+
+class SequenceHead(nn.Module):
+    """Classification/regression head for fine-tuning: mean-pooled final embedding -> dense -> tanh -> out."""
+
+    def __init__(self, cfg: NTConfig, num_labels: int):
+        super().__init__()
+        self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.out_proj = nn.Linear(cfg.hidden_size, num_labels)
+
+    def forward(self, x, attention_mask):
+        m = attention_mask.clone()
+        m[:, 0] = False  # CLS excluded
+        m = m.unsqueeze(-1).to(x.dtype)
+        pooled = (x * m).sum(1) / m.sum(1).clamp_min(1.0)
+        return self.out_proj(torch.tanh(self.dense(pooled)))

@@ -1,0 +1,126 @@
+"""The Nucleotide Transformer model: encoder + optional LM head, SegmentNT head, or sequence head."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from .config import NTConfig
+from .encoder import ESM
+from .heads import LMHead, SequenceHead, UNet1D
+from .tokenizer import NucleotideTokenizer, TokenBatch
+
+NUC_PER_TOKEN = 6
+
+
+@dataclass
+class ModelOutput:
+    last_hidden_state: torch.Tensor
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    logits: torch.Tensor | None = None  # [B, T, V] (LM head) or [B, num_labels] (sequence head)
+    segment_logits: torch.Tensor | None = None  # [B, 6*(T-1), F, 2]
+    segment_probabilities: torch.Tensor | None = None  # [B, 6*(T-1), F]
+
+    def __getitem__(self, key: str):
+        return getattr(self, key)
+
+
+class NucleotideTransformer(nn.Module):
+    """``m(input_ids, attention_mask=None, output_hidden_states=False)`` -> :class:`ModelOutput`.
+
+    ``hidden_states`` follows HF: ``[0]`` embedding output, ``[i]`` output of block i, ``[L]`` after the final
+    LayerNorm (= ``last_hidden_state``).
+    """
+
+    def __init__(self, cfg: NTConfig, lm_head: bool | None = None, seq_head_labels: int | None = None):
+        super().__init__()
+        self.config = cfg
+        self.esm = ESM(cfg)
+        if lm_head is None:
+            lm_head = not cfg.is_segmentation and any(a.endswith("MaskedLM") for a in cfg.architectures or [])
+        self.lm_head = LMHead(cfg) if lm_head else None
+        if cfg.is_segmentation:
+            self.unet = UNet1D(cfg.hidden_size, num_layers=cfg.num_layers_head or 2)
+            self.fc = nn.Linear(cfg.hidden_size, NUC_PER_TOKEN * 2 * len(cfg.features or []))
+        else:
+            self.unet = self.fc = None
+        n_labels = seq_head_labels if seq_head_labels is not None else cfg.num_labels
+        self.classifier = SequenceHead(cfg, n_labels) if n_labels else None
+        self.tokenizer = NucleotideTokenizer(cfg.tokenizer_version)
+
+    # -- conveniences -----------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    @property
+    def features(self) -> list[str]:
+        return list(self.config.features or [])
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def _as_ids(self, input_ids, attention_mask):
+        if isinstance(input_ids, TokenBatch):
+            attention_mask = input_ids.attention_mask if attention_mask is None else attention_mask
+            input_ids = input_ids.input_ids
+        if isinstance(input_ids, np.ndarray) or isinstance(input_ids, (list, tuple)):
+            input_ids = torch.as_tensor(np.asarray(input_ids))
+        if input_ids.dim() == 1:
+            input_ids = input_ids.unsqueeze(0)
+        input_ids = input_ids.to(self.device, torch.long)
+        if attention_mask is None:
+            attention_mask = input_ids != self.config.pad_token_id
+        else:
+            attention_mask = torch.as_tensor(attention_mask).to(self.device).bool()
+            if attention_mask.dim() == 1:
+                attention_mask = attention_mask.unsqueeze(0)
+        return input_ids, attention_mask
+
+    # -- forward ----------------------------------------------------------------------------------
+    def forward(self, input_ids, attention_mask=None, output_hidden_states: bool = False,
+                rescaling_factor: float | None = None, heads: bool = True) -> ModelOutput:
+        input_ids, attention_mask = self._as_ids(input_ids, attention_mask)
+        x, hidden = self.esm(input_ids, attention_mask, output_hidden_states=output_hidden_states,
+                             rescaling_factor=rescaling_factor)
+        out = ModelOutput(last_hidden_state=x, hidden_states=tuple(hidden) if hidden is not None else None)
+        if not heads:
+            return out
+        if self.lm_head is not None:
+            out.logits = self.lm_head(x)
+        if self.unet is not None:
+            out.segment_logits = self.segment_head(x)
+            out.segment_probabilities = torch.softmax(out.segment_logits.float(), dim=-1)[..., 1]
+        if self.classifier is not None:
+            out.logits = self.classifier(x, attention_mask)
+        return out
+
+    def segment_head(self, x: torch.Tensor) -> torch.Tensor:
+        """Final-LN embeddings [B, T, H] -> per-nucleotide logits [B, 6*(T-1), F, 2]."""
+        e = x[:, 1:]  # drop CLS
+        B, L, _ = e.shape
+        levels = 2 ** self.unet.num_layers
+        if L % levels:
+            raise ValueError(f"SegmentNT needs a number of DNA tokens divisible by {levels} (got {L}); "
+                             f"use windows whose length is a multiple of {NUC_PER_TOKEN * levels} nt")
+        y = self.unet(e.transpose(1, 2)).transpose(1, 2)
+        y = self.fc(torch.nn.functional.silu(y))
+        return y.reshape(B, L * NUC_PER_TOKEN, len(self.config.features), 2)
+
+    def embed(self, input_ids, attention_mask=None, layer: int = -1) -> torch.Tensor:
+        """Hidden states of one layer (HF indexing; -1 = after the final LayerNorm), stopping early when possible."""
+        input_ids, attention_mask = self._as_ids(input_ids, attention_mask)
+        L = self.config.num_hidden_layers
+        idx = layer if layer >= 0 else L + 1 + layer
+        if not 0 <= idx <= L:
+            raise ValueError(f"layer {layer} out of range for a {L}-layer model (0..{L} or -1..-{L + 1})")
+        if idx == L:
+            return self.esm(input_ids, attention_mask)[0]
+        x, hidden = self.esm(input_ids, attention_mask, output_hidden_states=True, layers=idx)
+        return hidden[idx]
