@@ -69,7 +69,10 @@ def resolve_model_path(path_or_name: str | os.PathLike | None) -> Path:
         return p.parent
     if (EMBEDDED_DIR / s / "config.json").is_file():
         return EMBEDDED_DIR / s
-    repo = PRESETS[s][0] if s in PRESETS else (s if "/" in s and not p.exists() else None)
+    looks_like_path = s.startswith(("/", ".", "~")) or s.count("/") != 1 or os.sep != "/" and os.sep in s
+    if s not in PRESETS and looks_like_path:
+        raise CheckpointError(f"model {s!r}: no such checkpoint directory")
+    repo = PRESETS[s][0] if s in PRESETS else (s if "/" in s else None)
     if s in PRESETS and repo is None:
         raise CheckpointError(f"preset {s!r} is a training configuration without released weights; "
                               f"use it with `ntk pretrain --config {s}`")

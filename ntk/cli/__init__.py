@@ -1,0 +1,1 @@
+"""Thin Typer commands: parse options, open inputs, call a pipeline, print a summary."""

@@ -1,0 +1,55 @@
+"""Options shared by every inference command, and small CLI helpers (logging console, error exit)."""
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from ..errors import NtkError
+
+# logs, progress and summaries go to stderr; data goes to stdout/files
+console = Console(stderr=True, highlight=False)
+
+ModelOpt = Annotated[Optional[str], typer.Option(
+    "--model", "-m", help="Checkpoint directory, preset name (found offline in the HF cache) or omitted for the "
+    "embedded default model.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N | xla | mps")]
+PrecisionOpt = Annotated[str, typer.Option("--precision", help="auto | fp32 | bf16 | fp16 (auto: bf16 on GPU, fp32 on CPU)")]
+BatchSizeOpt = Annotated[str, typer.Option("--batch-size", help="Sequences per forward pass, or 'auto' to fit a token budget")]
+ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="CPU threads for torch (default: torch's choice)")]
+ShardOpt = Annotated[Optional[str], typer.Option("--shard", help="I/N: process the I-th of N deterministic shards (1-based)")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite existing outputs")]
+RegionOpt = Annotated[Optional[list[str]], typer.Option("--region", "-r", help="chr:start-end, 1-based inclusive (repeatable)")]
+RegionsFileOpt = Annotated[Optional[str], typer.Option("--regions", "-R", help="BED file of regions (0-based half-open)")]
+ChrMapOpt = Annotated[Optional[str], typer.Option("--chr-map", help="Two-column file mapping input contig names to FASTA names")]
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    if not text:
+        return None
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise NtkError(f"--shard {text!r}: expected I/N with integers, e.g. 3/10") from None
+    if not (n >= 1 and 1 <= i <= n):
+        raise NtkError(f"--shard {text!r}: need 1 <= I <= N")
+    return i, n
+
+
+def parse_batch_size(text: str | int | None) -> int | None:
+    if text is None or str(text).lower() == "auto":
+        return None
+    try:
+        b = int(text)
+    except ValueError:
+        raise NtkError(f"--batch-size {text!r}: expected an integer or 'auto'") from None
+    if b < 1:
+        raise NtkError("--batch-size must be >= 1")
+    return b
+
+
+def not_built(command: str, issue: str) -> None:
+    console.print(f"[red]ntk {command}[/red]: not built yet in this version of ntk ({issue}).")
+    raise typer.Exit(2)

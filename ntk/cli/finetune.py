@@ -1,0 +1,13 @@
+"""`ntk finetune` (placeholder until issue #7 lands)."""
+from __future__ import annotations
+
+import typer
+
+from .common import not_built
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("finetune", context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+                 help="(not built yet: issue #7)")
+    def _cmd(ctx: typer.Context):
+        not_built("finetune", "issue #7")

@@ -1,0 +1,79 @@
+"""``ntk`` entry point: registers every subcommand and turns user errors into one line on stderr."""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+from .. import __version__
+from ..errors import NtkError
+from .common import console
+
+app = typer.Typer(
+    name="ntk",
+    help="Run Nucleotide Transformer and SegmentNT DNA models over whole genomes: embed, segment, score variants, "
+    "pretrain, finetune.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+
+def _version(value: bool):
+    if value:
+        print(f"ntk {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True,
+                                                          help="Print the version and exit")] = None):
+    pass
+
+
+def _register() -> None:
+    from . import embed, finetune, merge, models, pretrain, score_variants, segment
+
+    for mod in (segment, embed, score_variants, pretrain, finetune, merge):
+        mod.register(app)
+    app.add_typer(models.app, name="models", help="List presets and local models, inspect a checkpoint.")
+
+
+_register()
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except NtkError as e:
+        console.print(f"[bold red]ntk: error:[/bold red] {e}", soft_wrap=True)
+        sys.exit(2)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        console.print("aborted")
+        sys.exit(130)
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        sys.exit(130)
+    except BrokenPipeError:
+        # downstream closed the pipe (e.g. `| head`): not an error for a shell pipeline
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(0)
+    except Exception as e:  # click usage errors
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        if isinstance(e, click.exceptions.Exit):
+            sys.exit(e.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,13 @@
+"""`ntk pretrain` (placeholder until issue #6 lands)."""
+from __future__ import annotations
+
+import typer
+
+from .common import not_built
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("pretrain", context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+                 help="(not built yet: issue #6)")
+    def _cmd(ctx: typer.Context):
+        not_built("pretrain", "issue #6")

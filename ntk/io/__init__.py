@@ -1,0 +1,1 @@
+"""File formats: FASTA, intervals (BED/regions), VCF, tracks (BigWig/bedGraph), tables (Parquet). No model code."""
