@@ -69,7 +69,7 @@ def resolve_model_path(path_or_name: str | os.PathLike | None) -> Path:
         return p.parent
     if (EMBEDDED_DIR / s / "config.json").is_file():
         return EMBEDDED_DIR / s
-    looks_like_path = s.startswith(("/", ".", "~")) or s.count("/") != 1 or os.sep != "/" and os.sep in s
+    looks_like_path = s.startswith(("/", ".", "~")) or s.count("/") > 1
     if s not in PRESETS and looks_like_path:
         raise CheckpointError(f"model {s!r}: no such checkpoint directory")
     repo = PRESETS[s][0] if s in PRESETS else (s if "/" in s else None)
