@@ -1,7 +1,7 @@
 """Options shared by every inference command, and small CLI helpers (logging console, error exit)."""
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -11,19 +11,19 @@ from ..errors import NtkError
 # logs, progress and summaries go to stderr; data goes to stdout/files
 console = Console(stderr=True, highlight=False)
 
-ModelOpt = Annotated[Optional[str], typer.Option(
+ModelOpt = Annotated[str | None, typer.Option(
     "--model", "-m", help="Checkpoint directory, preset name (found offline in the HF cache) or omitted for the "
     "embedded default model.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N | xla | mps")]
 PrecisionOpt = Annotated[str, typer.Option("--precision", help="auto | fp32 | bf16 | fp16 (auto: bf16 on GPU, fp32 on CPU)")]
 BatchSizeOpt = Annotated[str, typer.Option("--batch-size", help="Sequences per forward pass, or 'auto' to fit a token budget")]
-ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", help="CPU threads for torch (default: torch's choice)")]
-ShardOpt = Annotated[Optional[str], typer.Option("--shard", help="I/N: process the I-th of N deterministic shards (1-based)")]
+ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="CPU threads for torch (default: torch's choice)")]
+ShardOpt = Annotated[str | None, typer.Option("--shard", help="I/N: process the I-th of N deterministic shards (1-based)")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite existing outputs")]
-RegionOpt = Annotated[Optional[list[str]], typer.Option("--region", "-r", help="chr:start-end, 1-based inclusive (repeatable)")]
-RegionsFileOpt = Annotated[Optional[str], typer.Option("--regions", "-R", help="BED file of regions (0-based half-open)")]
-ChrMapOpt = Annotated[Optional[str], typer.Option("--chr-map", help="Two-column file mapping input contig names to FASTA names")]
+RegionOpt = Annotated[list[str] | None, typer.Option("--region", "-r", help="chr:start-end, 1-based inclusive (repeatable)")]
+RegionsFileOpt = Annotated[str | None, typer.Option("--regions", "-R", help="BED file of regions (0-based half-open)")]
+ChrMapOpt = Annotated[str | None, typer.Option("--chr-map", help="Two-column file mapping input contig names to FASTA names")]
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:

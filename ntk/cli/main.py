@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -29,7 +29,7 @@ def _version(value: bool):
 
 
 @app.callback()
-def _root(version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True,
+def _root(version: Annotated[bool | None, typer.Option("--version", callback=_version, is_eager=True,
                                                           help="Print the version and exit")] = None):
     pass
 

@@ -7,7 +7,13 @@ import typer
 from rich.table import Table
 
 from ..errors import NtkError
-from ..model.checkpoint import EMBEDDED_DEFAULT, EMBEDDED_DIR, find_in_hf_cache, hf_cache_dir, resolve_model_path
+from ..model.checkpoint import (
+    EMBEDDED_DEFAULT,
+    EMBEDDED_DIR,
+    find_in_hf_cache,
+    hf_cache_dir,
+    resolve_model_path,
+)
 from ..model.config import PRESETS, NTConfig, preset_config
 from .common import console
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 import gzip
 import re
 import sys
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from ..errors import InputError
 

@@ -4,5 +4,12 @@ from .config import NTConfig, preset_config
 from .nt import ModelOutput, NucleotideTransformer
 from .tokenizer import NucleotideTokenizer
 
-__all__ = ["load_model", "save_model", "NTConfig", "preset_config", "ModelOutput", "NucleotideTransformer",
-           "NucleotideTokenizer"]
+__all__ = [
+           "ModelOutput",
+           "NTConfig",
+           "NucleotideTokenizer",
+           "NucleotideTransformer",
+           "load_model",
+           "preset_config",
+           "save_model",
+]

@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -97,11 +99,15 @@ def _load_file(path: Path) -> dict[str, torch.Tensor]:
         except (SafetensorError, OSError, ValueError) as e:
             raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        what = next((ln.strip() for ln in str(e).splitlines() if "GLOBAL" in ln or "Unsupported" in ln), "")
+        what = re.sub(r"\s+", " ", what)[:160]
         raise CheckpointError(
-            f"{path}: refusing to load: the pickle needs code execution to unpickle "
-            f"({str(e).splitlines()[0][:160]}); only plain tensors are accepted (convert it to safetensors)") from None
+            f"{path}: refusing to load: the pickle needs code execution to unpickle"
+            f"{' (' + what + ')' if what else ''}; only plain tensors are accepted (convert it to safetensors)") from None
     except (RuntimeError, EOFError, OSError, ValueError, AttributeError) as e:
         raise CheckpointError(f"{path}: not a readable PyTorch weights file ({str(e).splitlines()[0][:200]})") from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
@@ -135,6 +141,10 @@ def _normalise_keys(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     # a bare EsmModel saves "embeddings.*"/"encoder.*" without the "esm." prefix
     if not any(k.startswith("esm.") for k in sd) and any(k.startswith(("embeddings.", "encoder.")) for k in sd):
         sd = {("esm." + k if k.startswith(("embeddings.", "encoder.")) else k): v for k, v in sd.items()}
+    # legacy LayerNorm parameter names (TF-era checkpoints; also what some transformers versions write)
+    if any(k.endswith(("LayerNorm.gamma", "LayerNorm.beta", "layer_norm.gamma", "layer_norm.beta")) for k in sd):
+        sd = {(k[:-6] + ".weight" if k.endswith(".gamma") else k[:-5] + ".bias" if k.endswith(".beta") else k): v
+              for k, v in sd.items()}
     return sd
 
 

@@ -101,7 +101,7 @@ class NTConfig:
 
     # -- io -----------------------------------------------------------------------------------
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "NTConfig":
+    def from_dict(cls, d: dict[str, Any]) -> NTConfig:
         names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         known = {k: v for k, v in d.items() if k in names}
         extra = {k: v for k, v in d.items() if k not in names}
@@ -113,7 +113,7 @@ class NTConfig:
         return cfg
 
     @classmethod
-    def from_json(cls, path: str | Path) -> "NTConfig":
+    def from_json(cls, path: str | Path) -> NTConfig:
         path = Path(path)
         try:
             d = json.loads(path.read_text())

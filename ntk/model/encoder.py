@@ -14,12 +14,15 @@ from .config import NTConfig
 
 
 class LayerNorm(nn.LayerNorm):
-    """LayerNorm computed in float32 whatever the parameter dtype (stable under bf16/fp16)."""
+    """LayerNorm computed in float32; returns the parameters' (compute) dtype.
+
+    Under bf16/fp16 the residual stream stays float32 (see ``ESM.forward``) and only the matmuls run in low
+    precision, which keeps outputs within ~1e-2 of float32."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight.float() if self.weight is not None else None
         b = self.bias.float() if self.bias is not None else None
-        return F.layer_norm(x.float(), self.normalized_shape, w, b, self.eps).to(x.dtype)
+        return F.layer_norm(x.float(), self.normalized_shape, w, b, self.eps).to(self.weight.dtype)
 
 
 class Embeddings(nn.Module):
@@ -187,16 +190,15 @@ class ESM(nn.Module):
                 layers: int | None = None):
         """``layers``: stop after that many blocks (no final LN unless all blocks ran)."""
         B, T = input_ids.shape
-        x = self.embeddings(input_ids, attention_mask)
-        dtype = self.encoder.emb_layer_norm_after.weight.dtype
-        x = x.to(dtype)
+        dtype = self.encoder.emb_layer_norm_after.weight.dtype  # compute dtype
+        x = self.embeddings(input_ids, attention_mask).float()  # residual stream in float32
         # key-padding mask only; None when nothing is padded (lets SDPA pick its fastest kernel)
         key_mask = None if bool(attention_mask.all()) else attention_mask[:, None, None, :]
         rope = None
         if self.rotary is not None:
             factor = rescaling_factor if rescaling_factor is not None else self.config.rescaling_for_tokens(T)
-            rope = self.rotary.tables(T, factor, x.device, x.dtype)
-        hidden = [x] if output_hidden_states else None
+            rope = self.rotary.tables(T, factor, x.device, dtype)
+        hidden = [x.to(dtype)] if output_hidden_states else None
         n = len(self.encoder.layer) if layers is None else layers
         for i, block in enumerate(self.encoder.layer[:n]):
             if self.encoder.gradient_checkpointing and self.training:
@@ -204,9 +206,9 @@ class ESM(nn.Module):
             else:
                 x = block(x, key_mask, rope)
             if hidden is not None and i < len(self.encoder.layer) - 1:
-                hidden.append(x)
+                hidden.append(x.to(dtype))
         if n == len(self.encoder.layer):
             x = self.encoder.emb_layer_norm_after(x)
             if hidden is not None:
                 hidden.append(x)
-        return x, hidden
+        return x.to(dtype), hidden

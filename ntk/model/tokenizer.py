@@ -20,8 +20,8 @@ and padding carry ``(-1, -1)``.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -93,7 +93,7 @@ class TokenBatch:
     def keys(self):
         return ["input_ids", "attention_mask", "offsets"]
 
-    def to(self, device) -> "TokenBatch":
+    def to(self, device) -> TokenBatch:
         return TokenBatch(self.input_ids.to(device), self.attention_mask.to(device), self.offsets)
 
 

@@ -1,7 +1,8 @@
 """Grouping work items into batches by a token budget (batch size x padded length)."""
 from __future__ import annotations
 
-from typing import Callable, Iterable, Iterator, TypeVar
+from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar
 
 T = TypeVar("T")
 

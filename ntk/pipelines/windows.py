@@ -13,8 +13,8 @@ window, except at the two run ends, which only one window can cover.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,36 @@
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+GOLDEN = ROOT / "tests" / "data" / "golden"
+SAMPLE = ROOT / "data" / "sample"
+
+
+@pytest.fixture(scope="session")
+def golden_dir() -> Path:
+    return GOLDEN
+
+
+@pytest.fixture(scope="session")
+def sample_dir() -> Path:
+    return SAMPLE
+
+
+def run_ntk(*args, input=None, check=False, cwd=None):
+    """Run the real CLI in a subprocess; returns CompletedProcess (text)."""
+    p = subprocess.run([sys.executable, "-m", "ntk.cli.main", *map(str, args)], input=input, capture_output=True,
+                       text=True, cwd=cwd)
+    if check and p.returncode != 0:
+        raise AssertionError(f"ntk {' '.join(map(str, args))} failed ({p.returncode}):\n{p.stderr}")
+    return p
+
+
+def need_tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.skip(f"{name} not installed (make setup installs it from Debian)")
+    return path

@@ -1,0 +1,34 @@
+from conftest import run_ntk
+
+import ntk
+
+
+def test_version_and_help():
+    p = run_ntk("--version")
+    assert p.returncode == 0 and p.stdout.strip() == f"ntk {ntk.__version__}"
+    p = run_ntk("--help")
+    assert p.returncode == 0
+    for cmd in ("segment", "embed", "score-variants", "pretrain", "finetune", "models"):
+        assert cmd in p.stdout
+
+
+def test_models_list_and_info(golden_dir):
+    p = run_ntk("models", "list")
+    assert p.returncode == 0
+    for name in ("nt-v2-50m", "segment-nt", "agro-nt-1b", "nt-2.5b-multi-species"):
+        assert name in p.stderr
+    p = run_ntk("models", "info", golden_dir / "segment_nt_tiny")
+    assert p.returncode == 0, p.stderr
+    assert "214,020" in p.stderr and "splice_donor" in p.stderr
+
+
+def test_preset_parameter_counts():
+    """Presets reproduce the released architectures (counts exclude v2's unused learned position table)."""
+    from ntk.cli.models import count_parameters
+    from ntk.model.config import preset_config
+
+    # NT-v2-50M: 55,904,779 with the 2050x512 unused position table (HF hub: 55.9M)
+    assert count_parameters(preset_config("nt-v2-50m")) + 2050 * 512 == 55_904_779
+    assert count_parameters(preset_config("nt-v2-100m")) + 2050 * 512 == 97_888_779
+    # AgroNT 1B: 991,260,405 = model_num_parameters in the released hyperparams
+    assert count_parameters(preset_config("agro-nt-1b")) == 991_260_405
