@@ -1,13 +1,107 @@
-"""`ntk segment` (placeholder until issue #3 lands)."""
+"""`ntk segment`: genome-wide per-nucleotide SegmentNT segmentation (options -> pipelines.segment)."""
 from __future__ import annotations
+
+import shlex
+import sys
+from typing import Annotated, Optional
 
 import typer
 
-from .common import not_built
+from .common import (BatchSizeOpt, ChrMapOpt, DeviceOpt, ForceOpt, ModelOpt, PrecisionOpt, QuietOpt, RegionOpt,
+                     RegionsFileOpt, ThreadsOpt, console, parse_batch_size)
+
+HELP = """Segment a genome with a SegmentNT model: per-nucleotide probability of each feature.
+
+Writes OUTDIR/<feature>.bw (float32 BigWig), OUTDIR/segments.bed.gz (+ .tbi: intervals with probability >=
+--threshold for >= --min-length nt) and OUTDIR/run.json. N runs and IUPAC codes get no value; windows never
+contain N and are never padded.
+"""
+
+
+def _bp_rate_column():
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class BpRate(ProgressColumn):
+        def render(self, task):
+            return Text(f"{task.speed:,.0f} bp/s" if task.speed else "- bp/s", style="progress.data.speed")
+
+    return BpRate()
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("segment", context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-                 help="(not built yet: issue #3)")
-    def _cmd(ctx: typer.Context):
-        not_built("segment", "issue #3")
+    @app.command("segment", help=HELP)
+    def segment(
+        genome: Annotated[str, typer.Argument(help="Genome FASTA (plain, gzip or bgzip); the .fai is built if missing")],
+        output: Annotated[Optional[str], typer.Option("--output", "-o", help="Output directory (written atomically)")] = None,
+        model: ModelOpt = None,
+        region: RegionOpt = None,
+        regions: RegionsFileOpt = None,
+        chr_map: ChrMapOpt = None,
+        features: Annotated[Optional[str], typer.Option(
+            "--features", help="Comma-separated subset of the model's features (default: all)")] = None,
+        window: Annotated[Optional[int], typer.Option(
+            "--window", help="Window length in nt, a multiple of 24 (default: the model's trained length, 30 kb "
+            "for SegmentNT)")] = None,
+        crop: Annotated[Optional[int], typer.Option(
+            "--crop", help="nt dropped at each side of a window where neighbouring windows overlap "
+            "(default: window/8)")] = None,
+        rc_average: Annotated[bool, typer.Option(
+            "--rc-average", help="Average forward and reverse-complement predictions")] = False,
+        threshold: Annotated[float, typer.Option("--threshold", help="Probability threshold for segments")] = 0.5,
+        min_length: Annotated[int, typer.Option("--min-length", help="Shortest segment written (nt)")] = 1,
+        bedgraph: Annotated[Optional[str], typer.Option(
+            "--bedgraph", metavar="FEATURE", help="Also stream FEATURE as bedGraph to stdout (-o may then be "
+            "omitted)")] = None,
+        zoom_levels: Annotated[int, typer.Option(
+            "--zoom-levels", help="BigWig zoom levels (default 0: memory stays flat; each level is built in "
+            "memory at the end, ~3 bytes per nt of the genome)")] = 0,
+        device: DeviceOpt = "auto",
+        precision: PrecisionOpt = "auto",
+        batch_size: BatchSizeOpt = "auto",
+        threads: ThreadsOpt = None,
+        quiet: QuietOpt = False,
+        force: ForceOpt = False,
+    ):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.table import Table
+
+        from ..errors import NtkError
+        from ..pipelines.segment import segment_genome
+
+        if output is None and bedgraph is None:
+            raise NtkError("give an output directory with -o/--output (or --bedgraph FEATURE to stream to stdout)")
+        feats = [f.strip() for f in features.split(",") if f.strip()] if features else None
+        progress = Progress(TextColumn("segment"), BarColumn(), MofNCompleteColumn(), TextColumn("bp"),
+                            _bp_rate_column(), TimeElapsedColumn(), console=console, disable=quiet, transient=False)
+        task = progress.add_task("segment", total=None)
+
+        def start(total: int) -> None:  # the bar appears once inputs and model are checked (errors stay one line)
+            progress.update(task, total=total)
+            progress.start()
+
+        try:
+            result = segment_genome(
+                genome, output, model=model, regions=region or (), regions_file=regions, chr_map=chr_map,
+                features=feats, window=window, crop=crop, rc_average=rc_average, threshold=threshold,
+                min_length=min_length, bedgraph=bedgraph, zoom_levels=zoom_levels, device=device,
+                precision=precision, batch_size=parse_batch_size(batch_size), threads=threads, force=force,
+                progress=lambda bp: progress.advance(task, bp), on_start=start,
+                command=shlex.join(["ntk"] + sys.argv[1:]))
+        finally:
+            progress.stop()
+        if quiet:
+            return
+        t = result.timings
+        table = Table(title="ntk segment", show_header=False, box=None)
+        table.add_row("regions", f"{len(result.units)} ({result.bp_total:,} bp)")
+        table.add_row("scored", f"{result.bp_scored:,} bp (N runs and runs < 24 nt get no value)")
+        table.add_row("windows", f"{result.n_windows:,} x {result.window} nt (crop {result.crop})")
+        table.add_row("features", ", ".join(result.features))
+        if result.out_dir is not None:
+            table.add_row("segments", f"{result.n_segments:,}")
+            table.add_row("output", str(result.out_dir))
+        total = t.get("total", 0.0)
+        table.add_row("time", f"{total:.1f} s (model {t.get('model', 0.0):.1f} s), "
+                      f"{result.bp_scored / max(total, 1e-9):,.0f} bp/s")
+        console.print(table)

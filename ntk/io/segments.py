@@ -1,0 +1,169 @@
+"""Calling segments from per-nucleotide probabilities and writing them as a bgzipped, tabix-indexed BED.
+
+A segment of a feature is a maximal stretch of consecutive positions with probability >= ``threshold`` that is
+at least ``min_length`` nt long. Positions without a value (N runs, regions not processed) break a segment.
+Calls are made while values stream in (chunk by chunk, in genome order); a segment crossing a chunk boundary is
+carried over to the next chunk when that chunk starts exactly where the previous one ended.
+
+BED columns (0-based half-open): ``chrom start end feature score . mean_prob max_prob`` where
+``score = round(1000 * mean_prob)`` (0-1000, as BED viewers expect). Lines are sorted by contig (in the order
+the values arrive, i.e. FASTA order), then start, end and feature order; the file is bgzipped and indexed with
+tabix (``.tbi``) by pysam.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class _Open:
+    start: int
+    end: int
+    total: float
+    peak: float
+
+
+class SegmentCaller:
+    """Streaming threshold caller for one feature. ``add`` returns the segments completed so far as arrays
+    ``(starts, ends, means, maxs)``; ``finish`` closes the open one."""
+
+    def __init__(self, threshold: float, min_length: int = 1):
+        self.threshold = float(threshold)
+        self.min_length = max(int(min_length), 1)
+        self._chrom: str | None = None
+        self._open: _Open | None = None
+
+    @property
+    def open_start(self) -> int | None:
+        return None if self._open is None else self._open.start
+
+    def add(self, chrom: str, start: int, values: np.ndarray) -> tuple[np.ndarray, ...]:
+        v = np.asarray(values, dtype=np.float32)
+        done = []
+        if self._open is not None and (chrom != self._chrom or start != self._open.end):
+            done.append(self._close())
+        self._chrom = chrom
+        if not v.size:
+            return self._filter(done)
+        hit = v >= self.threshold
+        d = np.diff(np.concatenate(([0], hit.view(np.int8), [0])))
+        s = np.flatnonzero(d == 1)
+        e = np.flatnonzero(d == -1)
+        csum = np.concatenate(([0.0], np.cumsum(v, dtype=np.float64)))
+        sums = csum[e] - csum[s]
+        # max over each [s, e): reduceat over interleaved bounds (e <= len(v) < len(padded))
+        padded = np.append(v, np.float32(0))
+        maxs = np.maximum.reduceat(padded, np.column_stack((s, e)).ravel())[::2].astype(np.float64) \
+            if s.size else np.zeros(0)
+        first, last = 0, s.size
+        if self._open is not None:
+            o = self._open
+            if s.size and s[0] == 0:  # the open segment continues into this chunk
+                o.end, o.total, o.peak = start + int(e[0]), o.total + float(sums[0]), max(o.peak, float(maxs[0]))
+                first = 1
+            if o.end < start + v.size:
+                done.append(self._close())
+        if last > first and e[-1] == v.size:  # the last run touches the chunk end: it stays open
+            last -= 1
+            self._open = _Open(start + int(s[last]), start + int(e[last]), float(sums[last]), float(maxs[last]))
+        if last > first:
+            sl = slice(first, last)
+            done.append((s[sl] + start, e[sl] + start, sums[sl] / (e[sl] - s[sl]), maxs[sl]))
+        return self._filter(done)
+
+    def finish(self) -> tuple[np.ndarray, ...]:
+        return self._filter([self._close()] if self._open is not None else [])
+
+    def _close(self) -> tuple[np.ndarray, ...]:
+        o, self._open = self._open, None
+        n = o.end - o.start
+        return (np.array([o.start]), np.array([o.end]), np.array([o.total / n]), np.array([o.peak]))
+
+    def _filter(self, parts: list[tuple[np.ndarray, ...]]) -> tuple[np.ndarray, ...]:
+        if not parts:
+            return (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), np.zeros(0))
+        s, e, mean, mx = (np.concatenate([p[i] for p in parts]) for i in range(4))
+        keep = (e - s) >= self.min_length
+        return s[keep].astype(np.int64), e[keep].astype(np.int64), mean[keep], mx[keep]
+
+
+class SegmentsBedWriter:
+    """Segments of several features from ``add(chrom, start, values[n, F])`` chunks, written in sorted order as
+    they become final, to ``path`` (bgzip) + ``path.tbi`` on ``close``."""
+
+    def __init__(self, path: str | os.PathLike, features: list[str], threshold: float = 0.5, min_length: int = 1):
+        import pysam
+
+        self.path = str(path)
+        self.features = list(features)
+        self._callers = [SegmentCaller(threshold, min_length) for _ in self.features]
+        self._out = pysam.BGZFile(self.path, "wb")
+        self._chrom: str | None = None
+        self._pending: list[np.ndarray] = []  # per-feature completed calls not yet written: rows (s, e, f, mean, max)
+        self.n_segments = 0
+
+    def add(self, chrom: str, start: int, values: np.ndarray) -> None:
+        values = np.asarray(values)
+        if chrom != self._chrom:
+            self._finish_contig()
+            self._chrom = chrom
+        for f, caller in enumerate(self._callers):
+            self._collect(f, caller.add(chrom, start, values[:, f]))
+        # everything starting before the earliest still-open segment (or this chunk's end) is final
+        opens = [c.open_start for c in self._callers if c.open_start is not None]
+        self._write(min(opens + [start + values.shape[0]]))
+
+    def close(self) -> None:
+        import pysam
+
+        if self._out is None:
+            return
+        self._finish_contig()
+        self._out.close()
+        self._out = None
+        pysam.tabix_index(self.path, preset="bed", force=True)
+
+    def abort(self) -> None:
+        if self._out is not None:
+            self._out.close()
+            self._out = None
+
+    # -- internals ---------------------------------------------------------------------------------
+    def _collect(self, f: int, calls: tuple[np.ndarray, ...]) -> None:
+        s, e, mean, mx = calls
+        if s.size:
+            self._pending.append(np.column_stack((s, e, np.full(s.size, f), mean, mx)))
+
+    def _finish_contig(self) -> None:
+        if self._chrom is None:
+            return
+        for f, caller in enumerate(self._callers):
+            self._collect(f, caller.finish())
+        self._write(None)
+
+    def _write(self, watermark: int | None) -> None:
+        if not self._pending:
+            return
+        rows = np.concatenate(self._pending)
+        if watermark is not None:
+            later = rows[:, 0] >= watermark
+            self._pending = [rows[later]] if later.any() else []
+            rows = rows[~later]
+        else:
+            self._pending = []
+        if not rows.size:
+            return
+        rows = rows[np.lexsort((rows[:, 2], rows[:, 1], rows[:, 0]))]
+        starts, ends, feats = rows[:, 0].astype(np.int64), rows[:, 1].astype(np.int64), rows[:, 2].astype(np.int64)
+        means, maxs = rows[:, 3], rows[:, 4]
+        scores = np.clip(np.rint(means * 1000), 0, 1000).astype(np.int64)
+        chrom = self._chrom
+        lines = "".join(
+            f"{chrom}\t{s}\t{e}\t{self.features[f]}\t{sc}\t.\t{m:.4f}\t{x:.4f}\n"
+            for s, e, f, sc, m, x in zip(starts.tolist(), ends.tolist(), feats.tolist(), scores.tolist(),
+                                         means.tolist(), maxs.tolist()))
+        self._out.write(lines.encode())
+        self.n_segments += rows.shape[0]

@@ -1,0 +1,490 @@
+"""Genome-wide SegmentNT segmentation: FASTA -> per-nucleotide probability BigWigs, thresholded segments BED.
+
+The flow, streaming contig by contig (memory does not grow with the genome):
+
+1. **Work units** (:func:`plan_units`): whole contigs, or the merged ``-r``/``-R`` regions, in FASTA order. A
+   deterministic list, so that a run can later be split into shards.
+2. **Runs and windows** (:func:`iter_windows`): each unit is read in blocks to find its ACGT runs (N and IUPAC
+   codes split runs; SegmentNT never sees N), and each run is tiled by ``pipelines/windows.tile`` with windows
+   of a multiple of 24 nt (6 nt per token x 4 for the two U-Net pooling levels). Windows are never padded;
+   only the central part of each window is kept, except at run ends.
+3. **Batches** (:func:`iter_batches`): consecutive windows of equal length, within a token budget.
+4. A producer thread reads and tokenizes batches (pinned memory on CUDA), the main thread runs the model under
+   ``torch.inference_mode()`` with the reference rotary rescaling for the window length, and a writer thread
+   cuts the kept part of each window and streams it, in genome order, to the outputs
+   (:class:`TrackOutputs`): one float32 BigWig per feature, the segments BED (bgzip + tabix) and optionally
+   one feature as bedGraph on a stream.
+
+Everything is written into a temporary directory that replaces ``out_dir`` only when the run succeeds.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import queue
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..errors import InputError, NtkError
+from ..io.atomic import atomic_dir
+from ..io.fasta import IndexedFasta, acgt_runs
+from ..io.intervals import Interval, merge_overlapping, parse_region, read_bed, read_chr_map
+from ..io.segments import SegmentsBedWriter
+from ..io.tracks import BedGraphWriter, BigWigWriter
+from ..model.tokenizer import reverse_complement_codes, sequence_codes
+from .batching import auto_token_budget, by_token_budget
+from .windows import Window, tile
+
+NT_PER_TOKEN = 6
+UNIT = 24  # window lengths are multiples of 6 nt x 2**2 (two U-Net pooling levels)
+READ_BLOCK = 1 << 20  # nt read at a time when scanning a unit for ACGT runs
+CHUNK = 1 << 18  # nt per contiguous chunk handed to the writers
+
+
+# ---------------------------------------------------------------------------------------------------
+# work units, runs, windows, batches
+
+def plan_units(fasta: IndexedFasta, regions: Sequence[str] = (), regions_file: str | None = None,
+               chr_map: dict[str, str] | None = None) -> list[Interval]:
+    """Whole contigs, or the given regions merged where they overlap; sorted in FASTA contig order."""
+    if not regions and not regions_file:
+        return [Interval(c.name, 0, c.length) for c in fasta.contigs if c.length > 0]
+    iv = [parse_region(r, fasta.lengths) for r in regions]
+    if regions_file:
+        iv.extend(read_bed(regions_file, fasta.lengths, chr_map))
+        if len(iv) == len(regions):
+            raise InputError(f"{regions_file}: no regions in the file")
+    return merge_overlapping(iv, fasta.names)
+
+
+def scan_runs(fasta: IndexedFasta, unit: Interval, min_length: int = UNIT) -> Iterator[tuple[int, int]]:
+    """ACGT runs of at least ``min_length`` nt inside ``unit``, reading it in blocks (absolute coordinates)."""
+    cur: tuple[int, int] | None = None
+    for b in range(unit.start, unit.end, READ_BLOCK):
+        e = min(b + READ_BLOCK, unit.end)
+        for s, t in acgt_runs(fasta.fetch(unit.chrom, b, e), offset=b):
+            if cur is not None and s == cur[1]:  # a run that crosses the block boundary
+                cur = (cur[0], t)
+                continue
+            if cur is not None and cur[1] - cur[0] >= min_length:
+                yield cur
+            cur = (s, t)
+    if cur is not None and cur[1] - cur[0] >= min_length:
+        yield cur
+
+
+@dataclass(frozen=True)
+class Job:
+    """One window to run: which work unit it belongs to, and the window (kept part included)."""
+    unit: int
+    window: Window
+
+
+def iter_windows(fasta: IndexedFasta, units: Sequence[Interval], window: int, crop: int) -> Iterator[Job]:
+    for i, u in enumerate(units):
+        for s, e in scan_runs(fasta, u):
+            for w in tile(s, e, window, crop, unit=UNIT, chrom=u.chrom):
+                yield Job(i, w)
+
+
+def iter_batches(jobs: Iterable[Job], token_budget: int, max_items: int | None, copies: int = 1) -> Iterator[list[Job]]:
+    """Consecutive jobs of equal window length (SegmentNT windows are never padded), within the token budget
+    (``copies`` = 2 when the reverse complement runs in the same forward pass)."""
+    for _, group in itertools.groupby(jobs, key=lambda j: j.window.length):
+        yield from by_token_budget(group, lambda j: copies * (j.window.length // NT_PER_TOKEN + 1), token_budget,
+                                   max_items)
+
+
+# ---------------------------------------------------------------------------------------------------
+# outputs
+
+class TrackOutputs:
+    """Kept window parts -> contiguous chunks -> BigWig per feature, segments BED, optional bedGraph."""
+
+    def __init__(self, out_dir: Path | None, chrom_sizes: list[tuple[str, int]], features: list[str],
+                 threshold: float, min_length: int, bedgraph_index: int | None = None,
+                 bedgraph_stream: BinaryIO | None = None, zoom_levels: int = 0):
+        self.features = features
+        self.bigwigs: list[BigWigWriter] = []
+        self.segments: SegmentsBedWriter | None = None
+        self.bedgraph = BedGraphWriter(bedgraph_stream) if bedgraph_index is not None else None
+        self.bedgraph_index = bedgraph_index
+        if out_dir is not None:
+            self.bigwigs = [BigWigWriter(out_dir / f"{f}.bw", chrom_sizes, zoom_levels) for f in features]
+            self.segments = SegmentsBedWriter(out_dir / "segments.bed.gz", features, threshold, min_length)
+        self._parts: list[np.ndarray] = []
+        self._chrom: str | None = None
+        self._start = self._end = 0
+        self.bp_written = 0
+
+    def add(self, chrom: str, start: int, values: np.ndarray) -> None:
+        """Values [n, F] for positions start..start+n; calls come in genome order."""
+        if self._parts and (chrom != self._chrom or start != self._end or self._end - self._start >= CHUNK):
+            self.flush()
+        if not self._parts:
+            self._chrom, self._start, self._end = chrom, start, start
+        self._parts.append(values)
+        self._end += values.shape[0]
+
+    def flush(self) -> None:
+        if not self._parts:
+            return
+        vals = np.concatenate(self._parts) if len(self._parts) > 1 else self._parts[0]
+        self._parts = []
+        chrom, start = self._chrom, self._start
+        for f, bw in enumerate(self.bigwigs):
+            bw.add(chrom, start, vals[:, f])
+        if self.segments is not None:
+            self.segments.add(chrom, start, vals)
+        if self.bedgraph is not None:
+            self.bedgraph.add(chrom, start, vals[:, self.bedgraph_index])
+        self.bp_written += vals.shape[0]
+
+    def close(self) -> None:
+        self.flush()
+        for bw in self.bigwigs:
+            bw.close()
+        if self.segments is not None:
+            self.segments.close()
+        if self.bedgraph is not None:
+            self.bedgraph.flush()
+
+    def abort(self) -> None:
+        for bw in self.bigwigs:
+            bw.close()
+        if self.segments is not None:
+            self.segments.abort()
+
+
+# ---------------------------------------------------------------------------------------------------
+# threads: a producer feeding the model, a consumer writing its outputs
+
+_DONE = object()
+
+
+class _Failure:
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+
+def _put(q: queue.Queue, item, stop: threading.Event) -> bool:
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _background(items: Iterable, maxsize: int, stop: threading.Event) -> Iterator:
+    """Iterate ``items`` in a daemon thread, ``maxsize`` ahead; exceptions re-raise in the caller."""
+    q: queue.Queue = queue.Queue(maxsize)
+
+    def run():
+        try:
+            for it in items:
+                if not _put(q, it, stop):
+                    return
+            _put(q, _DONE, stop)
+        except BaseException as e:  # noqa: BLE001 - handed to the consuming thread
+            _put(q, _Failure(e), stop)
+
+    t = threading.Thread(target=run, name="ntk-segment-reader", daemon=True)
+    t.start()
+    while True:
+        try:
+            item = q.get(timeout=0.1)
+        except queue.Empty:
+            if stop.is_set():  # the consumer side failed: stop reading
+                return
+            continue
+        if item is _DONE:
+            return
+        if isinstance(item, _Failure):
+            raise item.exc
+        yield item
+
+
+class _Writer:
+    """Runs ``fn(item)`` for each submitted item in a thread, in order; a failure re-raises on submit/join."""
+
+    def __init__(self, fn: Callable, maxsize: int, stop: threading.Event):
+        self._fn, self._stop = fn, stop
+        self._q: queue.Queue = queue.Queue(maxsize)
+        self._error: BaseException | None = None
+        self._t = threading.Thread(target=self._run, name="ntk-segment-writer", daemon=True)
+        self._t.start()
+
+    def _run(self):
+        while True:
+            item = self._q.get()
+            if item is _DONE:
+                return
+            if self._error is None and not self._stop.is_set():
+                try:
+                    self._fn(item)
+                except BaseException as e:  # noqa: BLE001 - re-raised in the main thread
+                    self._error = e
+                    self._stop.set()
+
+    def submit(self, item) -> None:
+        self._check()
+        _put(self._q, item, self._stop)
+        self._check()
+
+    def join(self, check: bool = True) -> None:
+        """Wait until every submitted item is written (after ``stop`` is set: until the queue is drained)."""
+        self._q.put(_DONE)
+        self._t.join()
+        if check:
+            self._check()
+
+    def _check(self):
+        if self._error is not None:
+            raise self._error
+
+
+# ---------------------------------------------------------------------------------------------------
+# the job
+
+@dataclass
+class SegmentResult:
+    out_dir: Path | None
+    features: list[str]
+    units: list[Interval]
+    window: int
+    crop: int
+    bp_total: int = 0
+    bp_scored: int = 0
+    n_windows: int = 0
+    n_segments: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+    run_info: dict = field(default_factory=dict)
+
+
+def default_window(model) -> int:
+    """The model's trained length in nt ((max_tokens - 1) * 6), rounded down to a multiple of 24."""
+    return max(UNIT, ((model.config.max_tokens - 1) * NT_PER_TOKEN) // UNIT * UNIT)
+
+
+def check_window(window: int, crop: int) -> None:
+    if window < UNIT or window % UNIT:
+        raise NtkError(f"--window {window}: must be a positive multiple of {UNIT} nt (6 nt per token x 4 for the "
+                       "U-Net pooling levels)")
+    if crop < 0 or 2 * crop >= window:
+        raise NtkError(f"--crop {crop}: must be >= 0 and less than half the window ({window} nt)")
+
+
+def segment_genome(
+    fasta: str | os.PathLike,
+    out_dir: str | os.PathLike | None,
+    *,
+    model=None,
+    regions: Sequence[str] = (),
+    regions_file: str | None = None,
+    chr_map: str | None = None,
+    features: Sequence[str] | None = None,
+    window: int | None = None,
+    crop: int | None = None,
+    rc_average: bool = False,
+    threshold: float = 0.5,
+    min_length: int = 1,
+    bedgraph: str | None = None,
+    bedgraph_stream: BinaryIO | None = None,
+    zoom_levels: int = 0,
+    device: str = "auto",
+    precision: str = "auto",
+    batch_size: int | None = None,
+    threads: int | None = None,
+    force: bool = False,
+    progress: Callable[[int], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
+    command: str | None = None,
+) -> SegmentResult:
+    """Segment ``fasta`` with a SegmentNT-type ``model`` (checkpoint dir, preset, or a loaded model) into
+    ``out_dir`` (``<feature>.bw``, ``segments.bed.gz`` + ``.tbi``, ``run.json``), and/or stream one feature as
+    bedGraph to ``bedgraph_stream`` (default stdout). ``progress(bp)`` is called as positions are done and
+    ``on_start(total_bp)`` once before the first window."""
+    from ..model import load_model
+    from ..model.runtime import resolve_device, resolve_dtype, set_threads
+
+    t0 = time.perf_counter()
+    if out_dir is None and bedgraph is None:
+        raise NtkError("nothing to write: give an output directory (-o) and/or --bedgraph FEATURE")
+    if not 0.0 <= threshold <= 1.0:
+        raise NtkError(f"--threshold {threshold}: must be a probability between 0 and 1")
+    if min_length < 1:
+        raise NtkError(f"--min-length {min_length}: must be >= 1")
+    fa = IndexedFasta(fasta)
+    units = plan_units(fa, regions, regions_file, read_chr_map(chr_map))
+
+    set_threads(threads)
+    dev = resolve_device(device)
+    if isinstance(model, torch.nn.Module):
+        m = model
+        dev = m.device
+    else:
+        m = load_model(model, device=dev, dtype=resolve_dtype(precision, dev))
+    m.eval()
+    if not m.config.is_segmentation:
+        raise NtkError(f"model {model if isinstance(model, (str, os.PathLike)) else m.config.family!s} has no "
+                       "segmentation head (not a SegmentNT-type checkpoint); use a SegmentNT model with ntk segment")
+    all_features = list(m.config.features or [])
+    feats = list(features) if features else all_features
+    unknown = [f for f in feats if f not in all_features]
+    if unknown:
+        raise NtkError(f"--features: unknown feature {unknown[0]!r}; this model has: {', '.join(all_features)}")
+    feat_idx = [all_features.index(f) for f in feats]
+    bg_index = None
+    if bedgraph is not None:
+        if bedgraph not in feats:
+            raise NtkError(f"--bedgraph {bedgraph!r}: not among the features written ({', '.join(feats)})")
+        bg_index = feats.index(bedgraph)
+    window = default_window(m) if window is None else int(window)
+    crop = window // 8 if crop is None else int(crop)
+    check_window(window, crop)
+    t_load = time.perf_counter() - t0
+
+    budget = auto_token_budget(dev.type, m.config.hidden_size, m.config.num_hidden_layers)
+    result = SegmentResult(Path(out_dir) if out_dir is not None else None, feats, units, window, crop)
+    result.bp_total = sum(u.length for u in units)
+    chrom_sizes = [(c.name, c.length) for c in fa.contigs]
+    stream = bedgraph_stream if bedgraph_stream is not None else (sys.stdout.buffer if bedgraph else None)
+
+    def run(tmp_dir: Path | None) -> None:
+        outputs = TrackOutputs(tmp_dir, chrom_sizes, feats, threshold, min_length, bg_index, stream, zoom_levels)
+        try:
+            _run(fa, m, units, window, crop, rc_average, feat_idx, budget, batch_size, outputs, result, progress,
+                 on_start)
+            outputs.close()
+        except BaseException:
+            outputs.abort()
+            raise
+        result.bp_scored = outputs.bp_written
+        result.n_segments = outputs.segments.n_segments if outputs.segments is not None else 0
+        result.timings.update(load_model=t_load, total=time.perf_counter() - t0)
+        result.run_info = _run_info(fasta, model, m, dev, result, regions, regions_file, rc_average, threshold,
+                                    min_length, bedgraph, zoom_levels, command)
+        if tmp_dir is not None:
+            (tmp_dir / "run.json").write_text(json.dumps(result.run_info, indent=2) + "\n")
+
+    try:
+        if out_dir is None:
+            run(None)
+        else:
+            with atomic_dir(out_dir, force=force) as tmp:
+                run(tmp)
+    finally:
+        fa.close()
+    return result
+
+
+def _run(fa: IndexedFasta, m, units: list[Interval], window: int, crop: int, rc_average: bool,
+         feat_idx: list[int], budget: int, max_items: int | None, outputs: TrackOutputs, result: SegmentResult,
+         progress: Callable[[int], None] | None, on_start: Callable[[int], None] | None) -> None:
+    dev = m.device
+    pin = dev.type == "cuda"
+    tok = m.tokenizer
+    fidx = torch.as_tensor(feat_idx, device=dev)
+    stop = threading.Event()
+
+    def encode(batch: list[Job]):
+        codes = np.stack([sequence_codes(fa.fetch(j.window.chrom, j.window.start, j.window.end)) for j in batch])
+        if rc_average:  # reverse complements ride in the same forward pass, after the forward strands
+            codes = np.concatenate([codes, np.stack([reverse_complement_codes(c) for c in codes])])
+        ids = torch.from_numpy(np.stack([tok.tokenize_codes(c)[0] for c in codes]).astype(np.int64))
+        if pin:
+            ids = ids.pin_memory()
+        return batch, ids
+
+    # progress: positions of each unit are done when the window keeping them is written (N gaps included)
+    cursor = [0, units[0].start if units else 0]  # unit index, position
+
+    def advance_to(unit: int, pos: int) -> None:
+        done = 0
+        while cursor[0] < unit:
+            done += units[cursor[0]].end - cursor[1]
+            cursor[0] += 1
+            cursor[1] = units[cursor[0]].start if cursor[0] < len(units) else 0
+        if unit < len(units):
+            done += pos - cursor[1]
+            cursor[1] = pos
+        if progress is not None and done:
+            progress(done)
+
+    def write(item) -> None:
+        batch, probs = item
+        for j, p in zip(batch, probs):
+            w = j.window
+            outputs.add(w.chrom, w.keep_start, p[w.keep_start - w.start: w.keep_end - w.start])
+            advance_to(j.unit, w.keep_end)
+
+    if on_start is not None:
+        on_start(result.bp_total)
+    jobs = iter_windows(fa, units, window, crop)
+    batches = iter_batches(jobs, budget, max_items, copies=2 if rc_average else 1)
+    writer = _Writer(write, maxsize=4, stop=stop)
+    t_model = 0.0
+    try:
+        with torch.inference_mode():
+            for batch, ids in _background(map(encode, batches), maxsize=3, stop=stop):
+                t = time.perf_counter()
+                ids = ids.to(dev, non_blocking=pin)
+                rescale = m.config.rescaling_for_tokens(ids.shape[1])
+                probs = m(ids, rescaling_factor=rescale).segment_probabilities.index_select(2, fidx)
+                if rc_average:
+                    n = len(batch)
+                    probs = (probs[:n] + probs[n:].flip(1)) * 0.5
+                probs = probs.float().cpu().numpy()
+                t_model += time.perf_counter() - t
+                result.n_windows += len(batch)
+                writer.submit((batch, probs))
+    except BaseException:
+        stop.set()  # the reader stops, the writer drops what is queued
+        writer.join(check=False)
+        raise
+    writer.join()
+    stop.set()
+    advance_to(len(units), 0)
+    result.timings["model"] = t_model
+
+
+def _run_info(fasta, model_arg, m, dev, result: SegmentResult, regions, regions_file, rc_average, threshold,
+              min_length, bedgraph, zoom_levels, command) -> dict:
+    return {
+        "ntk_version": __version__,
+        "command": command,
+        "fasta": str(fasta),
+        "model": {
+            "source": str(model_arg) if isinstance(model_arg, (str, os.PathLike)) else None,
+            "family": m.config.family,
+            "fingerprint": m.config.fingerprint(),
+            "features": list(m.config.features or []),
+            "max_tokens": m.config.max_tokens,
+        },
+        "options": {
+            "regions": list(regions) or None, "regions_file": regions_file, "features": result.features,
+            "window": result.window, "crop": result.crop, "rc_average": rc_average, "threshold": threshold,
+            "min_length": min_length, "bedgraph": bedgraph, "zoom_levels": zoom_levels,
+        },
+        "runtime": {"device": str(dev), "dtype": str(m.dtype).replace("torch.", ""), "torch": torch.__version__,
+                    "numpy": np.__version__, "threads": torch.get_num_threads()},
+        "units": [u.region_string() for u in result.units] if len(result.units) <= 1000 else len(result.units),
+        "bp_total": result.bp_total,
+        "bp_scored": result.bp_scored,
+        "n_windows": result.n_windows,
+        "n_segments": result.n_segments,
+        "outputs": ([f"{f}.bw" for f in result.features] + ["segments.bed.gz", "segments.bed.gz.tbi", "run.json"])
+        if result.out_dir is not None else [],
+        "timings_s": {k: round(v, 3) for k, v in result.timings.items()},
+    }
