@@ -114,3 +114,18 @@ def test_apply_adapters_round_trip_and_errors():
         apply_lora(tiny(), targets="qkv")
     with pytest.raises(ValueError, match="already carries"):
         apply_ia3(m, targets="query")
+
+
+def test_unmerged_adapter_checkpoint_loads_merged(tmp_path):
+    """A checkpoint saved with its adapters (config.json ntk_adapter) loads through ntk.load_model, merged."""
+    from ntk.model.adapters import ADAPTER_KEY
+
+    m = tiny()
+    m.config.extra[ADAPTER_KEY] = apply_lora(m, rank=2, alpha=4, targets="query,ffn_in")
+    randomise_adapters(m)
+    b = batch(m)
+    adapted = m(b).logits
+    ntk.save_model(m, tmp_path / "ad")
+    loaded = ntk.load_model(tmp_path / "ad")
+    assert not has_adapters(loaded) and ADAPTER_KEY not in loaded.config.extra
+    assert (loaded(b).logits - adapted).abs().max() <= 1e-5

@@ -8,7 +8,8 @@
 
 Adapted layers stay ``nn.Linear`` subclasses that keep the base ``weight``/``bias`` parameter names, so a
 state dict of an adapted model is the HF layout plus ``<layer>.lora_A``, ``<layer>.lora_B`` or
-``<layer>.ia3_scale`` keys. :func:`merge_adapters` folds every adapter into plain weights (LoRA:
+``<layer>.ia3_scale`` keys, and its ``config.json`` describes the adapters under ``ntk_adapter`` (then
+``ntk.load_model`` re-creates and merges them). :func:`merge_adapters` folds every adapter into plain weights (LoRA:
 ``W += (alpha/r) B A``; IA3 on outputs: ``W, b *= l`` row-wise; IA3 on inputs: ``W *= l`` column-wise) and
 replaces the layers by ordinary ``nn.Linear`` modules: the result is a plain checkpoint any command loads.
 
@@ -37,7 +38,7 @@ LORA_DEFAULT_TARGETS = ("query", "value")
 IA3_DEFAULT_TARGETS = ("key", "value", "ffn_out")
 # IA3 rescales the *input* of these layers (the FFN activations), the *output* of the others
 IA3_INPUT_SIDE = {"ffn_out"}
-ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_KEY = "ntk_adapter"  # config.json entry describing the adapters of an unmerged checkpoint
 
 
 class LoRALinear(nn.Linear):
@@ -120,7 +121,7 @@ def _is_adapted(mod: nn.Module) -> bool:
 
 
 def apply_lora(model: nn.Module, rank: int = 8, alpha: float = 16.0, targets=None, dropout: float = 0.0) -> dict:
-    """Wrap the targeted encoder linears with LoRA; return the adapter config (saved as adapter_config.json)."""
+    """Wrap the targeted encoder linears with LoRA; return the adapter config (``config.json`` ``ntk_adapter``)."""
     if rank < 1:
         raise ValueError("LoRA rank must be >= 1")
     names = parse_targets(targets, LORA_DEFAULT_TARGETS)

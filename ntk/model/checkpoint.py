@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError
+from .adapters import ADAPTER_KEY, apply_adapters, merge_adapters
 from .config import PRESETS, NTConfig
 from .nt import NucleotideTransformer
 from .runtime import resolve_device, resolve_dtype
@@ -190,7 +191,16 @@ def load_model(path_or_name=None, device="cpu", dtype=torch.float32) -> Nucleoti
     cfg = NTConfig.from_json(directory / "config.json")
     sd = _normalise_keys(load_state_dict(directory))
     model = build_model(cfg, set(sd))
+    adapter = cfg.extra.get(ADAPTER_KEY)
+    if adapter:  # an `ntk finetune --method lora|ia3` checkpoint saved without --merge: fold adapters in
+        try:
+            apply_adapters(model, adapter)
+        except (ValueError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{directory}: config.json {ADAPTER_KEY}: {e}") from None
     load_into(model, sd, str(directory))
+    if adapter:
+        merge_adapters(model)
+        cfg.extra.pop(ADAPTER_KEY)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     model = model.to(device=dev, dtype=dt).eval()

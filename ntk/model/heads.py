@@ -76,16 +76,28 @@ class UNet1D(nn.Module):
 
 
 class SequenceHead(nn.Module):
-    """Classification/regression head for fine-tuning: mean-pooled final embedding -> dense -> tanh -> out."""
+    """Classification/regression head for fine-tuning: mean-pooled final embedding -> dense -> tanh -> out.
+
+    Regression heads are trained on standardised targets; ``config.json`` then carries ``regression_mean`` and
+    ``regression_std`` (one per target) and the head reports ``out * std + mean``, in the targets' own units.
+    """
 
     def __init__(self, cfg: NTConfig, num_labels: int):
         super().__init__()
         self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
         self.out_proj = nn.Linear(cfg.hidden_size, num_labels)
+        mean, std = cfg.extra.get("regression_mean"), cfg.extra.get("regression_std")
+        self.register_buffer("target_mean", torch.tensor(mean, dtype=torch.float32) if mean else None,
+                             persistent=False)
+        self.register_buffer("target_std", torch.tensor(std, dtype=torch.float32) if std else None,
+                             persistent=False)
 
     def forward(self, x, attention_mask):
         m = attention_mask.clone()
         m[:, 0] = False  # CLS excluded
         m = m.unsqueeze(-1).to(x.dtype)
         pooled = (x * m).sum(1) / m.sum(1).clamp_min(1.0)
-        return self.out_proj(torch.tanh(self.dense(pooled)))
+        out = self.out_proj(torch.tanh(self.dense(pooled)))
+        if self.target_std is not None:
+            out = out * self.target_std.to(out.dtype) + self.target_mean.to(out.dtype)
+        return out
