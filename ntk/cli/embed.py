@@ -1,13 +1,159 @@
-"""`ntk embed` (placeholder until issue #4 lands)."""
+"""`ntk embed`: sequences or genomic regions -> one embedding per record (Parquet, or .npy + row table)."""
 from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 
-from .common import not_built
+from ..errors import InputError, NtkError
+from .common import (BatchSizeOpt, ChrMapOpt, DeviceOpt, ForceOpt, ModelOpt, PrecisionOpt, QuietOpt, RegionOpt,
+                     RegionsFileOpt, ThreadsOpt, console, parse_batch_size)
+
+HELP = (
+    "Embed FASTA records, or regions of a reference genome, with a Nucleotide Transformer.\n\n"
+    "One row per record/region, in input order: name chrom start end strand length n_tokens status "
+    "embedding (list<float32>). Minus-strand BED regions are reverse-complemented. Records longer than the "
+    "model context are tiled with overlapping windows and pooled over all their tokens.\n\n"
+    "Examples:\n\n"
+    "  ntk embed seqs.fa -m nt-v2-50m -o emb.parquet\n\n"
+    "  ntk embed -R promoters.bed --reference genome.fa -m nt-v2-50m --layer -1 --layer 6 -o emb.parquet\n\n"
+    "  zcat reads.fa.gz | ntk embed - -m DIR --pool max --rc-average -o emb.parquet\n"
+)
+
+
+def _progress(quiet: bool, total: int | None):
+    """A rich progress bar on stderr, advanced from EmbedStats; returns (context manager, callback)."""
+    import contextlib
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    if quiet:
+        return contextlib.nullcontext(), None
+    prog = Progress(SpinnerColumn(), TextColumn("embedding"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("records  {task.fields[nt]} nt"), TimeElapsedColumn(), console=console,
+                    transient=True)
+    task = prog.add_task("embed", total=total, nt="0")
+
+    def update(stats) -> None:
+        prog.update(task, completed=stats.records, nt=f"{stats.nucleotides:,}")
+
+    return prog, update
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("embed", context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-                 help="(not built yet: issue #4)")
-    def _cmd(ctx: typer.Context):
-        not_built("embed", "issue #4")
+    @app.command("embed", help=HELP, no_args_is_help=True)
+    def embed(
+        input: Annotated[Optional[str], typer.Argument(
+            help="FASTA of sequences to embed (plain/gzip/bgzip, '-' = stdin); with -r/-R, the reference genome "
+            "(or give it with --reference)", show_default=False)] = None,
+        output: Annotated[Optional[str], typer.Option(
+            "--output", "-o", help="Output file (.parquet, or .npy with --format npy); '-' = Parquet on stdout "
+            "[required]", show_default=False)] = None,
+        reference: Annotated[Optional[str], typer.Option("--reference", help="Indexed reference FASTA for -r/-R "
+                                                         "regions")] = None,
+        region: RegionOpt = None,
+        regions: RegionsFileOpt = None,
+        chr_map: ChrMapOpt = None,
+        layer: Annotated[Optional[list[str]], typer.Option(
+            "--layer", help="Hidden state to embed: 0..L (HF indexing, L = after the final layer norm), negative "
+            "from the end; default -1. Repeat or comma-separate for several (one column per layer)")] = None,
+        pool: Annotated[str, typer.Option("--pool", help="mean (over the record's tokens; CLS and padding "
+                                          "excluded) | max | cls | none (one row per token)")] = "mean",
+        rc_average: Annotated[bool, typer.Option("--rc-average", help="Average with the embedding of the "
+                                                 "reverse complement")] = False,
+        fmt: Annotated[str, typer.Option("--format", help="parquet | npy (dense float32 matrix + OUT.rows.tsv)")
+                       ] = "parquet",
+        model: ModelOpt = None,
+        device: DeviceOpt = "auto",
+        precision: PrecisionOpt = "auto",
+        batch_size: BatchSizeOpt = "auto",
+        threads: ThreadsOpt = None,
+        quiet: QuietOpt = False,
+        force: ForceOpt = False,
+    ):
+        from ..io.atomic import check_writable_target
+        from ..io.fasta import IndexedFasta
+        from ..io.intervals import parse_region, read_bed, read_chr_map
+        from ..model import load_model
+        from ..model.runtime import set_threads
+        from ..pipelines.embed import (FORMATS, POOLINGS, fasta_inputs, npy_rows_path, region_inputs,
+                                       write_embeddings)
+
+        if pool not in POOLINGS:
+            raise NtkError(f"--pool {pool!r}: expected one of {', '.join(POOLINGS)}")
+        if fmt not in FORMATS:
+            raise NtkError(f"--format {fmt!r}: expected parquet or npy")
+        if rc_average and pool == "none":
+            raise NtkError("--rc-average needs a pooled embedding: use --pool mean|max|cls")
+        if not output:
+            raise NtkError("give the output file with -o OUT.parquet (or -o OUT.npy --format npy)")
+        bs = parse_batch_size(batch_size)
+        use_regions = bool(region or regions)
+
+        # outputs: refuse early, before any work
+        if output == "-":
+            if fmt == "npy":
+                raise NtkError("--format npy writes a file: give -o OUT.npy")
+            if sys.stdout.isatty():
+                raise NtkError("-o -: Parquet is binary; redirect stdout to a file or give -o FILE")
+        else:
+            check_writable_target(output, force)
+            if fmt == "npy":
+                check_writable_target(npy_rows_path(output), force)
+
+        # inputs
+        total = None
+        if use_regions:
+            if input and reference and input != reference:
+                raise NtkError("with -r/-R give the reference genome once: as INPUT or with --reference")
+            ref = reference or input
+            if not ref:
+                raise NtkError("-r/-R need the reference genome: --reference GENOME.fa")
+            if regions == "-" and ref == "-":
+                raise NtkError("stdin can feed only one input")
+            fasta = IndexedFasta(ref)
+            cmap = read_chr_map(chr_map)
+            intervals = [parse_region(r, fasta.lengths) for r in (region or [])]
+            if regions and regions != "-":
+                total = sum(1 for _ in read_bed(regions, fasta.lengths, cmap))  # validate every line up front
+            bed = read_bed(regions, fasta.lengths, cmap) if regions else iter(())
+            if total is not None:
+                total += len(intervals)
+
+            def inputs():
+                yield from intervals
+                yield from bed
+
+            records = region_inputs(fasta, inputs())
+        else:
+            if reference or chr_map:
+                raise NtkError("--reference/--chr-map are for -r/-R regions; to embed FASTA records give the "
+                               "FASTA as INPUT")
+            if not input:
+                raise NtkError("give a FASTA to embed (or '-' for stdin), or regions with -r/-R --reference")
+            if input != "-" and not Path(input).is_file():
+                raise InputError(f"{input}: FASTA file not found")
+            if input != "-" and not os.access(input, os.R_OK):
+                raise InputError(f"{input}: FASTA file is not readable (permission denied)")
+            records = fasta_inputs(input)
+
+        set_threads(threads)
+        m = load_model(model, device=device, dtype=precision)
+        label = model or getattr(m, "source", "")
+        progress, update = _progress(quiet, total)
+        with progress:
+            stats = write_embeddings(m, records, output, fmt=fmt, model_label=label, progress=update,
+                                     layers=layer, pool=pool, rc_average=rc_average, batch_size=bs)
+        if stats.records == 0:
+            console.print("ntk embed: warning: no records to embed (the output has no rows)")
+        if not quiet:
+            rate = stats.records / stats.seconds if stats.seconds else 0.0
+            skipped = f", empty {stats.empty}, all-N {stats.all_n}" if stats.empty or stats.all_n else ""
+            where = "stdout" if output == "-" else str(Path(output))
+            console.print(f"ntk embed: {stats.records:,} records (ok {stats.ok:,}{skipped}), {stats.nucleotides:,} nt, "
+                          f"{stats.tokens:,} tokens in {stats.windows:,} windows / {stats.batches:,} batches "
+                          f"(padding {stats.padding_fraction:.1%}), {stats.rows:,} rows, {stats.seconds:.1f} s "
+                          f"({rate:,.1f} records/s) -> {where}", soft_wrap=True)
