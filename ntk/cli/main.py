@@ -35,9 +35,9 @@ def _root(version: Annotated[bool | None, typer.Option("--version", callback=_ve
 
 
 def _register() -> None:
-    from . import embed, finetune, merge, models, pretrain, score_variants, segment
+    from . import embed, finetune, merge, models, plot, pretrain, score_variants, segment
 
-    for mod in (segment, embed, score_variants, pretrain, finetune, merge):
+    for mod in (segment, embed, score_variants, pretrain, finetune, merge, plot):
         mod.register(app)
     app.add_typer(models.app, name="models", help="List presets and local models, inspect a checkpoint.")
 
