@@ -1,13 +1,75 @@
-"""`ntk score-variants` (placeholder until issue #5 lands)."""
+"""`ntk score-variants`: zero-shot variant effect scores into the VCF (options -> pipelines.score_variants)."""
 from __future__ import annotations
+
+import shlex
+import sys
+from typing import Annotated, Optional
 
 import typer
 
-from .common import not_built
+from .common import (BatchSizeOpt, ChrMapOpt, DeviceOpt, ForceOpt, ModelOpt, PrecisionOpt, QuietOpt, RegionOpt,
+                     RegionsFileOpt, ShardOpt, ThreadsOpt, console, parse_batch_size, parse_shard)
+
+HELP = """Score VCF variants with a Nucleotide Transformer / SegmentNT model (zero-shot).
+
+Every input record is written back, in order, with one Number=A INFO field per score (NTK_COS, NTK_L2, NTK_L1, NTK_DOT, NTK_LLR, NTK_SEG_<feature>) and NTK_STATUS (ok, ref_mismatch, symbolic, no_context, unsupported). Multi-allelic records are scored per ALT; indels are scored; REF is checked against the FASTA.
+
+\b
+Examples:
+  ntk score-variants calls.vcf.gz -f genome.fa -m nt-v2-100m -o scored.vcf.gz
+  bcftools view -r chr1 calls.bcf | ntk score-variants - -f genome.fa -m DIR --scores cosine,llr > out.vcf
+  ntk score-variants calls.vcf -f genome.fa -m segment-nt --scores segment --table scores.parquet
+"""
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("score-variants", context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-                 help="(not built yet: issue #5)")
-    def _cmd(ctx: typer.Context):
-        not_built("score-variants", "issue #5")
+    @app.command("score-variants", help=HELP)
+    def score_variants(
+        vcf: Annotated[str, typer.Argument(help="VCF/BCF (plain or bgzip), or - for stdin")],
+        reference: Annotated[str, typer.Option(
+            "--reference", "-f", help="Reference FASTA (plain, gzip or bgzip; the .fai is built if missing)")],
+        output: Annotated[Optional[str], typer.Option(
+            "--output", "-o", help="Annotated VCF: out.vcf.gz (bgzip + tabix), out.vcf, or - for stdout "
+            "(default: stdout unless --table is given)")] = None,
+        table: Annotated[Optional[str], typer.Option(
+            "--table", help="Parquet table, one row per (record, ALT): chrom pos id ref alt status <scores>")] = None,
+        model: ModelOpt = None,
+        scores: Annotated[Optional[str], typer.Option(
+            "--scores", help="Comma-separated: cosine,l2,l1,dot (embedding distances), llr (masked LM), segment "
+            "(SegmentNT). Default: the embedding distances, + llr with an LM head, + segment for SegmentNT")] = None,
+        window: Annotated[Optional[int], typer.Option(
+            "--window", help="Window length in nt (default: the model's context, (max tokens - 1) x 6; a multiple "
+            "of 24 for SegmentNT)")] = None,
+        rc_average: Annotated[bool, typer.Option(
+            "--rc-average", help="Score both strands and average")] = False,
+        segment_radius: Annotated[int, typer.Option(
+            "--segment-radius", help="segment score: largest |delta p| within this many nt of the variant")] = 500,
+        region: RegionOpt = None,
+        regions: RegionsFileOpt = None,
+        chr_map: ChrMapOpt = None,
+        device: DeviceOpt = "auto",
+        precision: PrecisionOpt = "auto",
+        batch_size: BatchSizeOpt = "auto",
+        threads: ThreadsOpt = None,
+        shard: ShardOpt = None,
+        quiet: QuietOpt = False,
+        force: ForceOpt = False,
+    ):
+        from ..pipelines.score_variants import score_variants as run
+
+        if output is None and table is None:
+            output = "-"
+        summary = run(
+            vcf, reference, model=model, scores=scores, window=window, rc_average=rc_average,
+            segment_radius=segment_radius, output=output, table=table, regions=region or (), regions_file=regions,
+            chr_map=chr_map, device=device, precision=precision, batch_size=parse_batch_size(batch_size),
+            threads=threads, shard=parse_shard(shard), force=force, progress=not quiet,
+            command=shlex.join(["ntk"] + sys.argv[1:]), log=None if quiet else console.print)
+        if quiet:
+            return
+        counts = ", ".join(f"{k} {v:,}" for k, v in sorted(summary.status.items(), key=lambda kv: -kv[1]))
+        p = summary.passes
+        console.print(f"ntk score-variants: {summary.records:,} records, {summary.alleles:,} alleles "
+                      f"({counts or 'none'}); {summary.window}-nt windows; forward passes: ref {p['ref']:,}, "
+                      f"alt {p['alt']:,}, masked {p['masked']:,}; {summary.seconds:.1f} s "
+                      f"({summary.variants_per_second:,.1f} variants/s)")

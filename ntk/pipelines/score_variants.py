@@ -1,0 +1,826 @@
+"""Zero-shot variant effect scores from a VCF (``ntk score-variants``).
+
+Scores, per ALT allele (a multi-allelic record is split; every score is a ``Number=A`` INFO field):
+
+- ``cosine`` (``NTK_COS``): cosine *distance* ``1 - cos(r, a)`` between the mean embeddings ``r`` (reference
+  window) and ``a`` (alternate window); 0 = no change. ``l2`` / ``l1`` (``NTK_L2``, ``NTK_L1``): Euclidean and
+  Manhattan distances; ``dot`` (``NTK_DOT``): the dot product ``r . a`` (a similarity, not a distance).
+  Mean embedding = final-layer hidden states (after the last LayerNorm) averaged over the window's tokens,
+  ``<cls>`` and padding excluded, every token weighted equally.
+- ``llr`` (``NTK_LLR``): the reference window with the token covering the variant replaced by ``<mask>``;
+  ``log p(alt token) - log p(ref token)`` from the LM head at that position. Only substitutions (SNVs, MNVs)
+  whose changed bases all fall inside one token; for other alleles this score is missing.
+- ``segment`` (``NTK_SEG_<feature>``, SegmentNT-type models): per feature, the largest
+  ``|p_alt - p_ref|`` over reference positions within ``segment_radius`` nt of the REF span, positions aligned
+  through the edit (inserted and deleted bases are not compared).
+
+Windows. Reference windows are a fixed tiling of each contig (of each ACGT run for SegmentNT-type models,
+whose windows must be N-free multiples of 24 nt): :func:`ntk.pipelines.windows.tile` with the window ``W``
+and ``crop = W // 4``, so windows start every ``W/2`` nt and each owns the middle half of itself. A variant's
+reference window is the one whose kept part contains its first REF base: the variant lies at least ``W/4`` nt
+from either window edge (except within ``W/4`` of a contig end, where the window is shifted to end there),
+not exactly at the centre as in a window drawn around each variant. This is what lets variants share one
+reference forward pass per window; a score therefore depends on the genome, ``W`` and the model only, never on
+the other variants in the file.
+
+Alternate window: the reference window with REF replaced by ALT, brought back to length ``W`` around the edit:
+an insertion of ``d`` extra nt drops ``d // 2`` nt from the left end and the rest from the right end; a
+deletion of ``d`` nt extends the window by ``d // 2`` reference nt on the left and the rest on the right (taking
+from the other side at a contig/run end). Edits longer than ``W / 4`` nt are ``unsupported``.
+
+Statuses (``NTK_STATUS``): ``ok`` (at least one score), ``ref_mismatch`` (REF differs from the FASTA, nothing
+scored), ``symbolic`` (``<DEL>``, breakends), ``unsupported`` (``*`` allele, non-nucleotide ALT, edit longer
+than ``W/4``, or no requested score applies, e.g. ``llr`` alone on an indel), ``no_context`` (contig shorter
+than one token; for SegmentNT-type models also no N-free window of full length around the variant).
+
+Streaming: records are read in chunks; each chunk is sorted by position so that variants in the same window
+share its reference pass (a small cache carries windows across chunks); alternate and masked sequences are
+batched by token budget; records are written back in input order.
+"""
+from __future__ import annotations
+
+import bisect
+import time
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import polars as pl
+import torch
+
+from .. import __version__
+from ..errors import InputError, NtkError
+from ..io.atomic import check_writable_target
+from ..io.fasta import IndexedFasta, acgt_runs, normalise_sequence
+from ..io.intervals import Interval, check_contig_naming, parse_region, read_bed, read_chr_map, suggest_contig
+from ..io.tables import ParquetStreamWriter
+from ..io.vcf import STAR, SYMBOLIC, InfoField, VcfReader, VcfWriter, split_alts
+from ..model import load_model
+from ..model.runtime import resolve_device, resolve_dtype, set_threads
+from ..model.tokenizer import reverse_complement
+from .batching import auto_token_budget, by_token_budget
+from .windows import Window, tile
+
+EMBEDDING_SCORES = ("cosine", "l2", "l1", "dot")
+ALL_SCORES = EMBEDDING_SCORES + ("llr", "segment")
+INFO_IDS = {"cosine": "NTK_COS", "l2": "NTK_L2", "l1": "NTK_L1", "dot": "NTK_DOT", "llr": "NTK_LLR"}
+STATUSES = ("ok", "ref_mismatch", "symbolic", "no_context", "unsupported")
+STATUS_INFO = "NTK_STATUS"
+NUC_PER_TOKEN = 6
+SEGMENT_UNIT = 24  # SegmentNT windows: whole 6-mers, token count divisible by 4
+DEFAULT_SEGMENT_RADIUS = 500
+
+
+# -- options --------------------------------------------------------------------------------------------------
+
+def default_scores(model) -> list[str]:
+    """Embedding distances, plus ``llr`` with an LM head, plus ``segment`` for SegmentNT-type models."""
+    out = list(EMBEDDING_SCORES)
+    if model.lm_head is not None:
+        out.append("llr")
+    if model.config.is_segmentation:
+        out.append("segment")
+    return out
+
+
+def parse_scores(scores: str | Sequence[str] | None, model) -> list[str]:
+    if scores is None or scores == "" or scores == "default":
+        return default_scores(model)
+    names = [s.strip().lower() for s in (scores.split(",") if isinstance(scores, str) else scores) if s.strip()]
+    for s in names:
+        if s not in ALL_SCORES:
+            raise NtkError(f"--scores: unknown score {s!r} (choose from {', '.join(ALL_SCORES)})")
+    if "llr" in names and model.lm_head is None:
+        raise NtkError("--scores llr needs a model with a masked-LM head (this checkpoint has none)")
+    if "segment" in names and not model.config.is_segmentation:
+        raise NtkError("--scores segment needs a SegmentNT-type model (this checkpoint has no segmentation head)")
+    return list(dict.fromkeys(names))
+
+
+def default_window(model) -> int:
+    """The model's context in nucleotides: ``(max_tokens - 1) * 6`` (a multiple of 24 for SegmentNT)."""
+    w = (model.config.max_tokens - 1) * NUC_PER_TOKEN
+    if model.config.is_segmentation:
+        w -= w % SEGMENT_UNIT
+    return w
+
+
+def check_window(model, window: int | None) -> int:
+    w = default_window(model) if window is None else int(window)
+    if w < SEGMENT_UNIT:
+        raise NtkError(f"--window {w}: must be at least {SEGMENT_UNIT} nt")
+    if model.config.is_segmentation and w % SEGMENT_UNIT:
+        raise NtkError(f"--window {w}: SegmentNT-type models need a multiple of {SEGMENT_UNIT} nt "
+                       f"(e.g. {w - w % SEGMENT_UNIT})")
+    limit = (model.config.max_tokens - 1) * NUC_PER_TOKEN
+    if not model.config.rotary and w > limit:
+        raise NtkError(f"--window {w}: this model has learned positions for at most {model.config.max_tokens} "
+                       f"tokens ({limit} nt)")
+    return w
+
+
+# -- where each variant's windows lie ---------------------------------------------------------------------------
+
+class WindowPlan:
+    """The fixed tiling of reference windows (see module docstring) and sequence access around it."""
+
+    def __init__(self, fasta: IndexedFasta, window: int, segmentation: bool):
+        self.fasta = fasta
+        self.window = window
+        self.crop = window // 4
+        self.segmentation = segmentation
+        self.unit = SEGMENT_UNIT if segmentation else 1
+        self._tiles: OrderedDict = OrderedDict()
+        self._runs: OrderedDict = OrderedDict()
+
+    def _lru(self, cache: OrderedDict, key, make, size: int):
+        if key in cache:
+            cache.move_to_end(key)
+            return cache[key]
+        val = cache[key] = make()
+        if len(cache) > size:
+            cache.popitem(last=False)
+        return val
+
+    def runs(self, chrom: str) -> list[tuple[int, int]]:
+        """ACGT runs of a contig, scanned in 4 Mb pieces (memory flat in the contig length)."""
+        def scan():
+            L, out = self.fasta.lengths[chrom], []
+            for a in range(0, L, 1 << 22):
+                for s, e in acgt_runs(self.fasta.fetch(chrom, a, min(L, a + (1 << 22))), a):
+                    if out and out[-1][1] == s:
+                        out[-1] = (out[-1][0], e)
+                    else:
+                        out.append((s, e))
+            return out
+        return self._lru(self._runs, chrom, scan, 8)
+
+    def _tiling(self, chrom: str, lo: int, hi: int) -> tuple[list[Window], list[int]]:
+        def make():
+            ws = tile(lo, hi, self.window, self.crop, self.unit, chrom)
+            return ws, [w.keep_start for w in ws]
+        return self._lru(self._tiles, (chrom, lo, hi), make, 64)
+
+    def locate(self, chrom: str, start: int, end: int) -> tuple[Window, int, int] | None:
+        """(window, lo, hi) for a REF span ``[start, end)``: the window whose kept part holds ``start``, and the
+        bounds ``[lo, hi)`` that alternate windows may extend into (contig, or ACGT run for SegmentNT)."""
+        if self.segmentation:
+            runs = self.runs(chrom)
+            i = bisect.bisect_right(runs, (start, float("inf"))) - 1
+            if i < 0 or not (runs[i][0] <= start and max(end, start + 1) <= runs[i][1]):
+                return None
+            lo, hi = runs[i]
+        else:
+            lo, hi = 0, self.fasta.lengths[chrom]
+        ws, keeps = self._tiling(chrom, lo, hi)
+        j = bisect.bisect_right(keeps, start) - 1
+        if j < 0:
+            return None
+        w = ws[j]
+        if not (w.start <= start and end <= w.end):
+            return None
+        return w, lo, hi
+
+
+def alternate_window(seq: str, seq_start: int, w_start: int, w_end: int, pos: int, ref_len: int, alt: str
+                     ) -> tuple[str, int]:
+    """The alternate window and the reference coordinate of its first base (see module docstring).
+
+    ``seq`` is reference sequence starting at ``seq_start`` that covers ``[w_start, w_end)`` plus whatever flank
+    may be used for deletions. The result has length ``w_end - w_start`` unless the flanks ran out."""
+    d = len(alt) - ref_len
+    left_avail = w_start - seq_start
+    right_avail = seq_start + len(seq) - w_end
+    a, b = pos - seq_start, pos + ref_len - seq_start
+    if d >= 0:
+        left_room, right_room = pos - w_start, w_end - (pos + ref_len)
+        tl = min(d // 2, left_room)
+        tr = d - tl
+        if tr > right_room:
+            tr = right_room
+            tl = d - tr
+        start = w_start + tl
+        return seq[start - seq_start:a] + alt + seq[b:w_end - tr - seq_start], start
+    e = -d
+    el = min(e // 2, left_avail)
+    er = min(e - el, right_avail)
+    el = min(e - er, left_avail)
+    start = w_start - el
+    return seq[start - seq_start:a] + alt + seq[b:w_end + er - seq_start], start
+
+
+# -- model passes ----------------------------------------------------------------------------------------------
+
+@dataclass
+class _Pass:
+    ids: np.ndarray  # token ids incl. <cls>
+    reverse: bool = False  # sequence is the reverse complement of the window
+    want_embedding: bool = False
+    probs_range: tuple[int, int] | None = None  # forward-strand nucleotide range of segment probabilities to keep
+    mask_pos: int | None = None  # token index replaced by <mask>: keep log-probabilities there
+    embedding: np.ndarray | None = None
+    probs: np.ndarray | None = None
+    logp: np.ndarray | None = None
+
+
+class PassRunner:
+    """Run forward passes batched by token budget; keep only what each pass asks for."""
+
+    def __init__(self, model, token_budget: int | None = None, max_batch: int | None = None):
+        self.model = model
+        cfg = model.config
+        self.token_budget = token_budget or auto_token_budget(model.device.type, cfg.hidden_size,
+                                                              cfg.num_hidden_layers)
+        self.max_batch = max_batch
+        self.segmentation = cfg.is_segmentation
+        self.pad_id = cfg.pad_token_id
+        self.counts = Counter()
+
+    def run(self, passes: list[_Pass], kind: str = "") -> None:
+        order = sorted(passes, key=lambda p: len(p.ids))
+        if self.max_batch:
+            budget = self.max_batch * max((len(p.ids) for p in order), default=1)
+        else:
+            budget = self.token_budget
+        groups: Iterable[list[_Pass]] = [order]
+        if self.segmentation:  # SegmentNT windows are never padded: batch equal lengths only
+            groups = [[p for p in order if len(p.ids) == n] for n in sorted({len(p.ids) for p in order})]
+        for g in groups:
+            for batch in by_token_budget(g, lambda p: len(p.ids), budget, self.max_batch):
+                self._run_batch(batch)
+
+    @torch.inference_mode()
+    def _run_batch(self, batch: list[_Pass]) -> None:
+        m = self.model
+        T = max(len(p.ids) for p in batch)
+        ids = np.full((len(batch), T), self.pad_id, dtype=np.int64)
+        for i, p in enumerate(batch):
+            ids[i, :len(p.ids)] = p.ids
+        input_ids = torch.from_numpy(ids).to(m.device)
+        mask = input_ids != self.pad_id
+        x = m(input_ids, attention_mask=mask, heads=False).last_hidden_state
+        self.counts["passes"] += len(batch)
+        self.counts["batches"] += 1
+        emb_rows = [i for i, p in enumerate(batch) if p.want_embedding]
+        if emb_rows:
+            xs, ms = x[emb_rows, 1:].float(), mask[emb_rows, 1:].unsqueeze(-1).float()
+            means = ((xs * ms).sum(1) / ms.sum(1)).cpu().numpy()
+            for k, i in enumerate(emb_rows):
+                batch[i].embedding = means[k]
+        seg_rows = [i for i, p in enumerate(batch) if p.probs_range is not None]
+        if seg_rows:
+            logits = m.segment_head(x[seg_rows])
+            probs = torch.softmax(logits.float(), dim=-1)[..., 1].cpu().numpy()  # [b, W, F]
+            for k, i in enumerate(seg_rows):
+                p = batch[i]
+                pr = probs[k][::-1] if p.reverse else probs[k]
+                a, b = p.probs_range
+                p.probs = np.ascontiguousarray(pr[a:b])
+        lm_rows = [i for i, p in enumerate(batch) if p.mask_pos is not None]
+        if lm_rows:
+            cols = torch.tensor([batch[i].mask_pos for i in lm_rows], device=x.device)
+            logits = m.lm_head(x[torch.tensor(lm_rows, device=x.device), cols]).float()
+            logp = torch.log_softmax(logits, dim=-1).cpu().numpy()
+            for k, i in enumerate(lm_rows):
+                batch[i].logp = logp[k]
+
+
+# -- one (record, ALT) ----------------------------------------------------------------------------------------
+
+@dataclass
+class _Job:
+    rec: int  # index of the record in its chunk
+    alt_index: int
+    chrom: str  # FASTA contig name
+    pos: int  # 0-based first REF base
+    ref: str
+    alt: str
+    status: str | None = None  # None: to be scored
+    window: Window | None = None
+    lo: int = 0
+    hi: int = 0
+    values: dict[str, float] = field(default_factory=dict)
+    # per-strand partial results
+    alt_passes: list[_Pass] = field(default_factory=list)
+    llr_parts: list[tuple[_Pass, int, int]] = field(default_factory=list)  # (masked pass, ref id, alt id)
+    alt_start: int = 0
+    alt_len: int = 0
+
+
+@dataclass
+class _RefWindow:
+    window: Window
+    seq: str  # reference sequence from seq_start, covering the window plus flanks for deletions
+    seq_start: int
+    tokens: list[tuple[np.ndarray, np.ndarray, np.ndarray]]  # per strand (forward, reverse)
+    passes: list[_Pass] = field(default_factory=list)  # per strand, when embeddings/segment are scored
+    probs: np.ndarray | None = None  # [W, F] strand-averaged segment probabilities
+
+    def window_seq(self) -> str:
+        w = self.window
+        return self.seq[w.start - self.seq_start:w.end - self.seq_start]
+
+
+@dataclass
+class ScoreSummary:
+    records: int = 0
+    alleles: int = 0
+    status: Counter = field(default_factory=Counter)
+    passes: Counter = field(default_factory=Counter)  # ref / alt / masked forward passes
+    seconds: float = 0.0
+    indexed: bool = True
+    scores: list[str] = field(default_factory=list)
+    window: int = 0
+
+    @property
+    def variants_per_second(self) -> float:
+        return self.alleles / self.seconds if self.seconds else 0.0
+
+
+class VariantScorer:
+    """Scores (record, ALT) jobs for one model, reference and option set; reusable across chunks."""
+
+    def __init__(self, model, fasta: IndexedFasta, scores: Sequence[str], window: int, rc_average: bool = False,
+                 segment_radius: int = DEFAULT_SEGMENT_RADIUS, token_budget: int | None = None,
+                 max_batch: int | None = None, group_jobs: int = 256, group_windows: int = 16):
+        self.model = model
+        self.fasta = fasta
+        self.scores = list(scores)
+        self.window = window
+        self.rc_average = rc_average
+        self.segment_radius = int(segment_radius)
+        self.plan = WindowPlan(fasta, window, model.config.is_segmentation)
+        self.runner = PassRunner(model, token_budget, max_batch)
+        self.tokenizer = model.tokenizer
+        self.features = list(model.config.features or [])
+        self.want_embedding = any(s in EMBEDDING_SCORES for s in self.scores)
+        self.want_segment = "segment" in self.scores
+        self.want_llr = "llr" in self.scores
+        self.need_forward = self.want_embedding or self.want_segment
+        self.max_edit = self.plan.crop
+        self.min_contig = NUC_PER_TOKEN
+        self.max_tokens = None if model.config.rotary else model.config.max_tokens
+        self.group_jobs, self.group_windows = group_jobs, group_windows
+        self._refs: OrderedDict = OrderedDict()
+        self.pass_counts = Counter()
+
+    # column / INFO names
+    def value_names(self) -> list[str]:
+        names = [s for s in self.scores if s != "segment"]
+        if self.want_segment:
+            names += [f"segment_{f}" for f in self.features]
+        return names
+
+    @staticmethod
+    def info_id(name: str) -> str:
+        if name.startswith("segment_"):
+            return "NTK_SEG_" + "".join(c if c.isalnum() or c in "_." else "_" for c in name[len("segment_"):])
+        return INFO_IDS[name]
+
+    # -- preparing jobs -------------------------------------------------------------------------------------
+    def prepare(self, job: _Job, kind: str) -> None:
+        """Set ``job.status`` when the allele cannot be scored, else its window."""
+        if kind == SYMBOLIC:
+            job.status = "symbolic"
+            return
+        if kind == STAR:
+            job.status = "unsupported"
+            return
+        L = self.fasta.lengths[job.chrom]
+        ref_end = job.pos + len(job.ref)
+        try:
+            job.ref = normalise_sequence(job.ref)
+        except InputError:
+            job.status = "ref_mismatch"
+            return
+        if ref_end > L or not job.ref:
+            job.status = "ref_mismatch"
+            return
+        try:
+            job.alt = normalise_sequence(job.alt)
+        except InputError:
+            job.status = "unsupported"
+            return
+        long_edit = max(len(job.ref), len(job.alt)) > self.max_edit
+        loc = None if (long_edit or L < self.min_contig) else self.plan.locate(job.chrom, job.pos, ref_end)
+        if loc is None or (self.model.config.is_segmentation and "N" in job.alt):
+            if self.fasta.fetch(job.chrom, job.pos, ref_end) != job.ref:
+                job.status = "ref_mismatch"
+            elif long_edit or (loc is not None and "N" in job.alt):
+                job.status = "unsupported"
+            else:
+                job.status = "no_context"
+            return
+        job.window, job.lo, job.hi = loc
+
+    # -- reference windows ----------------------------------------------------------------------------------
+    def _ref(self, w: Window, lo: int, hi: int, new: list[_RefWindow]) -> _RefWindow:
+        key = (w.chrom, w.start, w.end)
+        if key in self._refs:
+            self._refs.move_to_end(key)
+            return self._refs[key]
+        a, b = max(lo, w.start - self.max_edit), min(hi, w.end + self.max_edit)
+        seq = self.fasta.fetch(w.chrom, a, b)
+        ws = seq[w.start - a:w.end - a]
+        strands = [ws, reverse_complement(ws)] if self.rc_average else [ws]
+        ref = _RefWindow(w, seq, a, [self.tokenizer.tokenize(s) for s in strands])
+        if self.need_forward:
+            for r, toks in enumerate(ref.tokens):
+                ref.passes.append(_Pass(toks[0], reverse=bool(r), want_embedding=self.want_embedding,
+                                        probs_range=(0, w.length) if self.want_segment else None))
+        self._refs[key] = ref
+        new.append(ref)
+        while len(self._refs) > 2 * self.group_windows:
+            self._refs.popitem(last=False)
+        return ref
+
+    # -- scoring --------------------------------------------------------------------------------------------
+    def score(self, jobs: Sequence[_Job], order: Callable[[str], int]) -> None:
+        """Score every job whose status is still unset (sets status and values)."""
+        todo = sorted((j for j in jobs if j.status is None),
+                      key=lambda j: (order(j.chrom), j.window.start, j.pos, j.rec, j.alt_index))
+        group: list[_Job] = []
+        windows: set = set()
+        for j in todo:
+            key = (j.chrom, j.window.start)
+            if group and key not in windows and (len(windows) >= self.group_windows or len(group) >= self.group_jobs):
+                self._score_group(group)
+                group, windows = [], set()
+            group.append(j)
+            windows.add(key)
+        if group:
+            self._score_group(group)
+
+    def _score_group(self, jobs: list[_Job]) -> None:
+        new_refs: list[_RefWindow] = []
+        refs = [self._ref(j.window, j.lo, j.hi, new_refs) for j in jobs]
+        passes = [p for r in new_refs for p in r.passes]
+        self.pass_counts["ref"] += len(passes)
+        masked: dict[tuple, _Pass] = {}
+        alt_passes: list[_Pass] = []
+        for j, ref in zip(jobs, refs):
+            if ref.window_seq()[j.pos - ref.window.start:j.pos - ref.window.start + len(j.ref)] != j.ref:
+                j.status = "ref_mismatch"
+                continue
+            if self.max_tokens and len(ref.tokens[0][0]) > self.max_tokens:
+                j.status = "no_context"
+                continue
+            if self.need_forward and not self._add_alt_passes(j, ref, alt_passes):
+                continue
+            if self.want_llr:
+                self._add_llr_passes(j, ref, masked)
+        self.pass_counts["alt"] += len(alt_passes)
+        self.pass_counts["masked"] += len(masked)
+        self.runner.run(passes + alt_passes + list(masked.values()))
+        for ref in new_refs:
+            if self.want_segment:
+                probs = [p.probs for p in ref.passes]
+                ref.probs = probs[0] if len(probs) == 1 else (probs[0] + probs[1]) / 2
+                for p in ref.passes:
+                    p.probs = None
+        for j, ref in zip(jobs, refs):
+            if j.status is None:
+                self._finish(j, ref)
+
+    def _add_alt_passes(self, j: _Job, ref: _RefWindow, out: list[_Pass]) -> bool:
+        w = ref.window
+        alt_seq, alt_start = alternate_window(ref.seq, ref.seq_start, w.start, w.end, j.pos, len(j.ref), j.alt)
+        if self.model.config.is_segmentation and len(alt_seq) != w.length:
+            j.status = "no_context"  # SegmentNT windows are never padded or shortened
+            return False
+        strands = [alt_seq, reverse_complement(alt_seq)] if self.rc_average else [alt_seq]
+        toks = [self.tokenizer.tokenize(s)[0] for s in strands]
+        if self.max_tokens and max(len(t) for t in toks) > self.max_tokens:
+            j.status = "no_context"
+            return False
+        j.alt_start, j.alt_len = alt_start, len(alt_seq)
+        rng = None
+        if self.want_segment:
+            R = self.segment_radius
+            a = max(0, j.pos - R - alt_start)
+            b = min(len(alt_seq), j.pos + len(j.alt) + R - alt_start)
+            rng = (a, max(a, b))
+        for r, t in enumerate(toks):
+            p = _Pass(t, reverse=bool(r), want_embedding=self.want_embedding, probs_range=rng)
+            j.alt_passes.append(p)
+            out.append(p)
+        return True
+
+    def _add_llr_passes(self, j: _Job, ref: _RefWindow, masked: dict) -> None:
+        if len(j.ref) != len(j.alt) or any(c not in "ACGT" for c in j.alt):
+            return
+        diff = [i for i in range(len(j.ref)) if j.ref[i] != j.alt[i]]
+        if not diff:
+            j.values["llr"] = 0.0
+            return
+        w = ref.window
+        wseq = ref.window_seq()
+        lo, hi = j.pos + diff[0] - w.start, j.pos + diff[-1] - w.start + 1  # window coordinates
+        alt_wseq = wseq[:j.pos - w.start] + j.alt + wseq[j.pos - w.start + len(j.ref):]
+        parts = []
+        for r, (ids, starts, ends) in enumerate(ref.tokens):
+            a, b = (lo, hi) if r == 0 else (w.length - hi, w.length - lo)
+            t = int(np.searchsorted(starts, a, side="right")) - 1  # token starting at or before a (CLS at 0)
+            if t < 1 or ends[t] < b:
+                return  # changed bases span two tokens on this strand
+            s, e = int(starts[t]), int(ends[t])
+            alt_tok = alt_wseq[s:e] if r == 0 else reverse_complement(alt_wseq)[s:e]
+            key = (w.chrom, w.start, w.end, r, t)
+            if key not in masked:
+                mids = ids.astype(np.int64).copy()
+                mids[t] = self.tokenizer.mask_id
+                masked[key] = _Pass(mids, reverse=bool(r), mask_pos=t)
+            parts.append((masked[key], int(ids[t]), self.tokenizer.token_to_id(alt_tok)))
+        j.llr_parts = parts
+
+    def _finish(self, j: _Job, ref: _RefWindow) -> None:
+        if j.alt_passes and self.want_embedding:
+            n = len(j.alt_passes)
+            acc = dict.fromkeys(EMBEDDING_SCORES, 0.0)
+            for rp, ap in zip(ref.passes, j.alt_passes):
+                for k, v in embedding_distances(rp.embedding, ap.embedding).items():
+                    acc[k] += v / n
+            for k in EMBEDDING_SCORES:
+                if k in self.scores:
+                    j.values[k] = acc[k]
+        if j.alt_passes and self.want_segment:
+            probs = [p.probs for p in j.alt_passes]
+            alt = probs[0] if len(probs) == 1 else (probs[0] + probs[1]) / 2
+            a = j.alt_passes[0].probs_range[0]
+            delta = segment_delta(ref.probs, ref.window.start, alt, j.alt_start + a, j.pos, len(j.ref),
+                                  len(j.alt), self.segment_radius)
+            if delta is not None:
+                for f, v in zip(self.features, delta):
+                    j.values[f"segment_{f}"] = float(v)
+            for p in j.alt_passes:
+                p.probs = None
+        if j.llr_parts:
+            j.values["llr"] = float(np.mean([p.logp[alt] - p.logp[ref_id] for p, ref_id, alt in j.llr_parts]))
+        j.alt_passes, j.llr_parts = [], []
+        j.status = "ok" if j.values else "unsupported"
+
+
+def embedding_distances(r: np.ndarray, a: np.ndarray) -> dict[str, float]:
+    """cosine distance, L2, L1 and dot product of two mean embeddings (computed in float64)."""
+    r, a = r.astype(np.float64), a.astype(np.float64)
+    dot = float(r @ a)
+    nr, na = float(np.linalg.norm(r)), float(np.linalg.norm(a))
+    cos = 1.0 - dot / (nr * na) if nr > 0 and na > 0 else 0.0
+    return {"cosine": cos, "l2": float(np.linalg.norm(r - a)), "l1": float(np.abs(r - a).sum()), "dot": dot}
+
+
+def segment_delta(ref_probs: np.ndarray, ref_start: int, alt_probs: np.ndarray, alt_start: int, pos: int,
+                  ref_len: int, alt_len: int, radius: int) -> np.ndarray | None:
+    """Per feature max |p_alt - p_ref| over reference positions in ``[pos - radius, pos + ref_len + radius)``.
+
+    ``ref_probs[i]`` is at reference coordinate ``ref_start + i``; ``alt_probs[j]`` is alternate-sequence
+    position ``alt_start + j`` in the coordinates where the ALT starts at ``pos``. Bases after the edit shift
+    by ``alt_len - ref_len``; inserted and deleted bases are not compared. ``None`` when nothing overlaps."""
+    d = alt_len - ref_len
+    r = np.arange(max(ref_start, pos - radius), min(ref_start + len(ref_probs), pos + ref_len + radius))
+    keep = (r < pos + min(ref_len, alt_len)) | (r >= pos + ref_len)
+    r = r[keep]
+    j = r - alt_start + np.where(r >= pos + ref_len, d, 0)
+    ok = (j >= 0) & (j < len(alt_probs))
+    r, j = r[ok], j[ok]
+    if not r.size:
+        return None
+    return np.abs(alt_probs[j] - ref_probs[r - ref_start]).max(axis=0)
+
+
+# -- the whole job: VCF in, VCF/Parquet out -------------------------------------------------------------------
+
+def _region_filter(regions: Sequence[Interval] | None) -> Callable[[str, int, int], bool] | None:
+    if not regions:
+        return None
+    by_chrom: dict[str, list[tuple[int, int]]] = {}
+    for iv in regions:
+        by_chrom.setdefault(iv.chrom, []).append((iv.start, iv.end))
+    index = {}
+    for c, ivs in by_chrom.items():
+        ivs.sort()
+        merged: list[list[int]] = []
+        for s, e in ivs:
+            if merged and s <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], e)
+            else:
+                merged.append([s, e])
+        index[c] = ([m[0] for m in merged], [m[1] for m in merged])
+
+    def inside(chrom: str, start: int, end: int) -> bool:
+        if chrom not in index:
+            return False
+        starts, ends = index[chrom]
+        i = bisect.bisect_right(starts, max(start, end - 1)) - 1  # last region starting at or before the span end
+        return i >= 0 and ends[i] > start
+    return inside
+
+
+def _chunks(it: Iterator, n: int) -> Iterator[list]:
+    chunk = []
+    for x in it:
+        chunk.append(x)
+        if len(chunk) >= n:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _count_records(path: str) -> int:
+    with VcfReader(path) as r:
+        return sum(1 for _ in r)
+
+
+def score_variants(vcf: str, reference: str | IndexedFasta, *, model=None,
+                   scores: str | Sequence[str] | None = None, window: int | None = None, rc_average: bool = False,
+                   segment_radius: int = DEFAULT_SEGMENT_RADIUS, output: str | None = "-",
+                   table: str | None = None, regions: Sequence[str] = (), regions_file: str | None = None,
+                   chr_map: str | dict[str, str] | None = None, device: str = "auto", precision: str = "auto",
+                   batch_size: int | None = None, token_budget: int | None = None, threads: int | None = None,
+                   shard: tuple[int, int] | None = None, force: bool = False, progress: bool = False,
+                   command: str | None = None, chunk_size: int = 4096,
+                   log: Callable[[str], None] | None = None) -> ScoreSummary:
+    """Score every ALT of every record of ``vcf`` (path or ``-``) against ``reference`` with ``model`` (a loaded
+    :class:`ntk.NucleotideTransformer`, a checkpoint directory or a preset name); write the annotated VCF to
+    ``output`` (``-`` = stdout, ``None`` = none) and/or the per-(record, ALT) table to ``table`` (Parquet).
+    ``regions`` (1-based strings) / ``regions_file`` (BED) keep only the records that overlap them.
+    Returns counts by status, forward passes and timings."""
+    t0 = time.perf_counter()
+    if output is None and table is None:
+        raise NtkError("nothing to write: give -o (VCF, '-' for stdout) and/or --table")
+    if table == "-":
+        raise NtkError("--table needs a file name (the VCF is the stream output)")
+    if segment_radius < 0:
+        raise NtkError("--segment-radius must be >= 0")
+    fasta = reference if isinstance(reference, IndexedFasta) else IndexedFasta(reference)
+    if isinstance(chr_map, str):
+        chr_map = read_chr_map(chr_map)
+    region_list = [parse_region(r, fasta.lengths) for r in regions]
+    if regions_file:
+        region_list += list(read_bed(regions_file, fasta.lengths, chr_map))
+        if len(region_list) == len(regions):
+            raise InputError(f"{regions_file}: no regions in the file")
+    inside = _region_filter(region_list)
+    selected: Callable[[int], bool] | None = None
+    if shard is not None:  # contiguous blocks of records: shard outputs concatenate back in input order
+        i, n = shard
+        if vcf == "-":
+            raise NtkError("--shard needs a VCF file (stdin cannot be counted ahead)")
+        total = _count_records(vcf)
+        lo_i, hi_i = (i - 1) * total // n, i * total // n
+        selected = lambda k: lo_i <= k < hi_i  # noqa: E731
+
+    reader = VcfReader(vcf)
+    writer = table_writer = None
+    try:
+        label = reader.label
+        mapped = [chr_map.get(c, c) if chr_map else c for c in reader.contigs]
+        fixable = [c for c in mapped if c not in fasta.lengths and suggest_contig(c, fasta.lengths)]
+        if fixable:
+            check_contig_naming(fixable, fasta.lengths, f"{label} (VCF header)")
+        set_threads(threads)
+        if not isinstance(model, torch.nn.Module):
+            dev = resolve_device(device)
+            model = load_model(model, device=dev, dtype=resolve_dtype(precision, dev))
+        score_names = parse_scores(scores, model)
+        W = check_window(model, window)
+        order_rank = {c: i for i, c in enumerate(fasta.names)}
+        scorer = VariantScorer(model, fasta, score_names, W, rc_average, segment_radius, token_budget, batch_size)
+        names = scorer.value_names()
+        summary = ScoreSummary(scores=names, window=W)
+
+        info = [InfoField(scorer.info_id(nm), "A", "Float", _describe(nm, W, rc_average, segment_radius))
+                for nm in names]
+        info.append(InfoField(STATUS_INFO, "A", "String",
+                              "ntk score-variants status per ALT: " + ", ".join(STATUSES)))
+        source = getattr(model, "source", "?")
+        extra = [f"##ntkVersion={__version__}",
+                 f"##ntkCommand={command or 'ntk.pipelines.score_variants.score_variants'}",
+                 f"##ntkModel={source}; fingerprint={model.config.fingerprint()}; window={W}; "
+                 f"rc_average={str(rc_average).lower()}"]
+        if table is not None:
+            check_writable_target(table, force)
+        if output is not None:
+            writer = VcfWriter(output, reader.header, info, extra, force=force)
+        if table is not None:
+            schema = {"chrom": pl.Utf8, "pos": pl.Int64, "id": pl.Utf8, "ref": pl.Utf8, "alt": pl.Utf8,
+                      "status": pl.Utf8, **{nm: pl.Float64 for nm in names}}
+            table_writer = ParquetStreamWriter(table, schema, metadata={
+                "ntk_version": __version__, "ntk_command": command or "", "model": source,
+                "model_fingerprint": model.config.fingerprint(), "window": W, "rc_average": rc_average})
+        with _progress(progress) as bar:
+            numbered = ((k, rec) for k, rec in enumerate(reader, 1) if selected is None or selected(k - 1))
+            for chunk in _chunks(numbered, chunk_size):
+                rows = _score_chunk(chunk, scorer, fasta, chr_map, inside, label, order_rank, writer, summary)
+                if table_writer is not None and rows:
+                    table_writer.write(pl.DataFrame(rows, schema=schema, orient="row"))
+                bar(summary.records, summary.alleles)
+        if table_writer is not None:
+            table_writer.close()
+        if writer is not None:
+            summary.indexed = writer.close()
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        if table_writer is not None:
+            table_writer.abort()
+        raise
+    finally:
+        reader.close()
+    summary.passes = Counter(scorer.pass_counts)
+    summary.seconds = time.perf_counter() - t0
+    if writer is not None and not summary.indexed and log:
+        log(f"{output}: records are not sorted by position, so no tabix index was written")
+    return summary
+
+
+def _score_chunk(chunk: list, scorer: VariantScorer, fasta: IndexedFasta, chr_map, inside, label: str,
+                 order_rank: dict, writer: VcfWriter | None, summary: ScoreSummary) -> list:
+    """Score one chunk of ``(record number, record)`` pairs; write them in input order; return table rows."""
+    jobs: list[_Job] = []
+    keep: list[bool] = []
+    per_record: list[list[_Job]] = []
+    for k, (number, rec) in enumerate(chunk):
+        chrom = chr_map.get(rec.chrom, rec.chrom) if chr_map else rec.chrom
+        if chrom not in fasta.lengths:
+            raise InputError(f"{label}: record {number} ({rec.chrom}:{rec.pos}): contig {rec.chrom!r} "
+                             f"is not in the FASTA{suggest_contig(chrom, fasta.lengths) or ' (pass --chr-map FILE)'}")
+        if inside is not None and not inside(chrom, rec.start, rec.stop):
+            keep.append(False)
+            per_record.append([])
+            continue
+        keep.append(True)
+        rec_jobs = []
+        for allele in split_alts(rec):
+            j = _Job(k, allele.index, chrom, rec.pos - 1, allele.ref, allele.alt)
+            scorer.prepare(j, allele.kind)
+            rec_jobs.append(j)
+        per_record.append(rec_jobs)
+        jobs.extend(rec_jobs)
+    scorer.score(jobs, lambda c: order_rank[c])
+    rows = []
+    names = scorer.value_names()
+    for (_, rec), ok, rec_jobs in zip(chunk, keep, per_record):
+        if not ok:
+            continue
+        summary.records += 1
+        summary.alleles += len(rec_jobs)
+        for j in rec_jobs:
+            summary.status[j.status] += 1
+        if writer is not None:
+            values: dict = {}
+            if rec_jobs:
+                for nm in names:
+                    vals = tuple(j.values.get(nm) for j in rec_jobs)
+                    values[scorer.info_id(nm)] = vals if any(v is not None for v in vals) else None
+                values[STATUS_INFO] = tuple(j.status for j in rec_jobs)
+            writer.write(rec, values)
+        for j in rec_jobs:
+            rows.append((rec.chrom, rec.pos, rec.id, rec.ref, rec.alts[j.alt_index], j.status,
+                         *(j.values.get(nm) for nm in names)))
+    return rows
+
+
+def _describe(name: str, window: int, rc: bool, radius: int) -> str:
+    strands = " averaged over both strands" if rc else ""
+    what = {
+        "cosine": "cosine distance (1 - cosine similarity) between mean final-layer embeddings of reference and "
+                  "alternate windows",
+        "l2": "Euclidean distance between mean final-layer embeddings of reference and alternate windows",
+        "l1": "L1 distance between mean final-layer embeddings of reference and alternate windows",
+        "dot": "dot product (similarity) of mean final-layer embeddings of reference and alternate windows",
+        "llr": "log p(alt token) - log p(ref token) at the masked token covering the variant (substitutions "
+               "within one token)",
+    }.get(name)
+    if what is None:
+        what = (f"max |p_alt - p_ref| of SegmentNT feature {name[len('segment_'):]} within {radius} nt of the "
+                "variant")
+    return f"ntk score-variants: {what}; {window}-nt windows{strands}"
+
+
+class _progress:
+    """A rich progress line on stderr (records and variants/s); a no-op when disabled."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self._p = None
+
+    def __enter__(self):
+        if not self.enabled:
+            return lambda *a: None
+        from rich.console import Console
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        self._p = Progress(SpinnerColumn(), TextColumn("scoring variants: {task.fields[rec]} records, "
+                                                       "{task.fields[alt]} alleles"), TimeElapsedColumn(),
+                           console=Console(stderr=True), transient=True)
+        self._p.__enter__()
+        task = self._p.add_task("score", total=None, rec=0, alt=0)
+        return lambda rec, alt: self._p.update(task, rec=rec, alt=alt)
+
+    def __exit__(self, *a):
+        if self._p is not None:
+            self._p.__exit__(*a)
+
