@@ -91,6 +91,8 @@ class IndexedFasta:
             raise InputError("an indexed FASTA is needed here: stdin ('-') cannot be used as the reference")
         if not self.path.is_file():
             raise InputError(f"{self.path}: FASTA file not found")
+        if self.path.stat().st_size == 0:
+            raise InputError(f"{self.path}: FASTA file is empty (no sequences)")
         src = self.path
         if is_gzip(src) and not is_bgzip(src):
             tmp = _private_tmp() / (src.name[:-3] if src.name.endswith(".gz") else src.name + ".fa")
