@@ -30,7 +30,7 @@ def _progress(quiet: bool, total: int | None):
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    if quiet:
+    if quiet or not console.is_terminal:  # a live bar only on a terminal (no stray lines in logs)
         return contextlib.nullcontext(), None
     prog = Progress(SpinnerColumn(), TextColumn("embedding"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("records  {task.fields[nt]} nt"), TimeElapsedColumn(), console=console,
@@ -79,8 +79,8 @@ def register(app: typer.Typer) -> None:
         from ..io.intervals import parse_region, read_bed, read_chr_map
         from ..model import load_model
         from ..model.runtime import set_threads
-        from ..pipelines.embed import (FORMATS, POOLINGS, fasta_inputs, npy_rows_path, region_inputs,
-                                       write_embeddings)
+        from ..pipelines.embed import (FORMATS, POOLINGS, fasta_inputs, normalise_layers, npy_rows_path,
+                                       region_inputs, write_embeddings)
 
         if pool not in POOLINGS:
             raise NtkError(f"--pool {pool!r}: expected one of {', '.join(POOLINGS)}")
@@ -142,6 +142,7 @@ def register(app: typer.Typer) -> None:
 
         set_threads(threads)
         m = load_model(model, device=device, dtype=precision)
+        normalise_layers(layer, m.config.num_hidden_layers)  # fail before any output starts
         label = model or getattr(m, "source", "")
         progress, update = _progress(quiet, total)
         with progress:
