@@ -36,7 +36,8 @@ STATE_FILE = "trainer_state.pt"
 RUN_FILE = "run.json"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 # entries ntk writes into a run directory (removed by --force, nothing else is)
-RUN_ENTRIES = ("run.json", "checkpoints", "final", "best", "metrics.parquet", "training_curves.png")
+RUN_ENTRIES = ("run.json", "checkpoints", "final", "best", "metrics.parquet", "training_curves.png",
+               "summary.json")
 
 
 # -- run directory ---------------------------------------------------------------------------------

@@ -209,7 +209,7 @@ class Trainer:
         named = trainable_params if trainable_params is not None else [
             (n, p) for n, p in model.named_parameters() if p.requires_grad]
         self.optimizer = build_optimizer(named, cfg.lr, cfg.weight_decay, betas=cfg.betas,
-                                         fused=self.device.type == "cuda")
+                                         fused=self.device.type in ("cuda", "cpu"))
         self.scheduler = build_scheduler(self.optimizer, cfg.schedule, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         self.params = [p for _, p in named]
@@ -239,8 +239,14 @@ class Trainer:
         per_rank = {"rng": rng_state(),
                     "data": self.batches.state_dict() if hasattr(self.batches, "state_dict") else None}
         if self.dist.distributed:
+            # a fingerprint of this rank's parameters: DDP keeps replicas identical, checked at every save
+            per_rank["param_sums"] = torch.stack([p.detach().double().sum().cpu() for p in self.model.parameters()])
             gathered = [None] * self.dist.world_size
             dist.all_gather_object(gathered, per_rank)
+            ref = gathered[0]["param_sums"]
+            if self.dist.is_main and any(not torch.equal(g["param_sums"], ref) for g in gathered[1:]):
+                console.log(f"[bold red]warning: the {self.dist.world_size} ranks' parameters differ at step "
+                            f"{self.step}[/bold red]")
         else:
             gathered = [per_rank]
         return {
