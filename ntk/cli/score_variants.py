@@ -12,7 +12,9 @@ from .common import (BatchSizeOpt, ChrMapOpt, DeviceOpt, ForceOpt, ModelOpt, Pre
 
 HELP = """Score VCF variants with a Nucleotide Transformer / SegmentNT model (zero-shot).
 
-Every input record is written back, in order, with one Number=A INFO field per score (NTK_COS, NTK_L2, NTK_L1, NTK_DOT, NTK_LLR, NTK_SEG_<feature>) and NTK_STATUS (ok, ref_mismatch, symbolic, no_context, unsupported). Multi-allelic records are scored per ALT; indels are scored; REF is checked against the FASTA.
+Every input record is written back, in order, with one Number=A INFO field per score (NTK_COS, NTK_L2, \
+NTK_L1, NTK_DOT, NTK_LLR, NTK_SEG_<feature>) and NTK_STATUS (ok, ref_mismatch, symbolic, no_context, \
+unsupported). Multi-allelic records are scored per ALT; indels are scored; REF is checked against the FASTA.
 
 \b
 Examples:
@@ -72,4 +74,4 @@ def register(app: typer.Typer) -> None:
         console.print(f"ntk score-variants: {summary.records:,} records, {summary.alleles:,} alleles "
                       f"({counts or 'none'}); {summary.window}-nt windows; forward passes: ref {p['ref']:,}, "
                       f"alt {p['alt']:,}, masked {p['masked']:,}; {summary.seconds:.1f} s "
-                      f"({summary.variants_per_second:,.1f} variants/s)")
+                      f"({summary.variants_per_second:,.1f} variants/s)", soft_wrap=True)

@@ -425,7 +425,7 @@ class VariantScorer:
         ws = seq[w.start - a:w.end - a]
         strands = [ws, reverse_complement(ws)] if self.rc_average else [ws]
         ref = _RefWindow(w, seq, a, [self.tokenizer.tokenize(s) for s in strands])
-        if self.need_forward:
+        if self.need_forward and not self._too_long(ref.tokens[0][0]):
             for r, toks in enumerate(ref.tokens):
                 ref.passes.append(_Pass(toks[0], reverse=bool(r), want_embedding=self.want_embedding,
                                         probs_range=(0, w.length) if self.want_segment else None))
@@ -434,6 +434,10 @@ class VariantScorer:
         while len(self._refs) > 2 * self.group_windows:
             self._refs.popitem(last=False)
         return ref
+
+    def _too_long(self, ids: np.ndarray) -> bool:
+        """More tokens than a model with learned positions has (N-rich windows: every N is a token)."""
+        return self.max_tokens is not None and len(ids) > self.max_tokens
 
     # -- scoring --------------------------------------------------------------------------------------------
     def score(self, jobs: Sequence[_Job], order: Callable[[str], int]) -> None:
@@ -463,7 +467,7 @@ class VariantScorer:
             if ref.window_seq()[j.pos - ref.window.start:j.pos - ref.window.start + len(j.ref)] != j.ref:
                 j.status = "ref_mismatch"
                 continue
-            if self.max_tokens and len(ref.tokens[0][0]) > self.max_tokens:
+            if self._too_long(ref.tokens[0][0]):
                 j.status = "no_context"
                 continue
             if self.need_forward and not self._add_alt_passes(j, ref, alt_passes):
@@ -491,7 +495,7 @@ class VariantScorer:
             return False
         strands = [alt_seq, reverse_complement(alt_seq)] if self.rc_average else [alt_seq]
         toks = [self.tokenizer.tokenize(s)[0] for s in strands]
-        if self.max_tokens and max(len(t) for t in toks) > self.max_tokens:
+        if any(self._too_long(t) for t in toks):
             j.status = "no_context"
             return False
         j.alt_start, j.alt_len = alt_start, len(alt_seq)
