@@ -73,7 +73,8 @@ def register(app: typer.Typer) -> None:
             raise NtkError("give an output directory with -o/--output (or --bedgraph FEATURE to stream to stdout)")
         feats = [f.strip() for f in features.split(",") if f.strip()] if features else None
         progress = Progress(TextColumn("segment"), BarColumn(), MofNCompleteColumn(), TextColumn("bp"),
-                            _bp_rate_column(), TimeElapsedColumn(), console=console, disable=quiet, transient=False)
+                            _bp_rate_column(), TimeElapsedColumn(), console=console,
+                            disable=quiet or not console.is_terminal)  # a bar only on a terminal
         task = progress.add_task("segment", total=None)
 
         def start(total: int) -> None:  # the bar appears once inputs and model are checked (errors stay one line)

@@ -157,13 +157,28 @@ class SegmentsBedWriter:
         if not rows.size:
             return
         rows = rows[np.lexsort((rows[:, 2], rows[:, 1], rows[:, 0]))]
-        starts, ends, feats = rows[:, 0].astype(np.int64), rows[:, 1].astype(np.int64), rows[:, 2].astype(np.int64)
-        means, maxs = rows[:, 3], rows[:, 4]
-        scores = np.clip(np.rint(means * 1000), 0, 1000).astype(np.int64)
-        chrom = self._chrom
-        lines = "".join(
-            f"{chrom}\t{s}\t{e}\t{self.features[f]}\t{sc}\t.\t{m:.4f}\t{x:.4f}\n"
-            for s, e, f, sc, m, x in zip(starts.tolist(), ends.tolist(), feats.tolist(), scores.tolist(),
-                                         means.tolist(), maxs.tolist()))
-        self._out.write(lines.encode())
+        self._out.write(_format_bed(self._chrom, rows, self.features))
         self.n_segments += rows.shape[0]
+
+
+def _format_bed(chrom: str, rows: np.ndarray, features: list[str]) -> bytes:
+    """BED lines for rows (start, end, feature index, mean, max), formatted column-wise (no per-row Python)."""
+    import io
+
+    import polars as pl
+
+    n = rows.shape[0]
+    means = rows[:, 3]
+    df = pl.DataFrame({
+        "chrom": pl.Series([chrom], dtype=pl.String).extend_constant(chrom, n - 1),
+        "start": rows[:, 0].astype(np.int64),
+        "end": rows[:, 1].astype(np.int64),
+        "feature": pl.Series(features, dtype=pl.String).gather(rows[:, 2].astype(np.int64)),
+        "score": np.clip(np.rint(means * 1000), 0, 1000).astype(np.int64),
+        "strand": pl.Series(["."], dtype=pl.String).extend_constant(".", n - 1),
+        "mean_prob": means,
+        "max_prob": rows[:, 4],
+    })
+    buf = io.BytesIO()
+    df.write_csv(buf, separator="\t", include_header=False, float_precision=4)
+    return buf.getvalue()
