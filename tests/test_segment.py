@@ -106,6 +106,19 @@ def test_multi_window_positions_come_from_window_centres(m, tmp_path):
                                    preds[w.start][w.keep_start - w.start:w.keep_end - w.start], atol=1e-6)
 
 
+def test_window_longer_than_trained_uses_reference_rescaling(m, tmp_path):
+    seq = random_dna(1200)  # 200 DNA tokens + CLS = 201 > 157 trained tokens
+    fa = write_fasta(tmp_path / "g.fa", {"c1": seq})
+    segment_genome(fa, tmp_path / "out", model=m, window=1200, crop=0)
+    got = tracks(tmp_path / "out", m, "c1")
+    ids = m.tokenizer.encode([seq]).input_ids
+    with torch.inference_mode():
+        ref = m(ids, rescaling_factor=201 / (m.config.max_position_embeddings - 2)).segment_probabilities[0]
+        trained = m(ids, rescaling_factor=m.config.rescaling_factor).segment_probabilities[0]
+    np.testing.assert_allclose(got, ref.numpy(), atol=1e-6)
+    assert not np.allclose(got, trained.numpy(), atol=1e-4)  # the factor really changed
+
+
 def test_n_runs_iupac_and_short_runs(m, tmp_path):
     a, b, c = random_dna(936), random_dna(20), random_dna(480)
     seq = a + "N" * 50 + b + "RYKM" + c + "NN"
