@@ -54,8 +54,7 @@ def register(app: typer.Typer) -> None:
             "--bedgraph", metavar="FEATURE", help="Also stream FEATURE as bedGraph to stdout (-o may then be "
             "omitted)")] = None,
         zoom_levels: Annotated[int, typer.Option(
-            "--zoom-levels", help="BigWig zoom levels (default 0: memory stays flat; each level is built in "
-            "memory at the end, ~3 bytes per nt of the genome)")] = 0,
+            "--zoom-levels", help="BigWig zoom levels: summaries at 32 bp, then 4x coarser each (0: none)")] = 10,
         device: DeviceOpt = "auto",
         precision: PrecisionOpt = "auto",
         batch_size: BatchSizeOpt = "auto",

@@ -4,59 +4,349 @@ Values arrive as contiguous chunks ``add(chrom, start, values)`` (0-based start,
 genome order: contigs in header (FASTA index) order, positions increasing. Positions never given stay empty
 (no value) in the output; nothing is padded or interpolated.
 
-BigWig files are float32, with the header (contig names and sizes, in order) taken from the FASTA index, and
-written through pyBigWig (libBigWig) as fixed-step sections.
+BigWig (format of Kent et al. 2010, as written by UCSC's wigToBigWig and libBigWig; read back with pyBigWig in
+the tests) is written here with numpy + zlib, streaming, because libBigWig (pyBigWig's writer) builds zoom
+levels at close time entirely in memory (~3 bytes per covered nucleotide of the genome plus 12 per nucleotide of
+the largest contig). Here memory stays flat:
 
-Zoom levels: libBigWig computes them at close time entirely in memory (about 3 bytes per covered nucleotide of
-the genome plus 12 bytes per nucleotide of the largest contig), which breaks the flat-memory rule at genome
-scale. They are therefore off unless ``zoom_levels > 0`` is asked for (``ntk segment --zoom-levels N``);
-without them a file is complete and valid, and readers compute summaries from the full-resolution data.
+- data: fixed-step float32 sections of up to ``SECTION`` values, zlib-compressed, written as chunks arrive;
+- zoom levels (reductions 32, 128, 512, ... bp, up to ``zoom_levels``, only those not longer than the longest
+  contig): per-bin summaries (valid count, min, max, sum, sum of squares) computed with numpy per chunk, carried
+  across chunk boundaries, spooled to temporary files and copied into the file at close;
+- indexes: the chromosome B+ tree (keys sorted, ids in header order) and the R-trees of the data and of each
+  zoom level, built bottom-up at close from spooled (file-backed) entries; only the upper tree levels (1/256 of
+  the entries) are held in memory.
 """
 from __future__ import annotations
 
 import os
+import struct
+import tempfile
+import zlib
 from typing import BinaryIO
 
 import numpy as np
 
 from ..errors import NtkError
 
+BIGWIG_MAGIC = 0x888FFC26
+BPT_MAGIC = 0x78CA8C91  # chromosome B+ tree
+CIR_MAGIC = 0x2468ACE0  # R-tree index
+SECTION = 1024  # values per data section
+ZOOM_ITEMS = 1024  # zoom records per block
+BLOCK = 256  # children per index node
+FIRST_ZOOM = 32  # bp per bin of the first zoom level; each next level is 4x coarser
+ZLEVEL = 6
+
+_ENTRY = np.dtype([("c0", "<u4"), ("s", "<u4"), ("c1", "<u4"), ("e", "<u4"), ("off", "<u8"), ("size", "<u8")])
+_ZREC = np.dtype([("chrom", "<u4"), ("start", "<u4"), ("end", "<u4"), ("valid", "<u4"),
+                  ("min", "<f4"), ("max", "<f4"), ("sum", "<f4"), ("sumsq", "<f4")])
+
+
+class _Spool:
+    """An append-only temporary file of numpy records, read back in order in blocks."""
+
+    def __init__(self, dtype: np.dtype, directory: str | None):
+        self.dtype = dtype
+        self._f = tempfile.TemporaryFile(dir=directory)
+        self._buf: list[np.ndarray] = []
+        self._buffered = 0
+        self.n = 0
+
+    def append(self, rows: np.ndarray) -> None:
+        if rows.size:
+            self._buf.append(rows)
+            self._buffered += rows.size
+            self.n += rows.size
+            if self._buffered >= 65536:
+                self._drain()
+
+    def _drain(self) -> None:
+        for b in self._buf:
+            self._f.write(b.tobytes())
+        self._buf, self._buffered = [], 0
+
+    def blocks(self, size: int):
+        self._drain()
+        self._f.flush()
+        self._f.seek(0)
+        left = self.n
+        while left > 0:
+            k = min(size, left)
+            yield np.frombuffer(self._f.read(k * self.dtype.itemsize), dtype=self.dtype)
+            left -= k
+
+    def close(self) -> None:
+        self._f.close()
+
+
+class _ZoomLevel:
+    """Summaries of one zoom level: the bin being filled plus the finished ones spooled to disk."""
+
+    def __init__(self, reduction: int, directory: str | None):
+        self.reduction = reduction
+        self.records = _Spool(_ZREC, directory)
+        self.open: np.ndarray | None = None  # one _ZREC row: the last bin, maybe continued by the next chunk
+
+    def add(self, chrom_id: int, chrom_len: int, part: np.ndarray) -> None:
+        """``part``: _ZREC rows of finer bins (sorted, one contig), aggregated here into this level's bins."""
+        r = self.reduction
+        bins = part["start"] // r
+        cut = np.flatnonzero(np.diff(bins)) + 1
+        first = np.concatenate(([0], cut))
+        rec = np.zeros(first.size, _ZREC)
+        rec["chrom"] = chrom_id
+        rec["start"] = bins[first] * r
+        rec["end"] = np.minimum(bins[first] * r + r, chrom_len)
+        rec["valid"] = np.add.reduceat(part["valid"], first)
+        rec["min"] = np.minimum.reduceat(part["min"], first)
+        rec["max"] = np.maximum.reduceat(part["max"], first)
+        rec["sum"] = np.add.reduceat(part["sum"].astype(np.float64), first)
+        rec["sumsq"] = np.add.reduceat(part["sumsq"].astype(np.float64), first)
+        o = self.open
+        if o is not None:
+            if o["chrom"] == rec["chrom"][0] and o["start"] == rec["start"][0]:  # the same bin goes on
+                rec["valid"][0] += o["valid"]
+                rec["min"][0] = min(rec["min"][0], o["min"])
+                rec["max"][0] = max(rec["max"][0], o["max"])
+                rec["sum"][0] += o["sum"]
+                rec["sumsq"][0] += o["sumsq"]
+            else:
+                self.records.append(np.array([o], _ZREC))
+        self.records.append(rec[:-1])
+        self.open = rec[-1].copy()
+
+    def finish(self) -> None:
+        if self.open is not None:
+            self.records.append(np.array([self.open], _ZREC))
+            self.open = None
+
+
+def _rtree_levels(n_leaf_nodes: int) -> list[int]:
+    """Node counts per level, leaves first, up to a single root."""
+    levels = [n_leaf_nodes]
+    while levels[-1] > 1:
+        levels.append(-(-levels[-1] // BLOCK))
+    return levels
+
+
+def _write_rtree(f: BinaryIO, entries: _Spool, items_per_slot: int, end_offset: int) -> int:
+    """Write an R-tree (cirTree) over the spooled data/zoom block entries; returns its file offset."""
+    n = entries.n
+    offset = f.tell()
+    if n == 0:
+        f.write(struct.pack("<IIQIIIIQII", CIR_MAGIC, BLOCK, 0, 0, 0, 0, 0, end_offset, items_per_slot, 0))
+        f.write(struct.pack("<BBH", 1, 0, 0))
+        return offset
+    # bounds of each leaf node (BLOCK entries), then of each upper node, kept in memory (n / BLOCK rows)
+    leaf_bounds = []
+    first = last = None
+    for blk in entries.blocks(BLOCK):
+        leaf_bounds.append((blk["c0"][0], blk["s"][0], blk["c1"][-1], blk["e"][-1]))
+        first = first or (int(blk["c0"][0]), int(blk["s"][0]))
+        last = (int(blk["c1"][-1]), int(blk["e"][-1]))
+    counts = _rtree_levels(len(leaf_bounds))
+    bounds = [np.array(leaf_bounds, dtype=np.uint32).reshape(-1, 4)]
+    for _ in counts[1:]:
+        b = bounds[-1]
+        heads = np.arange(0, b.shape[0], BLOCK)
+        tails = np.minimum(heads + BLOCK, b.shape[0]) - 1
+        bounds.append(np.column_stack((b[heads, 0], b[heads, 1], b[tails, 2], b[tails, 3])))
+    leaf_size, inner_size = 4 + BLOCK * 32, 4 + BLOCK * 24
+    f.write(struct.pack("<IIQIIIIQII", CIR_MAGIC, BLOCK, n, first[0], first[1], last[0], last[1], end_offset,
+                        items_per_slot, 0))
+    # levels are written root first; level k's node j starts at level_start[k] + j * node size
+    top = len(counts) - 1
+    level_start = {}
+    pos = f.tell()
+    for k in range(top, -1, -1):
+        level_start[k] = pos
+        pos += counts[k] * (leaf_size if k == 0 else inner_size)
+    for k in range(top, 0, -1):
+        child = bounds[k - 1]
+        child_size = leaf_size if k == 1 else inner_size
+        for j in range(counts[k]):
+            items = child[j * BLOCK:(j + 1) * BLOCK]
+            idx = np.arange(j * BLOCK, j * BLOCK + items.shape[0], dtype=np.uint64)
+            rows = np.zeros(BLOCK, dtype=[("b", "<u4", 4), ("child", "<u8")])
+            rows["b"][:items.shape[0]] = items
+            rows["child"][:items.shape[0]] = level_start[k - 1] + idx * child_size
+            f.write(struct.pack("<BBH", 0, 0, items.shape[0]) + rows.tobytes())
+    for blk in entries.blocks(BLOCK):
+        rows = np.zeros(BLOCK, _ENTRY)
+        rows[:blk.size] = blk
+        f.write(struct.pack("<BBH", 1, 0, blk.size) + rows.tobytes())
+    return offset
+
+
+def _write_chrom_tree(f: BinaryIO, sizes: list[tuple[str, int]]) -> None:
+    """B+ tree of contig names (sorted by bytes, as searches need) -> (id in header order, length)."""
+    keys = [c.encode() for c, _ in sizes]
+    key_size = max([len(k) for k in keys] + [1])
+    items = sorted((k, i, n) for i, (k, (_, n)) in enumerate(zip(keys, sizes)))
+    bs = max(1, min(len(items), BLOCK))
+    node_size = 4 + bs * (key_size + 8)
+    f.write(struct.pack("<IIIIQQ", BPT_MAGIC, bs, key_size, 8, len(items), 0))
+    counts = _rtree_levels(-(-len(items) // bs)) if items else [1]
+    # first key of every node, per level (leaves first)
+    firsts = [[items[j][0] for j in range(0, len(items), bs)] or [b""]]
+    for _ in counts[1:]:
+        firsts.append(firsts[-1][::bs])
+    top = len(counts) - 1
+    level_start, pos = {}, f.tell()
+    for k in range(top, -1, -1):
+        level_start[k] = pos
+        pos += counts[k] * node_size
+    pad_item = b"\0" * (key_size + 8)
+    for k in range(top, 0, -1):
+        child_keys = firsts[k - 1]
+        for j in range(counts[k]):
+            chunk = child_keys[j * bs:(j + 1) * bs]
+            body = b"".join(key.ljust(key_size, b"\0") + struct.pack("<Q", level_start[k - 1] + (j * bs + i) * node_size)
+                            for i, key in enumerate(chunk))
+            f.write(struct.pack("<BBH", 0, 0, len(chunk)) + body + pad_item * (bs - len(chunk)))
+    for j in range(counts[0]):
+        chunk = items[j * bs:(j + 1) * bs]
+        body = b"".join(k.ljust(key_size, b"\0") + struct.pack("<II", i, n) for k, i, n in chunk)
+        f.write(struct.pack("<BBH", 1, 0, len(chunk)) + body + pad_item * (bs - len(chunk)))
+
 
 class BigWigWriter:
-    """One float32 BigWig track; ``add`` chunks in genome order, then ``close``."""
+    """One float32 BigWig track; ``add`` chunks in genome order, then ``close`` (writes zooms and indexes)."""
 
-    def __init__(self, path: str | os.PathLike, chrom_sizes: list[tuple[str, int]], zoom_levels: int = 0):
-        import pyBigWig
-
+    def __init__(self, path: str | os.PathLike, chrom_sizes: list[tuple[str, int]], zoom_levels: int = 10):
         self.path = str(path)
-        self._bw = pyBigWig.open(self.path, "w")
-        if self._bw is None:
-            raise NtkError(f"{self.path}: cannot create BigWig file")
-        sizes = [(c, int(n)) for c, n in chrom_sizes if int(n) > 0]  # a BigWig cannot declare an empty contig
-        self._bw.addHeader(sizes, maxZooms=int(zoom_levels))
-        self._rank = {c: i for i, (c, _) in enumerate(sizes)}
+        sizes = [(c, int(n)) for c, n in chrom_sizes if int(n) > 0]  # an empty contig cannot hold data
+        if any(n >= 2**32 for _, n in sizes):
+            raise NtkError(f"{self.path}: contigs of 4 Gbp or more cannot be written to BigWig")
+        self._ids = {c: i for i, (c, _) in enumerate(sizes)}
         self._sizes = dict(sizes)
-        self._last = (-1, 0)  # (contig rank, end) of the last chunk: chunks must come in genome order
+        self._lengths = [n for _, n in sizes]
+        longest = max([n for _, n in sizes] + [1])
+        reductions = [FIRST_ZOOM * 4**k for k in range(max(int(zoom_levels), 0))]
+        self._reductions = [r for r in reductions if r <= longest] or reductions[:1]
+        directory = os.path.dirname(os.path.abspath(self.path))
+        try:
+            self._f = open(self.path, "wb")
+        except OSError as e:
+            raise NtkError(f"{self.path}: cannot create BigWig file ({e.strerror})") from None
+        self._entries = _Spool(_ENTRY, directory)
+        self._zooms = [_ZoomLevel(r, directory) for r in self._reductions]
+        self._last = (-1, 0)
+        self._stats = [0, np.inf, -np.inf, 0.0, 0.0]  # bases, min, max, sum, sum of squares
+        f = self._f
+        f.write(b"\0" * (64 + 24 * len(self._zooms)))  # header and zoom headers, filled in at close
+        self._summary_offset = f.tell()
+        f.write(b"\0" * 40)
+        self._chrom_tree_offset = f.tell()
+        _write_chrom_tree(f, sizes)
+        self._data_offset = f.tell()
+        f.write(b"\0" * 8)  # number of data sections, filled in at close
         self.n_values = 0
 
     def add(self, chrom: str, start: int, values: np.ndarray) -> None:
-        values = np.ascontiguousarray(values, dtype=np.float32)
-        if not values.size:
+        v = np.ascontiguousarray(values, dtype=np.float32)
+        if not v.size:
             return
-        rank = self._rank.get(chrom)
-        if rank is None:
+        cid = self._ids.get(chrom)
+        if cid is None:
             raise ValueError(f"{self.path}: contig {chrom!r} is not in the BigWig header")
-        end = start + values.size
-        if (rank, start) < self._last or end > self._sizes[chrom]:
+        end = start + v.size
+        if (cid, start) < self._last or end > self._sizes[chrom] or start < 0:
             raise ValueError(f"{self.path}: chunk {chrom}:{start}-{end} is out of genome order or beyond the contig")
-        self._bw.addEntries(chrom, int(start), values=values, span=1, step=1)
-        self._last = (rank, end)
-        self.n_values += values.size
+        self._last = (cid, end)
+        self._write_sections(cid, start, v)
+        self._add_zooms(cid, start, v)
+        v64 = v.astype(np.float64)
+        s = self._stats
+        s[0] += v.size
+        s[1], s[2] = min(s[1], float(v.min())), max(s[2], float(v.max()))
+        s[3] += float(v64.sum())
+        s[4] += float(np.dot(v64, v64))
+        self.n_values += v.size
+
+    def _write_sections(self, cid: int, start: int, v: np.ndarray) -> None:
+        f = self._f
+        n_sec = -(-v.size // SECTION)
+        rows = np.zeros(n_sec, _ENTRY)
+        for i in range(n_sec):
+            a = i * SECTION
+            part = v[a:a + SECTION]
+            s = start + a
+            e = s + part.size
+            block = zlib.compress(struct.pack("<IIIIIBBH", cid, s, e, 1, 1, 3, 0, part.size) + part.tobytes(),
+                                  ZLEVEL)
+            rows[i] = (cid, s, cid, e, f.tell(), len(block))
+            f.write(block)
+        self._entries.append(rows)
+
+    def _add_zooms(self, cid: int, start: int, v: np.ndarray) -> None:
+        if not self._zooms:
+            return
+        # summaries of the chunk at the finest reduction, then coarser levels aggregate those
+        r0 = self._zooms[0].reduction
+        pos0 = start // r0
+        bins = (start + np.arange(v.size)) // r0 - pos0
+        first = np.concatenate(([0], np.flatnonzero(np.diff(bins)) + 1))
+        v64 = v.astype(np.float64)
+        part = np.zeros(first.size, _ZREC)
+        part["chrom"] = cid
+        part["start"] = (bins[first] + pos0) * r0
+        part["valid"] = np.diff(np.concatenate((first, [v.size])))
+        part["min"] = np.minimum.reduceat(v, first)
+        part["max"] = np.maximum.reduceat(v, first)
+        part["sum"] = np.add.reduceat(v64, first)
+        part["sumsq"] = np.add.reduceat(v64 * v64, first)
+        for z in self._zooms:
+            z.add(cid, self._lengths[cid], part)
 
     def close(self) -> None:
-        if self._bw is not None:
-            self._bw.close()
-            self._bw = None
+        f = self._f
+        if f is None:
+            return
+        try:
+            n_sections = self._entries.n
+            end_data = f.tell()
+            index_offset = _write_rtree(f, self._entries, SECTION, end_data)
+            zoom_headers = []
+            if self.n_values:
+                for z in self._zooms:
+                    z.finish()
+                    data_offset = f.tell()
+                    f.write(struct.pack("<I", z.records.n))
+                    blocks = _Spool(_ENTRY, os.path.dirname(os.path.abspath(self.path)))
+                    for rec in z.records.blocks(ZOOM_ITEMS):
+                        block = zlib.compress(rec.tobytes(), ZLEVEL)
+                        row = np.array([(rec["chrom"][0], rec["start"][0], rec["chrom"][-1], rec["end"][-1],
+                                         f.tell(), len(block))], _ENTRY)
+                        blocks.append(row)
+                        f.write(block)
+                    zoom_index = _write_rtree(f, blocks, ZOOM_ITEMS, f.tell())
+                    blocks.close()
+                    zoom_headers.append(struct.pack("<IIQQ", z.reduction, 0, data_offset, zoom_index))
+            s = self._stats
+            summary = struct.pack("<Qdddd", s[0], s[1] if s[0] else 0.0, s[2] if s[0] else 0.0, s[3], s[4])
+            buf_size = max(24 + 4 * SECTION, _ZREC.itemsize * ZOOM_ITEMS)
+            header = struct.pack("<IHHQQQHHQQIQ", BIGWIG_MAGIC, 4, len(zoom_headers), self._chrom_tree_offset,
+                                 self._data_offset, index_offset, 0, 0, 0, self._summary_offset, buf_size, 0)
+            f.seek(0)
+            f.write(header + b"".join(zoom_headers))
+            f.seek(self._summary_offset)
+            f.write(summary)
+            f.seek(self._data_offset)
+            f.write(struct.pack("<Q", n_sections))
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+        self._entries.close()
+        for z in self._zooms:
+            z.records.close()
+
+    abort = _release
 
 
 class BedGraphWriter:

@@ -112,7 +112,7 @@ class TrackOutputs:
 
     def __init__(self, out_dir: Path | None, chrom_sizes: list[tuple[str, int]], features: list[str],
                  threshold: float, min_length: int, bedgraph_index: int | None = None,
-                 bedgraph_stream: BinaryIO | None = None, zoom_levels: int = 0):
+                 bedgraph_stream: BinaryIO | None = None, zoom_levels: int = 10):
         self.features = features
         self.bigwigs: list[BigWigWriter] = []
         self.segments: SegmentsBedWriter | None = None
@@ -301,7 +301,7 @@ def segment_genome(
     min_length: int = 1,
     bedgraph: str | None = None,
     bedgraph_stream: BinaryIO | None = None,
-    zoom_levels: int = 0,
+    zoom_levels: int = 10,
     device: str = "auto",
     precision: str = "auto",
     batch_size: int | None = None,
