@@ -73,7 +73,7 @@ def register(app: typer.Typer) -> None:
         feats = [f.strip() for f in features.split(",") if f.strip()] if features else None
         progress = Progress(TextColumn("segment"), BarColumn(), MofNCompleteColumn(), TextColumn("bp"),
                             _bp_rate_column(), TimeElapsedColumn(), console=console,
-                            disable=quiet or not console.is_terminal)  # a bar only on a terminal
+                            disable=quiet or not console.is_terminal, transient=True)  # only on a terminal
         task = progress.add_task("segment", total=None)
 
         def start(total: int) -> None:  # the bar appears once inputs and model are checked (errors stay one line)
