@@ -1,13 +1,264 @@
-"""`ntk finetune` (placeholder until issue #7 lands)."""
+"""`ntk finetune classify|regress|segment` (thin wrappers of ntk.pipelines.finetune / finetune_segment).
+
+`ntk predict` lives in cli/predict.py and is registered from here.
+"""
 from __future__ import annotations
+
+from typing import Annotated, Optional
 
 import typer
 
-from .common import not_built
+from ..errors import NtkError
+from .common import ChrMapOpt, DeviceOpt, ForceOpt, ModelOpt, PrecisionOpt, QuietOpt, RegionsFileOpt, ThreadsOpt, console
+
+OutOpt = Annotated[str, typer.Option("--output", "-o", help="Run directory (best/ and final/ checkpoints, "
+                                     "metrics.json, metrics.parquet, training_curves.png)", show_default=False)]
+MethodOpt = Annotated[str, typer.Option("--method", help="full (all weights) | head (encoder frozen) | lora | ia3")]
+LoraRankOpt = Annotated[int, typer.Option("--lora-rank", help="LoRA rank r")]
+LoraAlphaOpt = Annotated[float, typer.Option("--lora-alpha", help="LoRA scaling alpha (update scaled by alpha/r)")]
+LoraDropoutOpt = Annotated[float, typer.Option("--lora-dropout", help="Dropout on the LoRA input")]
+LoraTargetsOpt = Annotated[str, typer.Option("--lora-targets", help="Encoder layers given LoRA: query, key, value, "
+                                             "attn_out, ffn_in, ffn_out (comma-separated)")]
+Ia3TargetsOpt = Annotated[str, typer.Option("--ia3-targets", help="IA3 rescaling: key, value (outputs), ffn_out "
+                                            "(its input = the FFN activations), ...")]
+MergeOpt = Annotated[bool, typer.Option("--merge", help="Fold LoRA/IA3 adapters into plain weights in best/ and "
+                                        "final/")]
+EpochsOpt = Annotated[float, typer.Option("--epochs", help="Passes over the training data")]
+StepsOpt = Annotated[Optional[int], typer.Option("--steps", help="Optimiser steps (overrides --epochs)")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", help="Sequences (windows) per step")]
+LrOpt = Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate [default: full 1e-4, head 1e-3, "
+                                                "lora 1e-3, ia3 3e-3]")]
+WarmupOpt = Annotated[float, typer.Option("--warmup", help="Warm-up: a fraction of the steps (<1) or steps (>=1)")]
+WdOpt = Annotated[float, typer.Option("--weight-decay")]
+EvalEveryOpt = Annotated[Optional[int], typer.Option("--eval-every", help="Validate every N steps [default: each "
+                                                     "epoch]")]
+PatienceOpt = Annotated[Optional[int], typer.Option("--patience", help="Stop after N evaluations without "
+                                                    "improvement (0 = never)")]
+MonitorOpt = Annotated[Optional[str], typer.Option("--monitor", help="Validation metric for early stopping and "
+                                                   "best/: mcc, auroc, auprc, f1, accuracy, pearson, spearman, r2, "
+                                                   "mse, loss, or metric/NAME [default: classify mcc, regress "
+                                                   "pearson, segment auprc]")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the head init, split, shuffling and augmentation")]
+SaveEveryOpt = Annotated[int, typer.Option("--save-every", help="Checkpoint every N steps (0 = at the end)")]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue the run in -o from its latest checkpoint")]
+RefOpt = Annotated[Optional[str], typer.Option("--reference", "-f", help="Reference FASTA (for -R regions)")]
+LabelColOpt = Annotated[Optional[list[str]], typer.Option("--label-col", help="Label column(s), comma-separated or "
+                                                          "repeated; for BED input a 1-based column number, 'name' "
+                                                          "or 'score' [default: label / BED name]")]
+SeqColOpt = Annotated[str, typer.Option("--sequence-col", help="Sequence column of a table")]
+NameColOpt = Annotated[Optional[str], typer.Option("--name-col", help="Record name column of a table")]
+SplitColOpt = Annotated[Optional[str], typer.Option("--split-col", help="Column with train/val/test per record")]
+ValChromsOpt = Annotated[Optional[list[str]], typer.Option("--val-chroms", help="Chromosomes held out for "
+                                                           "validation (comma-separated, repeatable)")]
+TestChromsOpt = Annotated[Optional[list[str]], typer.Option("--test-chroms", help="Chromosomes held out for "
+                                                            "testing")]
+ValFracOpt = Annotated[float, typer.Option("--val-fraction", help="Stratified random validation fraction (tables)")]
+TestFracOpt = Annotated[float, typer.Option("--test-fraction", help="Stratified random test fraction (tables)")]
+FoldsOpt = Annotated[Optional[int], typer.Option("--folds", help="K-fold cross-validation (tables): RUN_DIR/fold-K "
+                                                 "per fold, mean/sd of test metrics in RUN_DIR/metrics.json")]
+MultiLabelOpt = Annotated[bool, typer.Option("--multi-label", help="classify: several 0/1 label columns, or one "
+                                              "column of labels joined by ';'")]
+ClassesOpt = Annotated[Optional[str], typer.Option("--classes", help="classify: class names in order, "
+                                                   "comma-separated (other values are an error)")]
+InputArg = Annotated[Optional[str], typer.Argument(help="Table (.csv/.tsv/.parquet with sequence and label "
+                                                   "columns) or FASTA with labels in the headers (>id label=X)",
+                                                   show_default=False)]
+
+
+def _names(values: list[str] | None) -> list[str]:
+    out: list[str] = []
+    for v in values or []:
+        out.extend(x.strip() for x in v.split(",") if x.strip())
+    return out
+
+
+def _options(**kw):
+    from ..pipelines.finetune import FinetuneOptions
+
+    if kw.get("patience") == 0:
+        kw["patience"] = None
+    return FinetuneOptions(**kw)
+
+
+def _fmt(d: dict | None, keys=None) -> str:
+    if not d:
+        return "-"
+    items = [(k, v) for k, v in d.items() if (keys is None or k in keys) and v is not None]
+    return "  ".join(f"{k} {v:.3f}" for k, v in items)
+
+
+def _summary(name: str, rep: dict, output: str) -> None:
+    if "folds" in rep:
+        console.print(f"[bold]ntk finetune {name}[/bold]: {rep['folds']} folds; test mean: {_fmt(rep['test_mean'])}")
+        console.print(f"  per-fold runs in {output}/fold-K, summary in {output}/metrics.json")
+        return
+    main = ("mcc", "auroc", "auprc", "accuracy", "f1", "pearson", "spearman", "r2", "loss")
+    console.print(f"[bold]ntk finetune {name}[/bold]: {rep['steps']} steps ({rep['stopped']}), best "
+                  f"{rep['monitor']} {rep['best_value'] if rep['best_value'] is None else round(rep['best_value'], 4)}"
+                  f" at step {rep['best_step']}; {rep['trainable_parameters']:,} of {rep['total_parameters']:,} "
+                  "parameters trained")
+    console.print(f"  validation (best/): {_fmt(rep.get('val'), main)}")
+    if rep.get("test"):
+        console.print(f"  test (best/):       {_fmt(rep['test'], main)}")
+        if rep.get("initial_test"):
+            console.print(f"  test, untrained head: {_fmt(rep['initial_test'], main)}")
+    console.print(f"  model: {rep.get('best_checkpoint')}  metrics: {output}/metrics.json")
+
+
+def _sequence_cmd(
+    ctx: typer.Context,
+    output: OutOpt,
+    input: InputArg = None,
+    model: ModelOpt = None,
+    regions: RegionsFileOpt = None,
+    reference: RefOpt = None,
+    chr_map: ChrMapOpt = None,
+    label_col: LabelColOpt = None,
+    sequence_col: SeqColOpt = "sequence",
+    name_col: NameColOpt = None,
+    multi_label: MultiLabelOpt = False,
+    classes: ClassesOpt = None,
+    split_col: SplitColOpt = None,
+    val_chroms: ValChromsOpt = None,
+    test_chroms: TestChromsOpt = None,
+    val_fraction: ValFracOpt = 0.1,
+    test_fraction: TestFracOpt = 0.1,
+    folds: FoldsOpt = None,
+    method: MethodOpt = "full",
+    lora_rank: LoraRankOpt = 8,
+    lora_alpha: LoraAlphaOpt = 16.0,
+    lora_dropout: LoraDropoutOpt = 0.0,
+    lora_targets: LoraTargetsOpt = "query,value",
+    ia3_targets: Ia3TargetsOpt = "key,value,ffn_out",
+    merge: MergeOpt = False,
+    epochs: EpochsOpt = 10.0,
+    steps: StepsOpt = None,
+    batch_size: BatchOpt = 16,
+    lr: LrOpt = None,
+    warmup: WarmupOpt = 0.05,
+    weight_decay: WdOpt = 0.01,
+    eval_every: EvalEveryOpt = None,
+    patience: PatienceOpt = 5,
+    monitor: MonitorOpt = None,
+    seed: SeedOpt = 0,
+    save_every: SaveEveryOpt = 0,
+    resume: ResumeOpt = False,
+    force: ForceOpt = False,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
+    threads: ThreadsOpt = None,
+    quiet: QuietOpt = False,
+):
+    """Shared body of `ntk finetune classify` and `ntk finetune regress` (the command name picks the task)."""
+    from ..io.intervals import read_chr_map
+    from ..pipelines.finetune import SequenceTaskInput, finetune_sequences
+
+    task = ctx.info_name
+
+    if task == "regress" and (multi_label or classes):
+        raise NtkError("--multi-label/--classes apply to `ntk finetune classify`")
+    labels = _names(label_col) or ["label"]
+    inp = SequenceTaskInput(
+        path=input, label_cols=labels, sequence_col=sequence_col, name_col=name_col, regions=regions,
+        reference=reference, chr_map=read_chr_map(chr_map), multi_label=multi_label,
+        classes=_names([classes]) if classes else None, split_col=split_col,
+        val_chroms=_names(val_chroms), test_chroms=_names(test_chroms), val_fraction=val_fraction,
+        test_fraction=test_fraction, folds=folds)
+    opts = _options(model=model, method=method, lora_rank=lora_rank, lora_alpha=lora_alpha,
+                    lora_dropout=lora_dropout, lora_targets=lora_targets, ia3_targets=ia3_targets,
+                    merge=merge, epochs=epochs, steps=steps, batch_size=batch_size, lr=lr, warmup=warmup,
+                    weight_decay=weight_decay, eval_every=eval_every, patience=patience, monitor=monitor,
+                    seed=seed, device=device, precision=precision, threads=threads, save_every=save_every,
+                    quiet=quiet, force=force, resume=resume)
+    rep = finetune_sequences(task, inp, output, opts)
+    if not quiet:
+        _summary(task, rep, output)
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("finetune", context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-                 help="(not built yet: issue #7)")
-    def _cmd(ctx: typer.Context):
-        not_built("finetune", "issue #7")
+    from .predict import register as register_predict
+
+    ft = typer.Typer(help="Fine-tune a model: sequence classification, regression, or per-nucleotide segmentation "
+                     "(SegmentNT-style head); full, head-only, LoRA or IA3.", no_args_is_help=True)
+    app.add_typer(ft, name="finetune")
+    register_predict(app)
+
+    ft.command("classify", no_args_is_help=True, help=(
+        "Train a sequence classifier (single-label, or --multi-label) on a table, a labelled FASTA, or BED "
+        "intervals of a reference (-R regions.bed -f genome.fa --label-col 5). Splits: stratified random "
+        "(--val-fraction/--test-fraction), --folds K, --split-col, or whole chromosomes (--val-chroms)."))(_sequence_cmd)
+    ft.command("regress", no_args_is_help=True, help=(
+        "Train a regressor for one or more numeric targets (--label-col a,b). Outputs are reported in the targets' "
+        "units; metrics Pearson, Spearman, R2."))(_sequence_cmd)
+
+    @ft.command("segment", no_args_is_help=True)
+    def segment_cmd(
+        output: OutOpt,
+        reference: Annotated[str, typer.Option("--reference", "-f", help="Genome FASTA (plain/bgzip/gzip)",
+                                               show_default=False)],
+        annotation: Annotated[str, typer.Option("--annotation", "-a", help="GTF, GFF3 or BED (name column = "
+                                                "feature)", show_default=False)],
+        features: Annotated[str, typer.Option("--features", help="Features to predict, comma-separated (GTF: "
+                                              "protein_coding_gene, lncRNA, exon, intron, splice_donor, "
+                                              "splice_acceptor, 5UTR, 3UTR, <biotype>_gene or a record type)",
+                                              show_default=False)],
+        val_chroms: ValChromsOpt = None,
+        test_chroms: TestChromsOpt = None,
+        train_chroms: Annotated[Optional[list[str]], typer.Option("--train-chroms", help="Training contigs "
+                                                                  "[default: every other annotated contig]")] = None,
+        chr_map: ChrMapOpt = None,
+        annotation_format: Annotated[Optional[str], typer.Option("--annotation-format", help="gtf | gff3 | bed "
+                                                                 "[default: from the file name]")] = None,
+        window: Annotated[Optional[int], typer.Option("--window", help="Window in nt, a multiple of 24 [default: "
+                                                      "the model's context, at most 6144]")] = None,
+        eval_crop: Annotated[Optional[int], typer.Option("--eval-crop", help="nt ignored at each end of evaluation "
+                                                         "windows [default: window/8]")] = None,
+        max_eval_windows: Annotated[int, typer.Option("--max-eval-windows", help="Validation windows, evenly spaced "
+                                                      "(0 = all); test always uses all")] = 256,
+        rc_augment: Annotated[bool, typer.Option("--rc-augment/--no-rc-augment", help="Reverse-complement half of "
+                                                 "the training windows")] = True,
+        model: ModelOpt = None,
+        method: MethodOpt = "full",
+        lora_rank: LoraRankOpt = 8,
+        lora_alpha: LoraAlphaOpt = 16.0,
+        lora_dropout: LoraDropoutOpt = 0.0,
+        lora_targets: LoraTargetsOpt = "query,value",
+        ia3_targets: Ia3TargetsOpt = "key,value,ffn_out",
+        merge: MergeOpt = False,
+        epochs: EpochsOpt = 10.0,
+        steps: StepsOpt = None,
+        batch_size: BatchOpt = 8,
+        lr: LrOpt = None,
+        warmup: WarmupOpt = 0.05,
+        weight_decay: WdOpt = 0.01,
+        eval_every: EvalEveryOpt = None,
+        patience: PatienceOpt = 5,
+        monitor: MonitorOpt = None,
+        seed: SeedOpt = 0,
+        save_every: SaveEveryOpt = 0,
+        resume: ResumeOpt = False,
+        force: ForceOpt = False,
+        device: DeviceOpt = "auto",
+        precision: PrecisionOpt = "auto",
+        threads: ThreadsOpt = None,
+        quiet: QuietOpt = False,
+    ):
+        """Train a SegmentNT-style U-Net head on per-nucleotide targets from an annotation; the result (best/) is a
+        SegmentNT-type checkpoint that `ntk segment` runs."""
+        from ..io.intervals import read_chr_map
+        from ..pipelines.finetune_segment import SegmentTaskInput, finetune_segment
+
+        inp = SegmentTaskInput(
+            reference=reference, annotation=annotation, features=_names([features]), val_chroms=_names(val_chroms),
+            test_chroms=_names(test_chroms), train_chroms=_names(train_chroms) or None,
+            chr_map=read_chr_map(chr_map), annotation_format=annotation_format, window=window, eval_crop=eval_crop,
+            max_eval_windows=max_eval_windows or None, rc_augment=rc_augment)
+        opts = _options(model=model, method=method, lora_rank=lora_rank, lora_alpha=lora_alpha,
+                        lora_dropout=lora_dropout, lora_targets=lora_targets, ia3_targets=ia3_targets, merge=merge,
+                        epochs=epochs, steps=steps, batch_size=batch_size, lr=lr, warmup=warmup,
+                        weight_decay=weight_decay, eval_every=eval_every, patience=patience, monitor=monitor,
+                        seed=seed, device=device, precision=precision, threads=threads, save_every=save_every,
+                        quiet=quiet, force=force, resume=resume)
+        rep = finetune_segment(inp, output, opts)
+        if not quiet:
+            _summary("segment", rep, output)

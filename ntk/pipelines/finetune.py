@@ -1,0 +1,466 @@
+"""``ntk finetune classify|regress``: fine-tune a Nucleotide Transformer on labelled sequences.
+
+Flow: labelled records (:mod:`ntk.io.labels`) -> labels encoded and split without leakage
+(:mod:`ntk.train.finetune_data`) -> base model + new head (:func:`build_task_model`) -> method (full, head, LoRA,
+IA3: :func:`setup_method`) -> the shared :class:`ntk.train.Trainer` (early stopping on the monitored validation
+metric, ``best/`` kept) -> best checkpoint evaluated on the test split -> ``RUN_DIR/metrics.json``.
+
+The segmentation task (``ntk finetune segment``) lives in :mod:`.finetune_segment` and shares everything here
+except the data and the loss.
+
+Run directory: ``run.json``, ``checkpoints/step-*/``, ``best/`` (best validation metric), ``final/`` (last step),
+``metrics.parquet`` (one row per step, ``val_*`` columns at evaluations), ``training_curves.png``,
+``metrics.json`` (split sizes, initial/best validation metrics, test metrics of ``best/``, trainable
+parameters); ``fold-K/`` run directories under ``--folds``. ``best/`` and ``final/`` are HF-layout checkpoints
+that ``ntk.load_model`` and ``ntk predict`` read; adapters are folded in by ``--merge`` (or at load time).
+"""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .. import __version__
+from ..errors import InputError, NtkError
+from ..io.labels import LabeledSequences, read_labeled
+from ..model.adapters import ADAPTER_KEY, adapter_parameters, apply_ia3, apply_lora
+from ..model.checkpoint import load_into, load_model, load_state_dict, save_model
+from ..model.config import NTConfig
+from ..model.nt import NUC_PER_TOKEN, NucleotideTransformer
+from ..model.runtime import set_threads
+from ..train import metrics as M
+from ..train.checkpointing import latest_checkpoint, prepare_run_dir, read_run_info, write_json_atomic
+from ..train.finetune_data import (EncodedLabels, SequenceBatches, Split, encode_labels, split_by_chroms,
+                                   split_by_column, split_kfold, split_random, tokenize_all)
+from ..train.loop import TrainConfig, Trainer
+from .predict import sequence_outputs
+
+METHODS = ("full", "head", "lora", "ia3")
+DEFAULT_LR = {"full": 1e-4, "head": 1e-3, "lora": 1e-3, "ia3": 3e-3}
+DEFAULT_MONITOR = {"single_label_classification": "mcc", "multi_label_classification": "mcc",
+                   "regression": "pearson", "segmentation": "auprc"}
+OWN_ENTRIES = ("metrics.json",)  # written here, besides the trainer's run-directory entries
+
+
+@dataclass
+class FinetuneOptions:
+    """Everything the fine-tuning runs share (the CLI maps its options onto this one to one)."""
+    model: str | None = None  # base checkpoint dir / preset / None = embedded default
+    method: str = "full"  # full | head | lora | ia3
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_targets: str = "query,value"
+    ia3_targets: str = "key,value,ffn_out"
+    merge: bool = False  # fold adapters into plain weights in best/ and final/
+    epochs: float = 10.0
+    steps: int | None = None  # overrides epochs
+    batch_size: int = 16
+    lr: float | None = None  # None: per-method default (DEFAULT_LR)
+    warmup: float = 0.05  # < 1: fraction of the steps; >= 1: steps
+    weight_decay: float = 0.01
+    schedule: str = "cosine"
+    eval_every: int | None = None  # steps; None: once per epoch
+    patience: int | None = 5  # evaluations without improvement before stopping
+    monitor: str | None = None  # validation metric (mcc, auroc, auprc, f1, accuracy, pearson, spearman, r2, loss)
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"
+    threads: int | None = None
+    save_every: int = 0
+    quiet: bool = False
+    force: bool = False
+    resume: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+# -- model -----------------------------------------------------------------------------------------
+def _copy_config(cfg: NTConfig) -> NTConfig:
+    return NTConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+
+
+def build_task_model(base: NucleotideTransformer, head: str, *, label_names: list[str] | None = None,
+                     problem_type: str | None = None, regression_mean=None, regression_std=None,
+                     features: list[str] | None = None, num_layers_head: int = 2,
+                     rescaling_factor: float | None = None) -> NucleotideTransformer:
+    """The base encoder with a new task head (``head``: ``sequence`` or ``segment``), weights copied.
+
+    Head weights of the base are reused when they fit: a classifier with the same labels, a SegmentNT U-Net of
+    the same depth, and the ``fc`` rows of features the base already predicts.
+    """
+    cfg = _copy_config(base.config)
+    for k in (ADAPTER_KEY, "regression_mean", "regression_std"):
+        cfg.extra.pop(k, None)
+    if head == "sequence":
+        cfg.architectures = ["EsmForSequenceClassification"]
+        cfg.features = cfg.num_layers_head = None
+        cfg.num_labels, cfg.problem_type = len(label_names), problem_type
+        cfg.id2label = {str(i): n for i, n in enumerate(label_names)}
+        if regression_mean is not None:
+            cfg.extra["regression_mean"] = [float(x) for x in regression_mean]
+            cfg.extra["regression_std"] = [float(x) for x in regression_std]
+    elif head == "segment":
+        cfg.architectures = ["SegmentNT"]
+        cfg.features, cfg.num_layers_head = list(features), num_layers_head
+        cfg.num_labels = cfg.problem_type = cfg.id2label = None
+        if rescaling_factor is not None:
+            cfg.rescaling_factor = rescaling_factor
+    else:
+        raise ValueError(f"unknown head {head!r}")
+    torch.manual_seed(0)
+    model = NucleotideTransformer(cfg)
+    src = {k: v for k, v in base.state_dict().items()}
+    dst = model.state_dict()
+    with torch.no_grad():
+        for k, v in dst.items():
+            if k.startswith("esm."):
+                v.copy_(src[k])
+        if head == "sequence" and base.classifier is not None and base.config.id2label == cfg.id2label:
+            for k in dst:
+                if k.startswith("classifier.") and k in src and src[k].shape == dst[k].shape:
+                    dst[k].copy_(src[k])
+        if head == "segment" and base.unet is not None and base.unet.num_layers == num_layers_head:
+            for k in dst:
+                if k.startswith("unet.") and k in src and src[k].shape == dst[k].shape:
+                    dst[k].copy_(src[k])
+            # fc: [6 * F * 2, H] rows laid out (nucleotide, feature, class)
+            old_f, new_f = base.features, list(features)
+            w_old = src["fc.weight"].view(NUC_PER_TOKEN, len(old_f), 2, -1)
+            b_old = src["fc.bias"].view(NUC_PER_TOKEN, len(old_f), 2)
+            w_new = dst["fc.weight"].view(NUC_PER_TOKEN, len(new_f), 2, -1)
+            b_new = dst["fc.bias"].view(NUC_PER_TOKEN, len(new_f), 2)
+            for j, f in enumerate(new_f):
+                if f in old_f:
+                    w_new[:, j] = w_old[:, old_f.index(f)]
+                    b_new[:, j] = b_old[:, old_f.index(f)]
+    model.load_state_dict(dst)
+    return model
+
+
+def head_parameters(model: NucleotideTransformer) -> list[tuple[str, torch.nn.Parameter]]:
+    return [(n, p) for n, p in model.named_parameters() if n.startswith(("classifier.", "unet.", "fc."))]
+
+
+def setup_method(model: NucleotideTransformer, opts: FinetuneOptions) -> list[tuple[str, torch.nn.Parameter]]:
+    """Apply the method (adapters for lora/ia3) and return the parameters to train (always including the head)."""
+    if opts.method not in METHODS:
+        raise NtkError(f"--method {opts.method!r}: expected one of {', '.join(METHODS)}")
+    try:
+        if opts.method == "lora":
+            model.config.extra[ADAPTER_KEY] = apply_lora(model, opts.lora_rank, opts.lora_alpha, opts.lora_targets,
+                                                         opts.lora_dropout)
+        elif opts.method == "ia3":
+            model.config.extra[ADAPTER_KEY] = apply_ia3(model, opts.ia3_targets)
+    except ValueError as e:
+        raise NtkError(f"--method {opts.method}: {e}") from None
+    if opts.method == "full":
+        return list(model.named_parameters())
+    heads = head_parameters(model)
+    if opts.method == "head":
+        return heads
+    ids = {id(p) for p in adapter_parameters(model)}
+    return [(n, p) for n, p in model.named_parameters() if id(p) in ids] + heads
+
+
+def count_parameters(params) -> int:
+    return sum(p.numel() for _, p in params)
+
+
+# -- metrics ---------------------------------------------------------------------------------------
+def task_loss(problem_type: str, out: torch.Tensor, labels: torch.Tensor, std: torch.Tensor | None = None):
+    out = out.float()
+    if problem_type == "single_label_classification":
+        return F.cross_entropy(out, labels.long())
+    if problem_type == "multi_label_classification":
+        return F.binary_cross_entropy_with_logits(out, labels.float())
+    # regression heads report target units; the loss is the MSE of standardised values
+    return (((out - labels.float()) / std) ** 2).mean()
+
+
+def task_metrics(problem_type: str, y: np.ndarray, out: np.ndarray, names: list[str]) -> dict[str, float]:
+    if problem_type == "single_label_classification":
+        proba = torch.softmax(torch.from_numpy(out).float(), -1).numpy()
+        return M.classification_metrics(y, proba)
+    if problem_type == "multi_label_classification":
+        return M.multilabel_metrics(y, 1 / (1 + np.exp(-out)))
+    return M.regression_metrics(y, out, names)
+
+
+METRIC_NAMES = {
+    "single_label_classification": ("mcc", "accuracy", "f1", "auroc", "auprc", "loss"),
+    "multi_label_classification": ("mcc", "accuracy", "f1", "auroc", "auprc", "loss"),
+    "regression": ("pearson", "spearman", "r2", "mse", "loss"),
+    "segmentation": ("mcc", "auprc", "auroc", "loss"),
+}
+
+
+def monitor_name(problem_type: str, monitor: str | None) -> tuple[str, str]:
+    """(trainer key ``val_<metric>``, mode min|max) for the chosen validation metric (``metric`` or, per
+    feature/target, ``metric/name``)."""
+    m = monitor or DEFAULT_MONITOR[problem_type]
+    m = m[4:] if m.startswith("val_") else m
+    if m.split("/")[0] not in METRIC_NAMES[problem_type]:
+        raise NtkError(f"--monitor {m!r}: choose one of {', '.join(METRIC_NAMES[problem_type])} "
+                       "(or metric/NAME for one feature or target)")
+    mode = "min" if m.split("/")[0] in M.LOWER_IS_BETTER else "max"
+    return f"val_{m}", mode
+
+
+def clean_json(obj):
+    """NaN/inf -> None, numpy scalars -> Python (metrics.json is strict JSON)."""
+    if isinstance(obj, dict):
+        return {str(k): clean_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [clean_json(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+# -- run directory ---------------------------------------------------------------------------------
+def train_config(opts: FinetuneOptions, steps_per_epoch: int, monitor: str, mode: str) -> TrainConfig:
+    steps = opts.steps or max(1, math.ceil(opts.epochs * steps_per_epoch))
+    warmup = int(round(opts.warmup * steps)) if opts.warmup < 1 else int(opts.warmup)
+    eval_every = opts.eval_every if opts.eval_every is not None else min(steps_per_epoch, steps)
+    return TrainConfig(steps=steps, lr=opts.lr or DEFAULT_LR[opts.method], warmup_steps=warmup,
+                       schedule=opts.schedule, weight_decay=opts.weight_decay, precision=opts.precision,
+                       eval_every=eval_every, save_every=opts.save_every, log_every=1, keep_checkpoints=1,
+                       seed=opts.seed, device=opts.device, monitor=monitor, monitor_mode=mode,
+                       patience=opts.patience, save_best=True, quiet=opts.quiet,
+                       progress_metrics=("loss",))
+
+
+def start_run(run_dir: Path, options: dict, opts: FinetuneOptions) -> Path | None:
+    """Prepare ``run_dir`` (shared run-directory rules of ntk/train) and clear this module's own entries."""
+    if opts.force and not opts.resume and read_run_info(run_dir) is not None:
+        for name in OWN_ENTRIES:
+            (run_dir / name).unlink(missing_ok=True)
+        for p in run_dir.glob("fold-*"):
+            shutil.rmtree(p, ignore_errors=True)
+    return prepare_run_dir(run_dir, "finetune", opts.resume, opts.force, options)
+
+
+def merge_in_place(checkpoint_dir: Path) -> None:
+    """Rewrite an adapter checkpoint as a plain one (ntk.load_model folds the adapters in)."""
+    if checkpoint_dir.is_dir():
+        save_model(load_model(checkpoint_dir), checkpoint_dir)
+
+
+class _Evals:
+    """Wraps an eval function: prefixes ``val_``, checks the monitored key exists, remembers the first
+    (untrained-head) result."""
+
+    def __init__(self, fn, monitor: str):
+        self.fn, self.monitor, self.initial = fn, monitor, None
+
+    def __call__(self, model):
+        res = {f"val_{k}": v for k, v in self.fn(model).items()}
+        if self.monitor not in res:
+            names = sorted(k[4:] for k in res)
+            raise NtkError(f"--monitor {self.monitor[4:]!r}: not a validation metric of this run (choose from "
+                           f"{', '.join(names[:30])})")
+        if self.initial is None:
+            self.initial = res
+        return res
+
+
+def train_and_report(model: NucleotideTransformer, params, opts: FinetuneOptions, run_dir: Path, loss_fn,
+                     batches, steps_per_epoch: int, evaluate, problem_type: str, resume_from: Path | None,
+                     test_eval=None, record: dict | None = None) -> dict:
+    """Run the shared Trainer, then evaluate ``best/`` on validation and test data; write metrics.json."""
+    monitor, mode = monitor_name(problem_type, opts.monitor)
+    tcfg = train_config(opts, steps_per_epoch, monitor, mode)
+    evals = _Evals(evaluate, monitor)
+    trainer = Trainer(model, tcfg, run_dir, loss_fn, batches, eval_fn=evals, trainable_params=params,
+                      resume_from=resume_from)
+    if not opts.quiet:
+        from ..cli.common import console
+
+        console.log(f"finetune: {count_parameters(params):,} of {model.num_parameters():,} parameters trained "
+                    f"({opts.method}); {tcfg.steps} steps, eval every {tcfg.eval_every}, monitor {monitor} ({mode})")
+    initial_test = None
+    if test_eval is not None and resume_from is None:  # the untrained head on the test data, for comparison
+        trainer.model.eval()
+        with torch.no_grad():
+            initial_test = test_eval(trainer.model)
+        trainer.model.train()
+    summary = trainer.fit()
+    best_dir = run_dir / "best"
+    report = {"ntk_version": __version__, "problem_type": problem_type, "method": opts.method,
+              "trainable_parameters": count_parameters(params), "total_parameters": model.num_parameters(),
+              "monitor": monitor, "steps": summary["step"], "stopped": summary["stopped"],
+              "best_value": summary["best"], "best_step": _best_step(trainer.rows, monitor, summary["best"]),
+              "initial_val": _strip(evals.initial), "initial_test": initial_test, **(record or {})}
+    model = trainer.model.eval()
+    if best_dir.is_dir():
+        load_into(model, load_state_dict(best_dir), str(best_dir))
+    with torch.no_grad():
+        report["val"] = evaluate(model)
+        if test_eval is not None:
+            report["test"] = test_eval(model)
+    if opts.merge and opts.method in ("lora", "ia3"):
+        merge_in_place(best_dir)
+        merge_in_place(run_dir / "final")
+    report["best_checkpoint"] = str(best_dir) if best_dir.is_dir() else None
+    write_json_atomic(run_dir / "metrics.json", clean_json(report))
+    return report
+
+
+def _strip(d: dict | None) -> dict | None:
+    return {k[4:] if k.startswith("val_") else k: v for k, v in d.items()} if d is not None else None
+
+
+def _best_step(rows: list[dict], monitor: str, best) -> int | None:
+    if best is None:
+        return None
+    hits = [r["step"] for r in rows if r.get(monitor) is not None and r[monitor] == best]
+    return int(hits[0]) if hits else None
+
+
+# -- classify / regress ----------------------------------------------------------------------------
+@dataclass
+class SequenceTaskInput:
+    """Where the labelled sequences come from and how to read their labels."""
+    path: str | None = None  # table (CSV/TSV/Parquet) or FASTA
+    label_cols: list[str] = field(default_factory=lambda: ["label"])
+    sequence_col: str = "sequence"
+    name_col: str | None = None
+    regions: str | None = None  # BED (+ reference)
+    reference: str | None = None
+    chr_map: dict | None = None
+    multi_label: bool = False
+    classes: list[str] | None = None
+    # splits
+    split_col: str | None = None
+    val_chroms: list[str] = field(default_factory=list)
+    test_chroms: list[str] = field(default_factory=list)
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    folds: int | None = None
+
+
+def make_splits(data: LabeledSequences, enc: EncodedLabels, inp: SequenceTaskInput, seed: int,
+                split_values: list | None) -> list[Split]:
+    if inp.val_chroms or inp.test_chroms:
+        if data.chroms is None:
+            raise InputError("--val-chroms/--test-chroms need genomic input (-R regions.bed, or a 'chrom' column)")
+        if inp.folds:
+            raise InputError("--folds and --val-chroms/--test-chroms exclude each other")
+        return [split_by_chroms(data.chroms, inp.val_chroms, inp.test_chroms)]
+    if data.starts is not None:
+        raise InputError("genomic intervals (-R) are split by chromosome to avoid leakage between overlapping "
+                         "or neighbouring intervals: give --val-chroms (and --test-chroms)")
+    if split_values is not None:
+        return [split_by_column(split_values, data.where, data.source)]
+    if inp.folds:
+        return split_kfold(len(data), enc.strata(), inp.folds, inp.val_fraction, seed)
+    return [split_random(len(data), enc.strata(), inp.val_fraction, inp.test_fraction, seed)]
+
+
+def finetune_sequences(task: str, inp: SequenceTaskInput, run_dir: str | Path, opts: FinetuneOptions | None = None
+                       ) -> dict:
+    """``ntk finetune classify`` (task ``classify``) or ``ntk finetune regress`` (``regress``); returns the report
+    written to ``RUN_DIR/metrics.json``."""
+    opts = opts or FinetuneOptions()
+    run_dir = Path(run_dir)
+    set_threads(opts.threads)
+    label_cols = list(inp.label_cols)
+    extra_cols = [inp.split_col] if inp.split_col else []
+    data = read_labeled(inp.path, label_cols + extra_cols, inp.sequence_col, inp.name_col, inp.regions,
+                        inp.reference, inp.chr_map)
+    split_values = data.labels.pop(inp.split_col) if inp.split_col else None
+    enc = encode_labels(data, label_cols, task, inp.multi_label, inp.classes)
+    splits = make_splits(data, enc, inp, opts.seed, split_values)
+    for sp in splits:
+        if len(sp.val) == 0:
+            raise InputError(f"the validation split is empty ({sp.how}): early stopping and the best checkpoint "
+                             "need validation data (raise --val-fraction or give --val-chroms)")
+    base = load_model(opts.model)
+    options = {"task": task, "input": clean_json(asdict(inp)), "finetune": clean_json(asdict(opts)),
+               "base_model": getattr(base, "source", str(opts.model))}
+    resume_from = None
+    if not inp.folds:
+        resume_from = start_run(run_dir, options, opts)
+    else:
+        _start_kfold(run_dir, options, opts)
+    ids = tokenize_all(base.tokenizer, data.sequences, base.config.max_tokens, data.where, data.source)
+    reports = []
+    for k, sp in enumerate(splits):
+        rd = run_dir / f"fold-{k + 1}" if inp.folds else run_dir
+        if inp.folds:
+            if (rd / "metrics.json").is_file() and opts.resume:
+                reports.append(json.loads((rd / "metrics.json").read_text()))
+                continue
+            rd.mkdir(parents=True, exist_ok=True)
+            resume_from = latest_checkpoint(rd) if opts.resume else None
+        reports.append(_run_one(base, enc, ids, sp, opts, rd, resume_from, data))
+    if not inp.folds:
+        return reports[0]
+    summary = {"folds": len(reports), "problem_type": enc.problem_type, "labels": enc.names,
+               "test_mean": {}, "test_std": {}, "per_fold": [r.get("test") for r in reports]}
+    keys = sorted({k for r in reports for k in (r.get("test") or {})})
+    for key in keys:
+        vals = [r["test"][key] for r in reports if r.get("test") and r["test"].get(key) is not None]
+        if vals:
+            summary["test_mean"][key] = float(np.mean(vals))
+            summary["test_std"][key] = float(np.std(vals))
+    write_json_atomic(run_dir / "metrics.json", clean_json(summary))
+    return summary
+
+
+def _start_kfold(run_dir: Path, options: dict, opts: FinetuneOptions) -> None:
+    info = read_run_info(run_dir)
+    if opts.resume:
+        if info is None or info.get("kind") != "finetune":
+            raise NtkError(f"{run_dir}: --resume needs an `ntk finetune` run directory")
+        return
+    start_run(run_dir, options, opts)
+
+
+def _run_one(base, enc: EncodedLabels, ids, sp: Split, opts: FinetuneOptions, run_dir: Path,
+             resume_from: Path | None, data: LabeledSequences) -> dict:
+    pt = enc.problem_type
+    mean = std = None
+    if pt == "regression":
+        ytr = enc.y[sp.train]
+        mean, std = ytr.mean(0), np.maximum(ytr.std(0), 1e-6)
+    model = build_task_model(base, "sequence", label_names=enc.names, problem_type=pt, regression_mean=mean,
+                             regression_std=std)
+    params = setup_method(model, opts)
+    pad = base.config.pad_token_id
+    std_t = torch.tensor(std, dtype=torch.float32) if std is not None else None
+    batches = SequenceBatches([ids[i] for i in sp.train], enc.y[sp.train], opts.batch_size, pad, seed=opts.seed)
+
+    def loss_fn(m, batch):
+        out = m(batch["input_ids"], batch["attention_mask"]).logits
+        loss = task_loss(pt, out, batch["labels"], std_t.to(out.device) if std_t is not None else None)
+        metrics = {"n_sequences": batch["labels"].shape[0]}
+        if pt == "single_label_classification":
+            metrics["accuracy"] = (out.argmax(-1) == batch["labels"]).float().mean()
+        return loss, metrics
+
+    def evaluate_on(idx):
+        sub_ids, y = [ids[i] for i in idx], enc.y[idx]
+
+        def fn(m):
+            out = sequence_outputs(m, sub_ids, opts.batch_size * 2, pad)
+            res = task_metrics(pt, y, out, enc.names)
+            o, t = torch.from_numpy(out), torch.from_numpy(y)
+            res["loss"] = float(task_loss(pt, o, t, std_t))
+            return res
+        return fn
+
+    record = {"labels": enc.names, "split": {"how": sp.how, **sp.sizes()}}
+    return train_and_report(model, params, opts, run_dir, loss_fn, batches, batches.batches_per_epoch,
+                            evaluate_on(sp.val), pt, resume_from,
+                            test_eval=evaluate_on(sp.test) if len(sp.test) else None, record=record)

@@ -1,0 +1,164 @@
+"""``ntk finetune segment``: train a SegmentNT-style U-Net head (and, by method, the encoder) to predict
+per-nucleotide genomic features derived from an annotation (GTF, GFF3 or BED; see :mod:`ntk.io.annotation`).
+
+- Windows: exactly ``--window`` nt (a multiple of 24: 6-mer tokens, two U-Net pooling levels), inside ACGT
+  runs (SegmentNT never sees N and is never padded); training windows are re-drawn every epoch with a random
+  shift of up to half a window and, with ``--rc-augment``, reverse-complemented half of the time (features
+  are unstranded, so the targets are simply reversed).
+- Splits: whole chromosomes (``--val-chroms``, ``--test-chroms``); training uses every other annotated
+  contig. Validation uses at most ``--max-eval-windows`` windows evenly spaced along the validation contigs
+  (each nucleotide scored once, from the centre of its window, as ``ntk segment`` does); test uses them all.
+- Loss: cross-entropy of the two-class per-nucleotide, per-feature logits (SegmentNT's output layout
+  ``[B, 6(T-1), F, 2]``). Metrics: per-feature nucleotide-level MCC (threshold 0.5) and AUPRC, and their means.
+- Result: a SegmentNT-type checkpoint (``architectures: ["SegmentNT"]``, your ``features``) in ``best/`` that
+  ``ntk.load_model`` and ``ntk segment`` run. When the window needs more tokens than a rotary base model was
+  trained on, ``rescaling_factor`` is set to ``tokens / (max_position_embeddings - 2)`` as SegmentNT does.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import InputError
+from ..io.annotation import read_annotation
+from ..io.fasta import IndexedFasta
+from ..io.intervals import suggest_contig
+from ..model.checkpoint import load_model
+from ..model.nt import NUC_PER_TOKEN
+from ..model.runtime import set_threads
+from ..train.finetune_data import NT_UNIT, WindowBatches, genome_windows
+from ..train.metrics import SegmentationMetrics
+from .finetune import FinetuneOptions, build_task_model, clean_json, setup_method, start_run, train_and_report
+
+
+@dataclass
+class SegmentTaskInput:
+    reference: str
+    annotation: str
+    features: list[str]
+    val_chroms: list[str] = field(default_factory=list)
+    test_chroms: list[str] = field(default_factory=list)
+    train_chroms: list[str] | None = None  # default: every annotated contig not held out
+    chr_map: dict | None = None
+    annotation_format: str | None = None  # gtf | gff3 | bed (default: from the file)
+    window: int | None = None  # nt; default: the model's context, at most 1024 tokens
+    eval_crop: int | None = None  # nt ignored at each end of evaluation windows (default window/8)
+    max_eval_windows: int | None = 256
+    rc_augment: bool = True
+    num_layers_head: int = 2
+
+
+def default_window(max_tokens: int) -> int:
+    """Largest multiple of 24 nt whose tokens (plus CLS) fit the model, capped at 1024 tokens (6,144 nt)."""
+    tokens = min(max_tokens - 1, 1024)
+    return (tokens * NUC_PER_TOKEN // NT_UNIT) * NT_UNIT
+
+
+def _check_contigs(names: list[str], lengths: dict[str, int], option: str) -> None:
+    for n in names:
+        if n not in lengths:
+            raise InputError(f"{option}: contig {n!r} is not in the FASTA{suggest_contig(n, lengths)}")
+
+
+def finetune_segment(inp: SegmentTaskInput, run_dir: str | Path, opts: FinetuneOptions | None = None) -> dict:
+    """Train the segmentation head; return the report written to ``RUN_DIR/metrics.json``."""
+    opts = opts or FinetuneOptions()
+    run_dir = Path(run_dir)
+    set_threads(opts.threads)
+    fa = IndexedFasta(inp.reference)
+    ann = read_annotation(inp.annotation, list(inp.features), fa.lengths, inp.chr_map, inp.annotation_format)
+    if not inp.val_chroms:
+        raise InputError("--val-chroms is required: validation holds out whole chromosomes (no leakage between "
+                         "neighbouring windows)")
+    _check_contigs(inp.val_chroms, fa.lengths, "--val-chroms")
+    _check_contigs(inp.test_chroms, fa.lengths, "--test-chroms")
+    if set(inp.val_chroms) & set(inp.test_chroms):
+        raise InputError("a chromosome cannot be both in --val-chroms and --test-chroms")
+    held = set(inp.val_chroms) | set(inp.test_chroms)
+    if inp.train_chroms:
+        _check_contigs(inp.train_chroms, fa.lengths, "--train-chroms")
+        if held & set(inp.train_chroms):
+            raise InputError("--train-chroms overlaps --val-chroms/--test-chroms")
+        train_contigs = list(inp.train_chroms)
+    else:
+        annotated = ann.contigs
+        train_contigs = [c for c in fa.names if c in annotated and c not in held]
+    if not train_contigs:
+        raise InputError("no annotated contig is left for training after --val-chroms/--test-chroms")
+
+    base = load_model(opts.model)
+    cfg = base.config
+    window = inp.window or default_window(cfg.max_tokens)
+    if window % NT_UNIT or window <= 0:
+        raise InputError(f"--window {window}: must be a positive multiple of {NT_UNIT} nt")
+    tokens = window // NUC_PER_TOKEN + 1
+    rescaling = None
+    if tokens > cfg.max_tokens:
+        if not cfg.rotary:
+            raise InputError(f"--window {window}: {tokens} tokens exceed the {cfg.max_tokens} this model takes "
+                             f"(learned positions; at most {default_window(cfg.max_tokens)} nt)")
+        rescaling = (tokens - 1) / (cfg.max_position_embeddings - 2)
+    crop = inp.eval_crop if inp.eval_crop is not None else window // 8
+    train_w = genome_windows(fa, train_contigs, window, 0)
+    val_w = genome_windows(fa, list(inp.val_chroms), window, crop).subsample(inp.max_eval_windows)
+    test_w = genome_windows(fa, list(inp.test_chroms), window, crop) if inp.test_chroms else None
+    if len(train_w) == 0:
+        raise InputError(f"no ACGT run of {window} nt on the training contigs: lower --window")
+    if len(val_w) == 0:
+        raise InputError(f"no ACGT run of {window} nt on --val-chroms: lower --window")
+
+    model = build_task_model(base, "segment", features=ann.features, num_layers_head=inp.num_layers_head,
+                             rescaling_factor=rescaling)
+    del base
+    params = setup_method(model, opts)
+    options = {"task": "segment", "input": clean_json(asdict(inp)), "finetune": clean_json(asdict(opts))}
+    resume_from = start_run(run_dir, options, opts)
+    batches = WindowBatches(fa, ann, train_w, model.tokenizer, opts.batch_size, train=True, seed=opts.seed,
+                            rc_augment=inp.rc_augment)
+
+    def loss_fn(m, batch):
+        logits = m(batch["input_ids"]).segment_logits
+        loss = F.cross_entropy(logits.float().reshape(-1, 2), batch["targets"].reshape(-1).long())
+        return loss, {"n_windows": batch["input_ids"].shape[0]}
+
+    def evaluate_on(windows):
+        def fn(m):
+            acc = SegmentationMetrics(ann.features)
+            loss_sum, n = 0.0, 0
+            dev = m.device
+            for sel, batch in WindowBatches(fa, ann, windows, model.tokenizer, opts.batch_size, train=False):
+                logits = m(batch["input_ids"].to(dev)).segment_logits.float().cpu()
+                proba = torch.softmax(logits, -1)[..., 1]
+                for k, i in enumerate(sel):
+                    a = int(windows.keep_start[i] - windows.start[i])
+                    b = int(windows.keep_end[i] - windows.start[i])
+                    t = batch["targets"][k, a:b]
+                    acc.update(proba[k, a:b].numpy(), t.numpy())
+                    loss_sum += float(F.cross_entropy(logits[k, a:b].reshape(-1, 2), t.reshape(-1).long(),
+                                                      reduction="sum"))
+                    n += t.numel()
+            res = acc.result()
+            out = {"loss": loss_sum / max(n, 1), "mcc": res["mcc"], "auprc": res["auprc"], "auroc": res["auroc"]}
+            for f in ann.features:
+                out[f"mcc/{f}"] = res[f"mcc/{f}"]
+                out[f"auprc/{f}"] = res[f"auprc/{f}"]
+            return out
+        return fn
+
+    record = {
+        "features": ann.features, "window": window, "rescaling_factor": model.config.rescaling_factor,
+        "split": {"how": "by chromosome", "train_contigs": train_contigs, "val_contigs": list(inp.val_chroms),
+                  "test_contigs": list(inp.test_chroms), "train_windows": len(train_w),
+                  "val_windows": len(val_w), "test_windows": len(test_w) if test_w is not None else 0,
+                  "skipped_short_run_bp": train_w.skipped_bp},
+        "annotated_bp": {f: ann.covered_bp(f) for f in ann.features},
+    }
+    test_eval = evaluate_on(test_w) if test_w is not None and len(test_w) else None
+    report = train_and_report(model, params, opts, run_dir, loss_fn, batches, batches.batches_per_epoch,
+                              evaluate_on(val_w), "segmentation", resume_from, test_eval=test_eval, record=record)
+    fa.close()
+    return report
+
