@@ -193,12 +193,19 @@ def direct(m, seq: str, pos1: int, ref: str, alt: str, W: int, rc: bool = False,
     return out
 
 
-def direct_segment(m, seq: str, pos1: int, ref: str, alt: str, W: int, radius: int, lo: int, hi: int) -> np.ndarray:
+def probabilities(m, s: str, rc: bool) -> np.ndarray:
+    p = forward(m, s).segment_probabilities[0].numpy()
+    if rc:  # reverse-complement strand, flipped back to forward positions, averaged
+        p = (p + forward(m, reverse_complement(s)).segment_probabilities[0].numpy()[::-1]) / 2
+    return p
+
+
+def direct_segment(m, seq: str, pos1: int, ref: str, alt: str, W: int, radius: int, lo: int, hi: int,
+                   rc: bool = False) -> np.ndarray:
     """Per feature max |p_alt - p_ref| over aligned reference positions within radius (plain loop)."""
     pos0 = pos1 - 1
     w, rseq, aseq, a0 = windows_of(seq, pos0, ref, alt, W, lo, hi, unit=24)
-    pr = forward(m, rseq).segment_probabilities[0].numpy()
-    pa = forward(m, aseq).segment_probabilities[0].numpy()
+    pr, pa = probabilities(m, rseq, rc), probabilities(m, aseq, rc)
     d = len(alt) - len(ref)
     best = np.zeros(pr.shape[1])
     for r in range(max(w.start, pos0 - radius), min(w.end, pos0 + len(ref) + radius)):
@@ -300,7 +307,8 @@ def test_vcf_output_matches_table_and_bcftools_reads_it(models, genome, tmp_path
         assert fa_[7].startswith(fb[7] + ";NTK_COS=")
 
 
-def test_segment_scores_equal_direct_computation(models, genome, tmp_path):
+@pytest.mark.parametrize("rc", [False, True])
+def test_segment_scores_equal_direct_computation(models, genome, tmp_path, rc):
     m = models["segment_nt_tiny"]
     fa, seqs = genome
     s = seqs["c3"]
@@ -317,7 +325,7 @@ def test_segment_scores_equal_direct_computation(models, genome, tmp_path):
     recs.sort(key=lambda r: r[1])
     vcf = write_vcf(tmp_path / "in.vcf", {"c1": 2000, "c2": 4, "c3": 2500}, recs)
     score_variants(str(vcf), str(fa), model=m, output=None, table=str(tmp_path / "t.parquet"), scores="segment",
-                   segment_radius=R)
+                   segment_radius=R, rc_average=rc)
     rows = table_rows(tmp_path / "t.parquet")
     feats = m.config.features
     assert [c for c in rows[0] if c.startswith("segment_")] == [f"segment_{f}" for f in feats]
@@ -330,7 +338,7 @@ def test_segment_scores_equal_direct_computation(models, genome, tmp_path):
                 assert row["status"] == "no_context"  # no N-free SegmentNT window holds it
                 continue
             lo, hi = next(r for r in runs if r[0] <= rec[1] - 1 < r[1])
-            want = direct_segment(m, s, rec[1], rec[3], alt, W, R, lo, hi)
+            want = direct_segment(m, s, rec[1], rec[3], alt, W, R, lo, hi, rc)
             assert row["status"] == "ok"
             for f, v in zip(feats, want):
                 assert_close(row[f"segment_{f}"], float(v), f"{rec[2]} {alt} {f}")
@@ -349,6 +357,7 @@ def test_statuses(models, genome, tmp_path):
             ("c1", 221, "star", s[220], f"{other(s[220])},*"),
             ("c1", 401, "long", s[400:520], s[400]),
             ("c1", 431, "iupac_alt", s[430], "R"),
+            ("c1", 441, "lower", s[440].lower(), other(s[440]).lower()),
             ("c2", 2, "tiny_contig", "C", "A"),
             ("c1", 501, "beyond", s[500], "."),
             ("c1", 1999, "past_end", s[1998:2000] + "A", "A")]
@@ -365,6 +374,7 @@ def test_statuses(models, genome, tmp_path):
     assert got[("long", s[400])]["status"] == "unsupported"  # edit longer than W/4
     assert got[("iupac_alt", "R")]["status"] == "ok" and got[("iupac_alt", "R")]["llr"] is None
     assert got[("tiny_contig", "A")]["status"] == "no_context"
+    assert got[("lower", other(s[440]).lower())]["status"] == "ok"  # VCF alleles keep their case in the table
     assert got[("past_end", "A")]["status"] == "ref_mismatch"
     assert not any(r[0] == "beyond" for r in got)  # ALT '.': no allele, record kept as is
     text = (tmp_path / "o.vcf").read_text()
@@ -447,6 +457,10 @@ def test_regions_shards_and_reannotation(models, genome, tmp_path):
         parts.append([x for x in (tmp_path / f"s{i}.vcf").read_text().splitlines() if not x.startswith("#")])
     whole = [x for x in (tmp_path / "all.vcf").read_text().splitlines() if not x.startswith("#")]
     assert sum(parts, []) == whole and all(parts)
+    if shutil.which("bcftools"):  # BCF input gives the same records
+        subprocess.run(["bcftools", "view", "-Ob", "-o", str(tmp_path / "in.bcf"), str(vcf)], check=True)
+        score_variants(str(tmp_path / "in.bcf"), str(fa), model=m, output=str(tmp_path / "bcf.vcf"))
+        assert [x for x in (tmp_path / "bcf.vcf").read_text().splitlines() if not x.startswith("#")] == whole
     # scoring an already-scored file replaces the values instead of duplicating them
     score_variants(str(tmp_path / "all.vcf"), str(fa), model=m, output=str(tmp_path / "again.vcf"))
     again = [x for x in (tmp_path / "again.vcf").read_text().splitlines() if not x.startswith("#")]
