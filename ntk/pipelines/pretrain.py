@@ -153,6 +153,15 @@ def _lengths(paths: list[str]) -> dict[str, int]:
     return lengths
 
 
+def _train_config(opts: PretrainOptions, grad_accum: int) -> TrainConfig:
+    return TrainConfig(
+        steps=opts.steps, lr=opts.lr, warmup_steps=opts.warmup, schedule=opts.schedule,
+        weight_decay=opts.weight_decay, grad_clip=opts.grad_clip, grad_accum=grad_accum, precision=opts.precision,
+        eval_every=opts.eval_every, save_every=opts.save_every, log_every=opts.log_every,
+        keep_checkpoints=opts.keep_checkpoints, seed=opts.seed, device=opts.device,
+        activation_checkpointing=opts.grad_checkpointing, stop_after=opts.stop_after, quiet=opts.quiet)
+
+
 def _options_record(corpora: list[str], opts: PretrainOptions) -> dict:
     d = dataclasses.asdict(opts)
     d["corpora"] = [str(Path(c).resolve()) for c in corpora]
@@ -183,6 +192,7 @@ def pretrain(corpora: list[str], run_dir: str | Path, opts: PretrainOptions | No
         raise NtkError("mask probability must be between 0 and 1")
     if opts.tokens_per_batch < 1:
         raise NtkError("--tokens-per-batch must be >= 1")
+    _train_config(opts, grad_accum=1).validate()  # bad options fail before anything is read or written
     set_threads(opts.threads)
     run_dir = Path(run_dir)
     info = D.setup(opts.device)
@@ -279,13 +289,7 @@ def _pretrain(corpora: list[str], run_dir: Path, opts: PretrainOptions, info: D.
                 "val_accuracy": hits / max(n, 1), "val_masked_loss": masked / max(n_shown, 1),
                 "val_unigram_loss": baseline}
 
-    tcfg = TrainConfig(
-        steps=opts.steps, lr=opts.lr, warmup_steps=opts.warmup, schedule=opts.schedule,
-        weight_decay=opts.weight_decay, grad_clip=opts.grad_clip, grad_accum=accum, precision=opts.precision,
-        eval_every=opts.eval_every, save_every=opts.save_every, log_every=opts.log_every,
-        keep_checkpoints=opts.keep_checkpoints, seed=opts.seed, device=opts.device,
-        activation_checkpointing=opts.grad_checkpointing, stop_after=opts.stop_after, quiet=opts.quiet,
-        extra={"seq_len": seq_len, "micro_batch": micro})
+    tcfg = _train_config(opts, grad_accum=accum)
     trainer = Trainer(model, tcfg, run_dir, loss_fn, stream, eval_fn=eval_fn if val_batches else None,
                       resume_from=resume_from, dist_info=info)
     summary = trainer.fit()

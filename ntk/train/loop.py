@@ -222,6 +222,7 @@ class Trainer:
         self.rows: list[dict] = []
         self.last_eval: dict[str, float] = {}
         self._last_eval_step = -1
+        self._plotted: tuple[int, int] | None = None
         self.resumed = resume_from is not None
         if resume_from is not None:
             self._restore(Path(resume_from))
@@ -324,8 +325,9 @@ class Trainer:
         self._last_flush = time.perf_counter()
 
     def _plot(self) -> None:
-        if not (self.dist.is_main and self.cfg.plot):
+        if not (self.dist.is_main and self.cfg.plot) or self._plotted == (len(self.rows), self.step):
             return
+        self._plotted = (len(self.rows), self.step)
         from .curves import plot_training_curves
 
         plot_training_curves(self.rows, self.run_dir / "training_curves.png")
