@@ -386,6 +386,8 @@ def finetune_sequences(task: str, inp: SequenceTaskInput, run_dir: str | Path, o
             raise InputError(f"the validation split is empty ({sp.how}): early stopping and the best checkpoint "
                              "need validation data (raise --val-fraction or give --val-chroms)")
     base = load_model(opts.model)
+    ids = tokenize_all(base.tokenizer, data.sequences, base.config.max_tokens, data.where, data.source)
+    monitor_name(enc.problem_type, opts.monitor)  # a bad --monitor fails before anything is written
     options = {"task": task, "input": clean_json(asdict(inp)), "finetune": clean_json(asdict(opts)),
                "base_model": getattr(base, "source", str(opts.model))}
     resume_from = None
@@ -393,7 +395,6 @@ def finetune_sequences(task: str, inp: SequenceTaskInput, run_dir: str | Path, o
         resume_from = start_run(run_dir, options, opts)
     else:
         _start_kfold(run_dir, options, opts)
-    ids = tokenize_all(base.tokenizer, data.sequences, base.config.max_tokens, data.where, data.source)
     reports = []
     for k, sp in enumerate(splits):
         rd = run_dir / f"fold-{k + 1}" if inp.folds else run_dir

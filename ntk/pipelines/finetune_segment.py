@@ -31,7 +31,8 @@ from ..model.nt import NUC_PER_TOKEN
 from ..model.runtime import set_threads
 from ..train.finetune_data import NT_UNIT, WindowBatches, genome_windows
 from ..train.metrics import SegmentationMetrics
-from .finetune import FinetuneOptions, build_task_model, clean_json, setup_method, start_run, train_and_report
+from .finetune import (FinetuneOptions, build_task_model, clean_json, monitor_name, setup_method, start_run,
+                       train_and_report)
 
 
 @dataclass
@@ -110,6 +111,7 @@ def finetune_segment(inp: SegmentTaskInput, run_dir: str | Path, opts: FinetuneO
     if len(val_w) == 0:
         raise InputError(f"no ACGT run of {window} nt on --val-chroms: lower --window")
 
+    monitor_name("segmentation", opts.monitor)  # a bad --monitor fails before anything is written
     model = build_task_model(base, "segment", features=ann.features, num_layers_head=inp.num_layers_head,
                              rescaling_factor=rescaling)
     del base
