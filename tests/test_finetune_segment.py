@@ -132,3 +132,18 @@ def test_segment_errors(tmp_path, base_model, sample_dir):
     assert re.search(r"line \d+: contig 'chr(I|III|VI)' is not in the FASTA \(the FASTA has '(I|III|VI)'", p.stderr)
     assert "--chr-map" in p.stderr
     assert not (tmp_path / "b").exists()
+
+
+def test_segment_head_of_a_segmentnt_base_is_reused_per_feature(golden_dir):
+    """Fine-tuning from a SegmentNT model: the U-Net and the fc rows of features it already predicts carry over."""
+    from ntk.pipelines.finetune import build_task_model
+
+    base = ntk.load_model(golden_dir / "segment_nt_tiny")  # features: protein_coding_gene, exon, splice_donor
+    m = build_task_model(base, "segment", features=["exon", "lncRNA", "protein_coding_gene"]).eval()
+    assert m.config.rescaling_factor == base.config.rescaling_factor and m.features[1] == "lncRNA"
+    seq = "ACGTTGCAAGGCTTAACGTACGATCGATGCATGCAAATTTGGGCCCATATGCGCTAGCTAGGATCCAT" * 4  # 272 nt
+    batch = base.tokenizer.encode([seq[:240]])  # 40 tokens: a multiple of 4
+    with torch.no_grad():
+        want, got = base(batch).segment_probabilities, m(batch).segment_probabilities
+    assert torch.allclose(got[..., 0], want[..., 1], atol=1e-6)  # exon
+    assert torch.allclose(got[..., 2], want[..., 0], atol=1e-6)  # protein_coding_gene

@@ -36,6 +36,7 @@ from ..model.nt import NUC_PER_TOKEN, NucleotideTransformer
 from ..model.runtime import set_threads
 from ..train import metrics as M
 from ..train.checkpointing import latest_checkpoint, prepare_run_dir, read_run_info, write_json_atomic
+from ..train.distributed import env_world_size
 from ..train.finetune_data import (EncodedLabels, SequenceBatches, Split, encode_labels, split_by_chroms,
                                    split_by_column, split_kfold, split_random, tokenize_all)
 from ..train.loop import TrainConfig, Trainer
@@ -240,6 +241,12 @@ def train_config(opts: FinetuneOptions, steps_per_epoch: int, monitor: str, mode
                        progress_metrics=("loss",))
 
 
+def check_single_process() -> None:
+    if env_world_size() > 1:
+        raise NtkError("ntk finetune runs in one process (one device); data-parallel torchrun is supported by "
+                       "ntk pretrain only")
+
+
 def start_run(run_dir: Path, options: dict, opts: FinetuneOptions) -> Path | None:
     """Prepare ``run_dir`` (shared run-directory rules of ntk/train) and clear this module's own entries."""
     if opts.force and not opts.resume and read_run_info(run_dir) is not None:
@@ -373,6 +380,7 @@ def finetune_sequences(task: str, inp: SequenceTaskInput, run_dir: str | Path, o
     written to ``RUN_DIR/metrics.json``."""
     opts = opts or FinetuneOptions()
     run_dir = Path(run_dir)
+    check_single_process()
     set_threads(opts.threads)
     label_cols = list(inp.label_cols)
     extra_cols = [inp.split_col] if inp.split_col else []

@@ -31,8 +31,8 @@ from ..model.nt import NUC_PER_TOKEN
 from ..model.runtime import set_threads
 from ..train.finetune_data import NT_UNIT, WindowBatches, genome_windows
 from ..train.metrics import SegmentationMetrics
-from .finetune import (FinetuneOptions, build_task_model, clean_json, monitor_name, setup_method, start_run,
-                       train_and_report)
+from .finetune import (FinetuneOptions, build_task_model, check_single_process, clean_json, monitor_name, setup_method,
+                       start_run, train_and_report)
 
 
 @dataclass
@@ -68,6 +68,7 @@ def finetune_segment(inp: SegmentTaskInput, run_dir: str | Path, opts: FinetuneO
     """Train the segmentation head; return the report written to ``RUN_DIR/metrics.json``."""
     opts = opts or FinetuneOptions()
     run_dir = Path(run_dir)
+    check_single_process()
     set_threads(opts.threads)
     fa = IndexedFasta(inp.reference)
     ann = read_annotation(inp.annotation, list(inp.features), fa.lengths, inp.chr_map, inp.annotation_format)
