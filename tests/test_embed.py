@@ -148,6 +148,8 @@ def test_empty_and_all_n_rows(golden_dir):
     assert df["status"].to_list() == ["empty", "all_n", "ok"]
     assert df["embedding"].to_list()[:2] == [None, None]
     assert df["n_tokens"].to_list() == [0, 8, 5]
+    with pytest.raises(NtkError, match="sequence 'bad': invalid nucleotide 'X' at position 3"):
+        embed_sequences(m, [("bad", "ACXGT")])
     none = embed_sequences(m, seqs, pool="none")
     assert none["status"].to_list() == ["empty", "all_n"] + ["ok"] * 5
     assert none["token_index"].to_list()[:2] == [None, None]

@@ -307,7 +307,10 @@ class Embedder:
 
     # -- records and windows --------------------------------------------------------------------
     def _start_record(self, inp: EmbedInput) -> tuple[_Record, list[_Window]]:
-        codes = sequence_codes(inp.sequence)
+        try:
+            codes = sequence_codes(inp.sequence)
+        except ValueError as e:
+            raise InputError(f"sequence {inp.name!r}: {e}") from None
         length = int(codes.shape[0])
         if length == 0:
             status = STATUS_EMPTY
