@@ -26,8 +26,8 @@ def brute_ap(y, s):
 
 
 def brute_binary_mcc(y, p):
-    tp = float((y & p).sum()); tn = float((~y & ~p).sum())
-    fp = float((~y & p).sum()); fn = float((y & ~p).sum())
+    tp, tn = float((y & p).sum()), float((~y & ~p).sum())
+    fp, fn = float((~y & p).sum()), float((y & ~p).sum())
     den = math.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
     return (tp * tn - fp * fn) / den if den else 0.0
 
