@@ -32,3 +32,10 @@ def test_preset_parameter_counts():
     assert count_parameters(preset_config("nt-v2-100m")) + 2050 * 512 == 97_888_779
     # AgroNT 1B: 991,260,405 = model_num_parameters in the released hyperparams
     assert count_parameters(preset_config("agro-nt-1b")) == 991_260_405
+
+
+def test_usage_errors_are_short():
+    for args in (("score-variants",), ("segment", "--bogus", "x"), ("embed", "x.fa")):
+        p = run_ntk(*args)
+        assert p.returncode == 2, (args, p.stderr)
+        assert "Traceback" not in p.stderr and "Error" in p.stderr

@@ -64,15 +64,17 @@ def main() -> None:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         sys.exit(0)
-    except Exception as e:  # click usage errors
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
+    except Exception as e:  # usage errors from click (typer may vendor its own copy of click)
+        if _is_click(e, "ClickException"):
             e.show()
             sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Exit):
+        if _is_click(e, "Exit"):
             sys.exit(e.exit_code)
         raise
+
+
+def _is_click(exc: BaseException, name: str) -> bool:
+    return any(c.__name__ == name and "click" in c.__module__ for c in type(exc).__mro__)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,8 @@ def by_token_budget(items: Iterable[T], n_tokens: Callable[[T], int], budget: in
 
 def auto_token_budget(device_type: str, hidden_size: int, num_layers: int) -> int:
     """A token budget per forward pass that keeps activation memory modest on each device kind."""
+    # capped so that per-token buffers that do not scale with hidden size (LM logits: 4107 floats per token)
+    # stay bounded for tiny models
     if device_type == "cuda":
-        return max(8192, int(2**26 // max(hidden_size, 1)))
-    return max(2048, int(2**22 // max(hidden_size, 1)))
+        return max(8192, min(131072, int(2**26 // max(hidden_size, 1))))
+    return max(2048, min(16384, int(2**22 // max(hidden_size, 1))))
