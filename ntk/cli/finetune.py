@@ -217,6 +217,8 @@ def register(app: typer.Typer) -> None:
                                                       "(0 = all); test always uses all")] = 256,
         rc_augment: Annotated[bool, typer.Option("--rc-augment/--no-rc-augment", help="Reverse-complement half of "
                                                  "the training windows")] = True,
+        pos_weight: Annotated[str, typer.Option("--pos-weight", help="Weight of positive nucleotides in the loss: "
+                                                "none, auto (sqrt(neg/pos) per feature, 1..100) or a number")] = "none",
         model: ModelOpt = None,
         method: MethodOpt = "full",
         lora_rank: LoraRankOpt = 8,
@@ -252,7 +254,7 @@ def register(app: typer.Typer) -> None:
             reference=reference, annotation=annotation, features=_names([features]), val_chroms=_names(val_chroms),
             test_chroms=_names(test_chroms), train_chroms=_names(train_chroms) or None,
             chr_map=read_chr_map(chr_map), annotation_format=annotation_format, window=window, eval_crop=eval_crop,
-            max_eval_windows=max_eval_windows or None, rc_augment=rc_augment)
+            max_eval_windows=max_eval_windows or None, rc_augment=rc_augment, pos_weight=pos_weight)
         opts = _options(model=model, method=method, lora_rank=lora_rank, lora_alpha=lora_alpha,
                         lora_dropout=lora_dropout, lora_targets=lora_targets, ia3_targets=ia3_targets, merge=merge,
                         epochs=epochs, steps=steps, batch_size=batch_size, lr=lr, warmup=warmup,

@@ -115,12 +115,13 @@ def build_task_model(base: NucleotideTransformer, head: str, *, label_names: lis
     else:
         raise ValueError(f"unknown head {head!r}")
     torch.manual_seed(0)
-    model = NucleotideTransformer(cfg)
+    # the base's masked-LM head is kept (unchanged: it gets no gradient) so the result still scores llr
+    model = NucleotideTransformer(cfg, lm_head=base.lm_head is not None)
     src = {k: v for k, v in base.state_dict().items()}
     dst = model.state_dict()
     with torch.no_grad():
         for k, v in dst.items():
-            if k.startswith("esm."):
+            if k.startswith(("esm.", "lm_head.")):
                 v.copy_(src[k])
         if head == "sequence" and base.classifier is not None and base.config.id2label == cfg.id2label:
             for k in dst:

@@ -50,6 +50,40 @@ class SegmentTaskInput:
     max_eval_windows: int | None = 256
     rc_augment: bool = True
     num_layers_head: int = 2
+    pos_weight: str = "none"  # none | auto (sqrt(neg/pos) per feature, capped at 100) | a number
+
+
+def positive_weights(spec: str, ann, fa: IndexedFasta, contigs: list[str]) -> torch.Tensor | None:
+    """Per-feature weight of the positive class: ``none``; a number; or ``auto`` = sqrt(negatives/positives)
+    over the training contigs, between 1 and 100 (rare features such as splice sites are otherwise never
+    predicted above 0.5)."""
+    spec = (spec or "none").lower()
+    if spec == "none":
+        return None
+    if spec != "auto":
+        try:
+            w = float(spec)
+        except ValueError:
+            raise InputError(f"--pos-weight {spec!r}: expected none, auto or a number") from None
+        if w <= 0:
+            raise InputError("--pos-weight must be positive")
+        return torch.full((len(ann.features),), w)
+    total = sum(fa.lengths[c] for c in contigs)
+    out = []
+    for f in ann.features:
+        pos = sum(int((e - s).sum()) for c in contigs for s, e in [ann.intervals(f, c)])
+        frac = min(max(pos / max(total, 1), 1e-9), 1.0)
+        out.append(min(max(((1 - frac) / frac) ** 0.5, 1.0), 100.0))
+    return torch.tensor(out, dtype=torch.float32)
+
+
+def weighted_segment_loss(logits: torch.Tensor, targets: torch.Tensor, pos_w: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over ``[B, L, F, 2]`` logits with the positive class of feature f weighted by ``pos_w[f]``."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    t = targets.long()
+    picked = logp.gather(-1, t.unsqueeze(-1)).squeeze(-1)
+    w = torch.where(t == 1, pos_w, torch.ones_like(pos_w))
+    return -(w * picked).sum() / w.sum()
 
 
 def default_window(max_tokens: int) -> int:
@@ -122,9 +156,14 @@ def finetune_segment(inp: SegmentTaskInput, run_dir: str | Path, opts: FinetuneO
     batches = WindowBatches(fa, ann, train_w, model.tokenizer, opts.batch_size, train=True, seed=opts.seed,
                             rc_augment=inp.rc_augment)
 
+    weights = positive_weights(inp.pos_weight, ann, fa, train_contigs)
+
     def loss_fn(m, batch):
         logits = m(batch["input_ids"]).segment_logits
-        loss = F.cross_entropy(logits.float().reshape(-1, 2), batch["targets"].reshape(-1).long())
+        if weights is None:
+            loss = F.cross_entropy(logits.float().reshape(-1, 2), batch["targets"].reshape(-1).long())
+        else:
+            loss = weighted_segment_loss(logits, batch["targets"], weights.to(logits.device))
         return loss, {"n_windows": batch["input_ids"].shape[0]}
 
     def evaluate_on(windows):
