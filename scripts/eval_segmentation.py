@@ -139,6 +139,8 @@ def main() -> None:
     ap.add_argument("--exclude-chroms", default="", help="contigs used neither for baseline training nor testing")
     ap.add_argument("--model", action="append", default=[])
     ap.add_argument("--names", default="")
+    ap.add_argument("--untrained-base", default=None,
+                    help="also evaluate this base encoder with a freshly initialised head (as fine-tuning starts)")
     ap.add_argument("--baseline-positions", type=int, default=300_000)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--seed", type=int, default=0)
@@ -154,6 +156,18 @@ def main() -> None:
     names = args.names.split(",") if args.names else [Path(m).name for m in args.model]
     for name, m in zip(names, args.model):
         results[name] = eval_model(m, args.genome, ann, test, features, args.device)
+    if args.untrained_base:
+        from ntk.model import NTConfig, load_model, save_model
+        from ntk.pipelines.finetune import build_task_model
+
+        trained_cfg = NTConfig.from_json(Path(args.model[0]) / "config.json") if args.model else None
+        rescaling = trained_cfg.rescaling_factor if trained_cfg else None
+        untrained = build_task_model(load_model(args.untrained_base), "segment", features=features,
+                                     rescaling_factor=rescaling)
+        with tempfile.TemporaryDirectory() as tmp:
+            save_model(untrained, Path(tmp) / "untrained")
+            results["untrained_head"] = eval_model(str(Path(tmp) / "untrained"), args.genome, ann, test, features,
+                                                   args.device)
     lin = train_baseline(fa, ann, train, args.baseline_positions, args.seed)
     results["kmer_logistic"] = eval_baseline(lin, fa, ann, test, features)
     report = {"test_chroms": test, "features": features, "baseline_train_chroms": train, "results": results}

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The GPU checks of this repository in one run (how the GPU rows of bench/RESULTS.md were produced).
+# Expects: wheels of pysam, pyBigWig and polars in .whl/ (the GPU image lacks them), the yeast data in .gpu/,
+# and $OUT for the files to bring back.
+set -uo pipefail
+export PYTHONUNBUFFERED=1
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD
+printf '#!/bin/sh\nexec python3 -m ntk.cli.main "$@"\n' > /tmp/ntk && chmod +x /tmp/ntk
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+LOG="$OUT/gpu_session.log"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$LOG"
+python3 -c "import torch; print('torch', torch.__version__)" | tee -a "$LOG"
+
+echo "== core_throughput" | tee -a "$LOG"
+timeout 120 python3 bench/core_throughput.py --device cuda --iters 10 --rounds 3 2>&1 | grep -v "Writing model" | tee -a "$LOG"
+
+echo "== embedded model recipe (scripts/embedded/train.sh, DEVICE=cuda)" | tee -a "$LOG"
+start=$(date +%s)
+DATA=.gpu NTK=/tmp/ntk DEVICE=cuda WORK=/tmp/emb SKIP_EVAL=1 INSTALL=0 timeout 280 bash scripts/embedded/train.sh \
+    > "$OUT/train.log" 2>&1
+echo "recipe exit $? after $(( $(date +%s) - start )) s" | tee -a "$LOG"
+tail -n 12 "$OUT/train.log" | tee -a "$LOG"
+cp /tmp/emb/segment/best/config.json /tmp/emb/segment/best/model.safetensors "$OUT/" 2>/dev/null
+cp /tmp/emb/segment/metrics.json "$OUT/finetune_metrics.json" 2>/dev/null
+cp /tmp/emb/pretrain/summary.json "$OUT/pretrain_summary.json" 2>/dev/null
+
+echo "== segment_gpu (full-size SegmentNT, random weights)" | tee -a "$LOG"
+timeout 150 python3 bench/segment_gpu.py --mbp 3 2>&1 | tail -n 25 | tee -a "$LOG"
