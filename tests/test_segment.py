@@ -250,6 +250,16 @@ def test_segments_bed_matches_tracks_and_tools_read_it(m, tmp_path):
     assert merged and all(len(ln.split("\t")) == 3 for ln in merged)
 
 
+def test_parallel_bigwig_writers_give_identical_files(m, tmp_path, monkeypatch):
+    recs = {"c1": random_dna(1800) + "N" * 10 + random_dna(700), "c2": random_dna(600)}
+    fa = write_fasta(tmp_path / "g.fa", recs)
+    segment_genome(fa, tmp_path / "seq", model=m)  # 2 cores here: one writer thread
+    monkeypatch.setattr("ntk.pipelines.segment.os.cpu_count", lambda: 8)  # a pool of 3 BigWig writer threads
+    segment_genome(fa, tmp_path / "par", model=m)
+    for f in m.features:
+        assert (tmp_path / "seq" / f"{f}.bw").read_bytes() == (tmp_path / "par" / f"{f}.bw").read_bytes()
+
+
 def test_segment_caller_streaming_equals_whole_array():
     rng = np.random.default_rng(0)
     v = rng.random(5000).astype(np.float32)
