@@ -90,6 +90,9 @@ def register(app: typer.Typer) -> None:
                 command=shlex.join(["ntk"] + sys.argv[1:]))
         finally:
             progress.stop()
+        if result.bp_scored == 0:
+            console.print("[yellow]warning:[/yellow] no position was scored: the regions hold no ACGT run of 24 nt "
+                          "or more (N, IUPAC codes and shorter runs get no value)")
         if quiet:
             return
         t = result.timings
