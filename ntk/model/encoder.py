@@ -126,7 +126,9 @@ class Attention(nn.Module):
         v = sa.value(h).view(B, T, sa.n_heads, sa.head_dim).transpose(1, 2)
         if rope is not None:
             cos, sin = rope
-            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+            # the tables follow the residual stream's dtype; under autocast q/k/v are lower precision, and not
+            # every autocast backend (XLA) casts SDPA's inputs to one dtype
+            q, k = apply_rotary(q, cos, sin).to(v.dtype), apply_rotary(k, cos, sin).to(v.dtype)
         drop = sa.dropout if self.training else 0.0
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, dropout_p=drop)
         a = a.transpose(1, 2).reshape(B, T, H)
