@@ -42,3 +42,14 @@ lint: setup
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# torch-xla on the CPU PJRT backend, in its own environment (not part of `make test`): each torch-xla wheel is
+# built for one torch release and the newest on PyPI (2.9.0) predates the torch pinned above. PyPI's torch wheel
+# of that release is the CUDA build (7 GB installed with its nvidia-* dependencies); the tests run it on the CPU.
+XLA_VENV  ?= build/venv-xla
+XLA_TORCH ?= 2.9.0
+test-xla:
+	test -x $(XLA_VENV)/bin/python || $(PY) -m venv $(XLA_VENV)
+	$(XLA_VENV)/bin/python -m pip install -q "torch==$(XLA_TORCH)" "torch-xla==$(XLA_TORCH)"
+	$(XLA_VENV)/bin/python -m pip install -q -e . pytest matplotlib
+	PJRT_DEVICE=CPU $(XLA_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_pretrain_xla.py

@@ -94,6 +94,11 @@ def is_xla(device: torch.device) -> bool:
 def mark_step(device: torch.device) -> None:
     """Cut the lazy XLA graph (no-op elsewhere): called after every optimiser step and evaluation batch."""
     if device.type == "xla":
-        import torch_xla.core.xla_model as xm  # type: ignore
+        import torch_xla  # type: ignore
 
-        xm.mark_step()
+        if hasattr(torch_xla, "sync"):
+            torch_xla.sync()
+        else:  # torch-xla < 2.7
+            import torch_xla.core.xla_model as xm  # type: ignore
+
+            xm.mark_step()
