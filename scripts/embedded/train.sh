@@ -15,7 +15,7 @@ DATA=${DATA:-../shared/data/yeast}
 WORK=${WORK:-build/embedded}
 DEVICE=${DEVICE:-auto}
 PRETRAIN_STEPS=${PRETRAIN_STEPS:-400}
-FINETUNE_STEPS=${FINETUNE_STEPS:-300}
+FINETUNE_STEPS=${FINETUNE_STEPS:-1500}
 FEATURES=protein_coding_gene,exon,intron,splice_donor,splice_acceptor
 NTK=${NTK:-ntk}
 mkdir -p "$WORK"
@@ -26,8 +26,8 @@ $NTK pretrain "$DATA/genome.fa.gz" -o "$WORK/pretrain" --config scripts/embedded
 
 $NTK finetune segment --model "$WORK/pretrain/final" --reference "$DATA/genome.fa.gz" \
     --annotation "$DATA/genes.gtf.gz" --features "$FEATURES" --val-chroms XV --test-chroms XVI \
-    --window 3072 --method full --pos-weight auto --steps "$FINETUNE_STEPS" --batch-size 16 --lr 1e-3 \
-    --warmup 0.05 --eval-every 50 --patience 0 --monitor mcc --max-eval-windows 128 --seed 0 \
+    --window 1536 --method full --pos-weight auto --steps "$FINETUNE_STEPS" --batch-size 16 --lr 1e-3 \
+    --warmup 0.02 --eval-every 250 --patience 0 --monitor mcc --max-eval-windows 64 --seed 0 \
     --device "$DEVICE" -o "$WORK/segment" --force
 
 if [ "${SKIP_EVAL:-0}" != 1 ]; then
