@@ -37,6 +37,7 @@ def main() -> None:
     ap.add_argument("--mbp", type=float, default=3.0)
     ap.add_argument("--preset", default="segment-nt")
     ap.add_argument("--precision", default="bf16")
+    ap.add_argument("--crop", type=int, default=None, help="nt cropped at each window side (default: window/8)")
     args = ap.parse_args()
     dev = torch.device("cuda")
     cfg = preset_config(args.preset)
@@ -56,14 +57,15 @@ def main() -> None:
         segment_genome(fasta, Path(tmp) / "warm", model=m, regions=["chr1:1-200000"], threshold=THRESHOLD, force=True)
         torch.cuda.synchronize()
         t0 = time.perf_counter()
-        r = segment_genome(fasta, Path(tmp) / "out", model=m, threshold=THRESHOLD, force=True)
+        r = segment_genome(fasta, Path(tmp) / "out", model=m, threshold=THRESHOLD, force=True, crop=args.crop)
         torch.cuda.synchronize()
         e2e = time.perf_counter() - t0
         # model only: the same windows and batches, tokenized beforehand, on the GPU
         fa = IndexedFasta(fasta)
         budget = auto_token_budget("cuda", cfg.hidden_size, cfg.num_hidden_layers)
         batches = []
-        for batch in iter_batches(iter_windows(fa, plan_units(fa), W, W // 8), budget, None):
+        crop = args.crop if args.crop is not None else W // 8
+        for batch in iter_batches(iter_windows(fa, plan_units(fa), W, crop), budget, None):
             ids = np.stack([m.tokenizer.tokenize_codes(sequence_codes(fa.fetch(j.window.chrom, j.window.start,
                                                                                j.window.end)))[0] for j in batch])
             batches.append(torch.from_numpy(ids.astype(np.int64)).pin_memory())
@@ -80,6 +82,7 @@ def main() -> None:
     L, H, F_, T = cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size, batches[0].shape[1]
     flops_tok = L * (2 * (4 * H * H + 3 * H * F_) + 4 * T * H) + 2 * 66e6  # encoder (SwiGLU) + ~U-Net/fc
     peak = next((v for k, v in PEAK_BF16.items() if k in res["gpu"]), None)
+    res.update(crop=crop, stage_seconds=r.timings)
     res.update(bp_scored=r.bp_scored, windows=r.n_windows, end_to_end_s=e2e, model_only_s=model_only,
                ratio_e2e_over_model=e2e / model_only, bp_per_s=r.bp_scored / e2e, tokens_per_s=n_tokens / model_only,
                human_genome_minutes=3.1e9 / (r.bp_scored / e2e) / 60,

@@ -149,6 +149,7 @@ def finetune_segment(inp: SegmentTaskInput, run_dir: str | Path, opts: FinetuneO
     monitor_name("segmentation", opts.monitor)  # a bad --monitor fails before anything is written
     model = build_task_model(base, "segment", features=ann.features, num_layers_head=inp.num_layers_head,
                              rescaling_factor=rescaling)
+    model.config.extra["segment_window"] = window  # `ntk segment` uses the trained window by default
     del base
     params = setup_method(model, opts)
     options = {"task": "segment", "input": clean_json(asdict(inp)), "finetune": clean_json(asdict(opts))}
