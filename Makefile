@@ -36,6 +36,15 @@ demo: setup
 
 bench: setup
 	$(BIN)/python bench/core_throughput.py
+	$(BIN)/python bench/segment_throughput.py --quick
+	$(BIN)/python bench/embed_throughput.py
+	$(BIN)/python bench/variants_throughput.py
+	$(BIN)/python bench/pretrain_throughput.py
+
+# Retrain the embedded default model (ntk/models/ntk-yeast-tiny) from ../shared/data/yeast with ntk's own
+# pretrain + finetune segment; seeds fixed; DEVICE=cuda to use a GPU. See ntk/models/README.md.
+embedded-model: setup
+	PATH="$(BIN):$$PATH" bash scripts/embedded/train.sh
 
 lint: setup
 	$(BIN)/ruff check ntk tests bench
