@@ -1,13 +1,38 @@
-"""`ntk merge` (placeholder until issue #10 lands)."""
+"""`ntk merge`: join the parts of a sharded run (--shard I/N) into one output (options -> pipelines.merge)."""
 from __future__ import annotations
+
+from typing import Annotated
 
 import typer
 
-from .common import not_built
+from .common import ForceOpt, QuietOpt, console
+
+HELP = """Merge the parts of a sharded run (--shard I/N) into exactly what one unsharded run writes.
+
+Recognises the output kind from each part's manifest: segment output directories (BigWigs with identical values,
+segments.bed.gz + .tbi with calls across shard boundaries joined, run.json), Parquet tables (rows in input order)
+and VCFs (one header, records in input order). All N parts of one run must be given, once each, from the same
+inputs, model and options; otherwise nothing is written.
+
+\b
+Examples:
+  ntk merge out.1of4 out.2of4 out.3of4 out.4of4 -o out
+  ntk merge scored.*of8.vcf.gz -o scored.vcf.gz
+"""
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("merge", context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-                 help="(not built yet: issue #10)")
-    def _cmd(ctx: typer.Context):
-        not_built("merge", "issue #10")
+    @app.command("merge", help=HELP, no_args_is_help=True)
+    def merge(
+        parts: Annotated[list[str], typer.Argument(help="The parts: output directories or files of --shard I/N runs")],
+        output: Annotated[str, typer.Option("--output", "-o", help="Merged output (directory or file, written "
+                                            "atomically)")],
+        quiet: QuietOpt = False,
+        force: ForceOpt = False,
+    ):
+        from ..pipelines.merge import merge_parts
+
+        r = merge_parts(parts, output, force=force)
+        if not quiet:
+            what = "positions" if r.fmt == "segment-dir" else "records" if r.fmt == "vcf" else "rows"
+            console.print(f"ntk merge: {r.parts} parts of ntk {r.kind} -> {r.output} ({r.rows:,} {what})")

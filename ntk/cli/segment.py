@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from .common import (BatchSizeOpt, ChrMapOpt, DeviceOpt, ForceOpt, ModelOpt, PrecisionOpt, QuietOpt, RegionOpt,
-                     RegionsFileOpt, ThreadsOpt, console, parse_batch_size)
+                     RegionsFileOpt, ShardOpt, ThreadsOpt, console, parse_batch_size, parse_shard)
 
 HELP = """Segment a genome with a SegmentNT model: per-nucleotide probability of each feature.
 
@@ -59,6 +59,12 @@ def register(app: typer.Typer) -> None:
         precision: PrecisionOpt = "auto",
         batch_size: BatchSizeOpt = "auto",
         threads: ThreadsOpt = None,
+        shard: ShardOpt = None,
+        resume: Annotated[bool, typer.Option(
+            "--resume", help="Keep finished chunks beside OUTDIR (.OUTDIR.ntk-partial) and, when the same command "
+            "is started again after a kill, compute only the unfinished ones")] = False,
+        resume_chunk_bp: Annotated[Optional[int], typer.Option(
+            "--resume-chunk-bp", hidden=True, help="Positions per --resume chunk (default 4 Mbp)")] = None,
         quiet: QuietOpt = False,
         force: ForceOpt = False,
     ):
@@ -68,9 +74,24 @@ def register(app: typer.Typer) -> None:
         from ..errors import NtkError
         from ..pipelines.segment import segment_genome
 
+        from ..pipelines.distributed import run_ranks, world_size
+
+        feats = [f.strip() for f in features.split(",") if f.strip()] if features else None
         if output is None and bedgraph is None:
             raise NtkError("give an output directory with -o/--output (or --bedgraph FEATURE to stream to stdout)")
-        feats = [f.strip() for f in features.split(",") if f.strip()] if features else None
+        shard_ix = parse_shard(shard)
+        if world_size() > 1:  # torchrun: this rank runs shard RANK+1/WORLD_SIZE, rank 0 merges
+            if shard_ix is not None or bedgraph is not None or output is None:
+                raise NtkError("under torchrun give -o OUTDIR, without --shard or --bedgraph (each rank takes one "
+                               "shard; rank 0 merges)")
+            return run_ranks(
+                output, force, device, quiet,
+                lambda part, sh, dev, q: segment_genome(
+                    genome, part, model=model, regions=region or (), regions_file=regions, chr_map=chr_map,
+                    features=feats, window=window, crop=crop, rc_average=rc_average, threshold=threshold,
+                    min_length=min_length, zoom_levels=zoom_levels, device=dev, precision=precision,
+                    batch_size=parse_batch_size(batch_size), threads=threads, force=True, shard=sh, resume=resume,
+                    resume_chunk_bp=resume_chunk_bp, command=shlex.join(["ntk"] + sys.argv[1:])))
         progress = Progress(TextColumn("segment"), BarColumn(), MofNCompleteColumn(), TextColumn("bp"),
                             _bp_rate_column(), TimeElapsedColumn(), console=console,
                             disable=quiet or not console.is_terminal, transient=True)  # only on a terminal
@@ -87,10 +108,11 @@ def register(app: typer.Typer) -> None:
                 min_length=min_length, bedgraph=bedgraph, zoom_levels=zoom_levels, device=device,
                 precision=precision, batch_size=parse_batch_size(batch_size), threads=threads, force=force,
                 progress=lambda bp: progress.advance(task, bp), on_start=start,
-                command=shlex.join(["ntk"] + sys.argv[1:]))
+                command=shlex.join(["ntk"] + sys.argv[1:]), shard=shard_ix, resume=resume,
+                resume_chunk_bp=resume_chunk_bp)
         finally:
             progress.stop()
-        if result.bp_scored == 0:
+        if result.bp_scored == 0 and shard_ix is None:  # an empty shard is normal (more shards than batches)
             console.print("[yellow]warning:[/yellow] no position was scored: the regions hold no ACGT run of 24 nt "
                           "or more (N, IUPAC codes and shorter runs get no value)")
         if quiet:

@@ -43,6 +43,8 @@ from ..io.segments import SegmentsBedWriter
 from ..io.tracks import BedGraphWriter, BigWigWriter
 from ..model.tokenizer import reverse_complement_codes, sequence_codes
 from .batching import auto_token_budget, by_token_budget
+from .resume import CHUNK_BP, Journal, partial_dir
+from .shards import DIR_MANIFEST, bp_range, make_manifest, write_manifest
 from .windows import Window, tile
 
 NT_PER_TOKEN = 6
@@ -85,16 +87,20 @@ def scan_runs(fasta: IndexedFasta, unit: Interval, min_length: int = UNIT) -> It
 
 @dataclass(frozen=True)
 class Job:
-    """One window to run: which work unit it belongs to, and the window (kept part included)."""
+    """One window to run: which work unit it belongs to, the window (kept part included), and the position of
+    its first kept nucleotide in the work units laid end to end (what shards and resume chunks are cut by)."""
     unit: int
     window: Window
+    gpos: int = 0
 
 
 def iter_windows(fasta: IndexedFasta, units: Sequence[Interval], window: int, crop: int) -> Iterator[Job]:
+    offset = 0
     for i, u in enumerate(units):
+        base, offset = offset, offset + u.length
         for s, e in scan_runs(fasta, u):
             for w in tile(s, e, window, crop, unit=UNIT, chrom=u.chrom):
-                yield Job(i, w)
+                yield Job(i, w, base + w.keep_start - u.start)
 
 
 def iter_batches(jobs: Iterable[Job], token_budget: int, max_items: int | None, copies: int = 1) -> Iterator[list[Job]]:
@@ -103,6 +109,22 @@ def iter_batches(jobs: Iterable[Job], token_budget: int, max_items: int | None, 
     for _, group in itertools.groupby(jobs, key=lambda j: j.window.length):
         yield from by_token_budget(group, lambda j: copies * (j.window.length // NT_PER_TOKEN + 1), token_budget,
                                    max_items)
+
+
+def select_batches(batches: Iterable[list[Job]], bp_range: tuple[int, int] | None = None,
+                   skip: Callable[[int], bool] | None = None) -> Iterator[list[Job]]:
+    """The batches of a shard (first kept position of the batch's first window in ``bp_range``) that ``skip``
+    does not exclude (finished ``--resume`` chunks). Shards and resume chunks are cut between the batches of an
+    unsharded run, never inside one, so every window runs in exactly the batch it would run in alone (batch
+    composition changes float rounding on some backends) and the merged output is bit-identical."""
+    for b in batches:
+        g = b[0].gpos
+        if bp_range is not None and g < bp_range[0]:
+            continue
+        if bp_range is not None and g >= bp_range[1]:
+            return
+        if skip is None or not skip(g):
+            yield b
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -293,10 +315,27 @@ class SegmentResult:
     n_segments: int = 0
     timings: dict[str, float] = field(default_factory=dict)
     run_info: dict = field(default_factory=dict)
+    shard: tuple[int, int] | None = None
+    bp_range: tuple[int, int] = (0, 0)  # the positions of this run (all, or a shard's), units laid end to end
+    spans: list[list] = field(default_factory=list)  # [chrom, start, end] covered by kept windows, genome order
+    resume: dict | None = None  # chunks reused / computed with --resume
+
+
+def note_span(spans: list[list], chrom: str, start: int, end: int) -> None:
+    """Extend the covered spans ([chrom, start, end], genome order) with a kept window part."""
+    if spans and spans[-1][0] == chrom:
+        spans[-1][2] = end
+    else:
+        spans.append([chrom, start, end])
 
 
 def default_window(model) -> int:
-    """The model's trained length in nt ((max_tokens - 1) * 6), rounded down to a multiple of 24."""
+    """The window the segmentation head was trained on (``segment_window`` in config.json, written by
+    ``ntk finetune segment``), else the model's trained length in nt ((max_tokens - 1) * 6), rounded down to a
+    multiple of 24."""
+    trained = model.config.extra.get("segment_window")
+    if isinstance(trained, int) and trained >= UNIT and trained % UNIT == 0:
+        return trained
     return max(UNIT, ((model.config.max_tokens - 1) * NT_PER_TOKEN) // UNIT * UNIT)
 
 
@@ -333,11 +372,18 @@ def segment_genome(
     progress: Callable[[int], None] | None = None,
     on_start: Callable[[int], None] | None = None,
     command: str | None = None,
+    shard: tuple[int, int] | None = None,
+    resume: bool = False,
+    resume_chunk_bp: int | None = None,
 ) -> SegmentResult:
     """Segment ``fasta`` with a SegmentNT-type ``model`` (checkpoint dir, preset, or a loaded model) into
     ``out_dir`` (``<feature>.bw``, ``segments.bed.gz`` + ``.tbi``, ``run.json``), and/or stream one feature as
     bedGraph to ``bedgraph_stream`` (default stdout). ``progress(bp)`` is called as positions are done and
-    ``on_start(total_bp)`` once before the first window."""
+    ``on_start(total_bp)`` once before the first window.
+
+    ``shard=(I, N)`` runs only the I-th of N blocks of the genome (balanced by bp, cut between windows) and adds
+    the part manifest ``shard.json`` (join the parts with ``ntk merge``). ``resume=True`` keeps finished chunks
+    of ``resume_chunk_bp`` positions beside ``out_dir`` and, when started again, computes only the others."""
     from ..model import load_model
     from ..model.runtime import resolve_device, resolve_dtype, set_threads
 
@@ -381,14 +427,39 @@ def segment_genome(
     budget = auto_token_budget(dev.type, m.config.hidden_size, m.config.num_hidden_layers)
     result = SegmentResult(Path(out_dir) if out_dir is not None else None, feats, units, window, crop)
     result.bp_total = sum(u.length for u in units)
+    result.bp_range = (0, result.bp_total)
+    if shard is not None:
+        result.shard = shard
+        result.bp_range = bp_range(result.bp_total, shard)
+        if out_dir is None:
+            raise NtkError("--shard needs an output directory (-o): the part is merged with ntk merge")
+    if resume and out_dir is None:
+        raise NtkError("--resume needs an output directory (-o): finished chunks are kept beside it")
     chrom_sizes = [(c.name, c.length) for c in fa.contigs]
     stream = bedgraph_stream if bedgraph_stream is not None else (sys.stdout.buffer if bedgraph else None)
+
+    options = {"regions": list(regions) or None, "features": feats, "window": window, "crop": crop,
+               "rc_average": rc_average, "threshold": threshold, "min_length": min_length,
+               "zoom_levels": zoom_levels}
+    inputs = {"fasta": fasta, "regions_file": regions_file, "chr_map": chr_map}
+    journal = None
+    if resume:
+        ident = make_manifest("segment", "segment-dir", shard or (1, 1), inputs, m.config.fingerprint(), options)
+        ident.pop("ntk_version")
+        journal = Journal(partial_dir(out_dir), ident, resume_chunk_bp or CHUNK_BP)
 
     def run(tmp_dir: Path | None) -> None:
         outputs = TrackOutputs(tmp_dir, chrom_sizes, feats, threshold, min_length, bg_index, stream, zoom_levels)
         try:
             _run(fa, m, units, window, crop, rc_average, feat_idx, budget, batch_size, outputs, result, progress,
-                 on_start)
+                 on_start, journal)
+            if journal is not None:
+                def add(chrom: str, start: int, values: np.ndarray) -> None:
+                    outputs.add(chrom, start, values)
+                    note_span(result.spans, chrom, start, start + values.shape[0])
+                journal.replay(add)
+                result.resume = {"chunk_bp": journal.chunk_bp, "chunks_reused": journal.reused,
+                                 "chunks_computed": journal.computed}
             outputs.close()
         except BaseException:
             outputs.abort()
@@ -400,6 +471,10 @@ def segment_genome(
                                     min_length, bedgraph, zoom_levels, command)
         if tmp_dir is not None:
             (tmp_dir / "run.json").write_text(json.dumps(result.run_info, indent=2) + "\n")
+        if tmp_dir is not None and shard is not None:
+            write_manifest(make_manifest("segment", "segment-dir", shard, inputs, m.config.fingerprint(), options,
+                                         {"chrom_sizes": chrom_sizes, "spans": result.spans,
+                                          "run": result.run_info}), tmp_dir / DIR_MANIFEST)
 
     try:
         if out_dir is None:
@@ -407,6 +482,8 @@ def segment_genome(
         else:
             with atomic_dir(out_dir, force=force) as tmp:
                 run(tmp)
+            if journal is not None:
+                journal.remove()
     finally:
         fa.close()
     return result
@@ -414,7 +491,8 @@ def segment_genome(
 
 def _run(fa: IndexedFasta, m, units: list[Interval], window: int, crop: int, rc_average: bool,
          feat_idx: list[int], budget: int, max_items: int | None, outputs: TrackOutputs, result: SegmentResult,
-         progress: Callable[[int], None] | None, on_start: Callable[[int], None] | None) -> None:
+         progress: Callable[[int], None] | None, on_start: Callable[[int], None] | None,
+         journal: Journal | None = None) -> None:
     dev = m.device
     pin = dev.type == "cuda"
     tok = m.tokenizer
@@ -430,32 +508,36 @@ def _run(fa: IndexedFasta, m, units: list[Interval], window: int, crop: int, rc_
             ids = ids.pin_memory()
         return batch, ids
 
-    # progress: positions of each unit are done when the window keeping them is written (N gaps included)
-    cursor = [0, units[0].start if units else 0]  # unit index, position
+    # progress: positions (units laid end to end, N gaps included) are done when the window keeping them is written
+    lo, hi = result.bp_range
+    cursor = [lo]
 
-    def advance_to(unit: int, pos: int) -> None:
-        done = 0
-        while cursor[0] < unit:
-            done += units[cursor[0]].end - cursor[1]
-            cursor[0] += 1
-            cursor[1] = units[cursor[0]].start if cursor[0] < len(units) else 0
-        if unit < len(units):
-            done += pos - cursor[1]
-            cursor[1] = pos
-        if progress is not None and done:
-            progress(done)
+    def advance_to(g: int) -> None:
+        if progress is not None and g > cursor[0]:
+            progress(g - cursor[0])
+        cursor[0] = max(cursor[0], g)
+
+    spans = result.spans  # what the part covers, for ntk merge (with --resume: noted when chunks are replayed)
 
     def write(item) -> None:
         batch, probs = item
         for j, p in zip(batch, probs):
             w = j.window
-            outputs.add(w.chrom, w.keep_start, p[w.keep_start - w.start: w.keep_end - w.start])
-            advance_to(j.unit, w.keep_end)
+            kept = p[w.keep_start - w.start: w.keep_end - w.start]
+            if journal is not None:
+                journal.add(batch[0].gpos, w.chrom, w.keep_start, kept)
+            else:
+                outputs.add(w.chrom, w.keep_start, kept)
+                note_span(spans, w.chrom, w.keep_start, w.keep_end)
+            advance_to(min(j.gpos + w.keep_end - w.keep_start, hi))
 
     if on_start is not None:
-        on_start(result.bp_total)
+        on_start(hi - lo)
     jobs = iter_windows(fa, units, window, crop)
     batches = iter_batches(jobs, budget, max_items, copies=2 if rc_average else 1)
+    if result.shard is not None or journal is not None:
+        batches = select_batches(batches, result.bp_range if result.shard else None,
+                                 journal.is_done if journal is not None else None)
     writer = _Writer(write, maxsize=4, stop=stop)
     t_model = 0.0
     try:
@@ -478,7 +560,9 @@ def _run(fa: IndexedFasta, m, units: list[Interval], window: int, crop: int, rc_
         raise
     writer.join()
     stop.set()
-    advance_to(len(units), 0)
+    if journal is not None:
+        journal.commit()
+    advance_to(hi)
     result.timings["model"] = t_model
 
 
@@ -502,6 +586,8 @@ def _run_info(fasta, model_arg, m, dev, result: SegmentResult, regions, regions_
         },
         "runtime": {"device": str(dev), "dtype": str(m.dtype).replace("torch.", ""), "torch": torch.__version__,
                     "numpy": np.__version__, "threads": torch.get_num_threads()},
+        "shard": list(result.shard) if result.shard else None,
+        "resume": result.resume,
         "units": [u.region_string() for u in result.units] if len(result.units) <= 1000 else len(result.units),
         "bp_total": result.bp_total,
         "bp_scored": result.bp_scored,
