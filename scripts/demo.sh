@@ -36,5 +36,5 @@ print(f"variants scored: {t.height} (record, ALT) rows; status counts:", dict(t.
 e = pl.read_parquet(f"{out}/embeddings.parquet")
 print(f"embeddings: {e.height} rows x {len(e['embedding'][0])} dims", file=sys.stderr)
 PY
-if command -v bcftools >/dev/null; then bcftools query -f '%CHROM\t%POS\t%REF\t%ALT\t%INFO/NTK_STATUS\t%INFO/NTK_COS\n' "$OUT/variants.vcf.gz" | head -n 5 >&2; fi
+if command -v bcftools >/dev/null; then bcftools query -f '%CHROM\t%POS\t%REF\t%ALT\t%INFO/NTK_STATUS\t%INFO/NTK_COS\n' "$OUT/variants.vcf.gz" | awk 'NR<=5' >&2; fi
 echo "demo outputs in $OUT/ (tracks: $OUT/segment/*.bw, calls: $OUT/segment/segments.bed.gz, picture: $OUT/tracks.png)" >&2

@@ -55,6 +55,7 @@ def atomic_dir(path: str | os.PathLike, force: bool = False) -> Iterator[Path]:
         raise NtkError(f"{p}: output directory is not empty (use --force to overwrite)")
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{p.name}.tmp-", dir=p.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp creates 0700; output directories get the usual permissions
     try:
         yield tmp
         if p.exists():
