@@ -10,7 +10,7 @@ import typer
 
 from ..errors import InputError, NtkError
 from .common import (BatchSizeOpt, ChrMapOpt, DeviceOpt, ForceOpt, ModelOpt, PrecisionOpt, QuietOpt, RegionOpt,
-                     RegionsFileOpt, ThreadsOpt, console, parse_batch_size)
+                     RegionsFileOpt, ShardOpt, ThreadsOpt, console, parse_batch_size, parse_shard)
 
 HELP = (
     "Embed FASTA records, or regions of a reference genome, with a Nucleotide Transformer.\n\n"
@@ -71,6 +71,9 @@ def register(app: typer.Typer) -> None:
         precision: PrecisionOpt = "auto",
         batch_size: BatchSizeOpt = "auto",
         threads: ThreadsOpt = None,
+        shard: ShardOpt = None,
+        chunk_tokens: Annotated[Optional[int], typer.Option(
+            "--chunk-tokens", hidden=True, help="Tokens per scheduling chunk (shards are cut between chunks)")] = None,
         quiet: QuietOpt = False,
         force: ForceOpt = False,
     ):
@@ -79,8 +82,8 @@ def register(app: typer.Typer) -> None:
         from ..io.intervals import parse_region, read_bed, read_chr_map
         from ..model import load_model
         from ..model.runtime import set_threads
-        from ..pipelines.embed import (FORMATS, POOLINGS, fasta_inputs, normalise_layers, npy_rows_path,
-                                       region_inputs, write_embeddings)
+        from ..pipelines.embed import (FORMATS, POOLINGS, embed_shard, fasta_inputs, normalise_layers,
+                                       npy_rows_path, region_inputs, write_embeddings)
 
         if pool not in POOLINGS:
             raise NtkError(f"--pool {pool!r}: expected one of {', '.join(POOLINGS)}")
@@ -90,8 +93,20 @@ def register(app: typer.Typer) -> None:
             raise NtkError("--rc-average needs a pooled embedding: use --pool mean|max|cls")
         if not output:
             raise NtkError("give the output file with -o OUT.parquet (or -o OUT.npy --format npy)")
+        from ..pipelines.distributed import run_ranks, world_size
+
         bs = parse_batch_size(batch_size)
         use_regions = bool(region or regions)
+        shard_ix = parse_shard(shard)
+        ranks = world_size() > 1
+        if shard_ix is not None or ranks:
+            if shard_ix is not None and ranks:
+                raise NtkError("under torchrun each rank takes one shard: leave out --shard")
+            if fmt != "parquet" or output == "-":
+                raise NtkError("--shard/torchrun write Parquet parts to a file: give -o OUT.parquet")
+            if input == "-" or regions == "-":
+                raise NtkError("--shard/torchrun read the input twice (to cut balanced shards): give a file, "
+                               "not stdin")
 
         # outputs: refuse early, before any work
         if output == "-":
@@ -119,15 +134,16 @@ def register(app: typer.Typer) -> None:
             intervals = [parse_region(r, fasta.lengths) for r in (region or [])]
             if regions and regions != "-":
                 total = sum(1 for _ in read_bed(regions, fasta.lengths, cmap))  # validate every line up front
-            bed = read_bed(regions, fasta.lengths, cmap) if regions else iter(())
             if total is not None:
                 total += len(intervals)
 
-            def inputs():
-                yield from intervals
-                yield from bed
+            def make_records():
+                yield from region_inputs(fasta, intervals)
+                if regions:
+                    yield from region_inputs(fasta, read_bed(regions, fasta.lengths, cmap))
 
-            records = region_inputs(fasta, inputs())
+            records = make_records()
+            source = {"reference": ref, "regions_file": regions, "chr_map": chr_map}
         else:
             if reference or chr_map:
                 raise NtkError("--reference/--chr-map are for -r/-R regions; to embed FASTA records give the "
@@ -140,14 +156,34 @@ def register(app: typer.Typer) -> None:
                 raise InputError(f"{input}: FASTA file is not readable (permission denied)")
             records = fasta_inputs(input)
 
+            def make_records():
+                return fasta_inputs(input)
+            source = {"input": input}
+
         set_threads(threads)
+        options = {"layers": layer, "pool": pool, "rc_average": rc_average, "regions": region or None}
+
+        def run_shard(out, sh: tuple[int, int], dev: str, q: bool):
+            m = load_model(model, device=dev, dtype=precision)
+            return embed_shard(m, make_records, out, sh, source, options, bs, model or getattr(m, "source", ""),
+                               None if q else console.print, chunk_tokens=chunk_tokens)
+
+        if ranks:
+            return run_ranks(output, force, device, quiet, run_shard)
+        if shard_ix is not None:
+            stats = run_shard(output, shard_ix, device, quiet)
+            if not quiet:
+                console.print(f"ntk embed: shard {shard_ix[0]}/{shard_ix[1]}: {stats.records:,} records, "
+                              f"{stats.tokens:,} tokens, {stats.seconds:.1f} s -> {output}")
+            return
         m = load_model(model, device=device, dtype=precision)
         normalise_layers(layer, m.config.num_hidden_layers)  # fail before any output starts
         label = model or getattr(m, "source", "")
         progress, update = _progress(quiet, total)
         with progress:
             stats = write_embeddings(m, records, output, fmt=fmt, model_label=label, progress=update,
-                                     layers=layer, pool=pool, rc_average=rc_average, batch_size=bs)
+                                     layers=layer, pool=pool, rc_average=rc_average, batch_size=bs,
+                                     chunk_tokens=chunk_tokens)
         if stats.records == 0:
             console.print("ntk embed: warning: no records to embed (the output has no rows)")
         if not quiet:

@@ -25,6 +25,7 @@ token budget (batch size x padded length) and run; rows come back in input order
 """
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from dataclasses import dataclass, field
@@ -465,6 +466,35 @@ class Embedder:
                     if self.pool == "none" else None)
         return EmbedBlock(records, row_record, tok_cols, emb)
 
+    # -- shards ---------------------------------------------------------------------------------
+    def plan_shard(self, inputs: Iterable, shard: tuple[int, int]) -> tuple[int, int]:
+        """Records ``[lo, hi)`` of shard ``I/N`` of ``inputs``: contiguous, balanced by tokens, and cut only where
+        an unsharded :meth:`run` empties its chunk at a record end, so that every window of the shard runs in the
+        same batch as in the unsharded run (batch composition changes float rounding) and the merged rows are
+        identical. Tokenizes the inputs once (no model work)."""
+        cuts: list[tuple[int, int]] = []  # (records so far, tokens so far) where run() flushes at a record end
+        tokens = chunk_tokens = pending = n = 0
+        for i, x in enumerate(inputs):
+            _, windows = self._start_record(_as_input(x, i))
+            n, pending = i + 1, pending + 1
+            for w in windows:
+                chunk_tokens += w.n_tokens
+                tokens += w.n_tokens
+                if chunk_tokens >= 2 * self.chunk_tokens:
+                    chunk_tokens, pending = 0, 1
+            if chunk_tokens >= self.chunk_tokens or pending >= self.max_pending:
+                chunk_tokens = pending = 0
+                cuts.append((n, tokens))
+        self.stats = EmbedStats()
+        i, k = shard
+        bounds = [0]
+        for j in range(1, k):  # the record-end flush nearest to j/k of the tokens
+            target = j * tokens / k
+            best = min(cuts, key=lambda c: (abs(c[1] - target), c[0]), default=(0, 0))[0]
+            bounds.append(max(bounds[-1], best))
+        bounds.append(n)
+        return bounds[i - 1], max(bounds[i - 1], bounds[i])
+
     # -- driver ---------------------------------------------------------------------------------
     def run(self, inputs: Iterable, progress: Callable[[EmbedStats], None] | None = None) -> Iterator[EmbedBlock]:
         t0 = time.perf_counter()
@@ -491,12 +521,12 @@ class Embedder:
                 seq += 1
                 chunk.append(w)
                 chunk_tokens += w.n_tokens
-                if chunk_tokens >= self.chunk_tokens:
+                if chunk_tokens >= 2 * self.chunk_tokens:  # inside a record longer than a chunk
                     block = flush()
                     if block is not None:
                         yield block
-            if len(pending) >= self.max_pending:
-                block = flush()
+            if chunk_tokens >= self.chunk_tokens or len(pending) >= self.max_pending:
+                block = flush()  # at a record end: a shard may start at the next record (see plan_shard)
                 if block is not None:
                     yield block
         block = flush()
@@ -587,3 +617,26 @@ def write_embeddings(model, inputs: Iterable, output: str | Path, fmt: str = "pa
                 w.write(block.embeddings.reshape(len(block), *shape))
                 rows.write(block.to_polars(()))
     return emb.stats
+
+
+def embed_shard(model, make_inputs: Callable[[], Iterable], output: str | Path, shard: tuple[int, int],
+                sources: dict, options: dict, batch_size: int | None = None, model_label: str | None = None,
+                log: Callable[[str], None] | None = None, chunk_tokens: int | None = None) -> EmbedStats:
+    """Shard ``I/N`` of the records from ``make_inputs()`` (called twice: once to plan balanced cuts, once to
+    embed) into the Parquet part ``output`` plus its manifest (``OUTPUT.ntk-shard.json``) for ``ntk merge``.
+    ``sources``: input role -> path (for the manifest); ``options``: layers, pool, rc_average (+ any other
+    option that shapes the rows, recorded in the manifest)."""
+    from .shards import make_manifest, manifest_path, write_manifest
+
+    run_opts = {k: options[k] for k in ("layers", "pool", "rc_average")}
+    run_opts["chunk_tokens"] = chunk_tokens
+    planner = Embedder(model, batch_size=batch_size, **run_opts)
+    lo, hi = planner.plan_shard(make_inputs(), shard)
+    if log is not None:
+        log(f"ntk embed: shard {shard[0]}/{shard[1]}: " + (f"records {lo + 1:,}-{hi:,}" if hi > lo else "no records"))
+    stats = write_embeddings(model, itertools.islice(make_inputs(), lo, hi), output, model_label=model_label,
+                             batch_size=batch_size, **run_opts)
+    opts = {**options, "layers": planner.layers, "chunk_tokens": planner.chunk_tokens}
+    write_manifest(make_manifest("embed", "parquet", shard, sources, model.config.fingerprint(), opts,
+                                 {"records": [lo, hi]}), manifest_path(output))
+    return stats
