@@ -104,11 +104,11 @@ def per_variant(m, fasta: IndexedFasta, recs: list[tuple], window: int, llr: boo
             batch = tok.pad([(x, np.zeros(len(x)), np.zeros(len(x))) for x in seqs])
             x = m(batch.input_ids, attention_mask=batch.attention_mask, heads=False).last_hidden_state
             mk = batch.attention_mask[:2, 1:].unsqueeze(-1).float()
-            e = ((x[:2, 1:].float() * mk).sum(1) / mk.sum(1)).numpy()
+            e = ((x[:2, 1:].float() * mk.to(x.device)).sum(1) / mk.to(x.device).sum(1)).cpu().numpy()
             out.append(embedding_distances(e[0], e[1])["cosine"])
             if t is not None:
                 logp = torch.log_softmax(m.lm_head(x[2, t]).float(), -1)
-                out.append(float(logp[tok.token_to_id(aseq[starts[t]:ends[t]])] - logp[ids[t]]))
+                out.append(float(logp[tok.token_to_id(aseq[starts[t]:ends[t]])] - logp[int(ids[t])]))
     return out
 
 
@@ -122,11 +122,13 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="checkpoint directory instead of a random model")
     ap.add_argument("--scores", default="cosine,l2,l1,dot,llr")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (the model runs there in fp32, both methods)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
     m = ntk.load_model(args.model) if args.model else random_model(args.layers, args.hidden, args.window)
+    m = m.to(args.device)
     window = args.window
     with tempfile.TemporaryDirectory(prefix="ntk-bench-") as d:
         d = Path(d)
@@ -150,7 +152,8 @@ def main() -> None:
     n = len(recs)
     base_passes = 2 * n + (sum(1 for r in recs if len(r[2]) == len(r[3]) == 1) if llr else 0)
     print(f"model {m.source}, {m.config.num_hidden_layers} layers x {m.config.hidden_size}, window {window} nt, "
-          f"{n} variants every {args.spacing} nt, scores {args.scores}, threads {torch.get_num_threads()}")
+          f"{n} variants every {args.spacing} nt, scores {args.scores}, device {args.device}, "
+          f"threads {torch.get_num_threads()}")
     print(f"per-variant : {n / t_base:8.2f} variants/s  ({base_passes} window passes, {t_base:.1f} s)")
     p = s.passes
     print(f"ntk shared  : {n / t_ntk:8.2f} variants/s  (ref {p['ref']} + alt {p['alt']} + masked {p['masked']} "
