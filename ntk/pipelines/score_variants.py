@@ -60,6 +60,7 @@ from ..model import load_model
 from ..model.runtime import resolve_device, resolve_dtype, set_threads
 from ..model.tokenizer import reverse_complement
 from .batching import auto_token_budget, by_token_budget
+from .shards import make_manifest, manifest_path, weighted_block, write_manifest
 from .windows import Window, tile
 
 EMBEDDING_SCORES = ("cosine", "l2", "l1", "dot")
@@ -632,9 +633,19 @@ def _chunks(it: Iterator, n: int) -> Iterator[list]:
         yield chunk
 
 
-def _count_records(path: str) -> int:
+def _alts_per_record(path: str) -> list[int]:
     with VcfReader(path) as r:
-        return sum(1 for _ in r)
+        return [max(1, len(rec.alts or ())) for rec in r]
+
+
+def shard_records(path: str, shard: tuple[int, int], chunk_size: int) -> tuple[int, int]:
+    """Records ``[lo, hi)`` of shard ``I/N``: contiguous, balanced by variants (ALT alleles), cut only between the
+    chunks of ``chunk_size`` records that an unsharded run scores together (so every pass runs in the same batch
+    as in the unsharded run, and merged scores are identical)."""
+    alts = np.asarray(_alts_per_record(path), dtype=np.int64)
+    per_chunk = np.add.reduceat(alts, np.arange(0, alts.size, chunk_size)) if alts.size else alts
+    lo, hi = weighted_block(per_chunk, shard)
+    return lo * chunk_size, min(hi * chunk_size, int(alts.size))
 
 
 def score_variants(vcf: str, reference: str | IndexedFasta, *, model=None,
@@ -672,8 +683,7 @@ def score_variants(vcf: str, reference: str | IndexedFasta, *, model=None,
         i, n = shard
         if vcf == "-":
             raise NtkError("--shard needs a VCF file (stdin cannot be counted ahead)")
-        total = _count_records(vcf)
-        lo_i, hi_i = (i - 1) * total // n, i * total // n
+        lo_i, hi_i = shard_records(vcf, shard, chunk_size)
         selected = lambda k: lo_i <= k < hi_i  # noqa: E731
 
     reader = VcfReader(vcf)
@@ -725,6 +735,15 @@ def score_variants(vcf: str, reference: str | IndexedFasta, *, model=None,
             table_writer.close()
         if writer is not None:
             summary.indexed = writer.close()
+        if shard is not None:  # part manifests, for ntk merge
+            inputs = {"vcf": vcf, "reference": fasta.path, "regions_file": regions_file}
+            opts = {"scores": names, "window": W, "rc_average": rc_average, "segment_radius": segment_radius,
+                    "regions": list(regions) or None, "chr_map": sorted(chr_map.items()) if chr_map else None,
+                    "chunk_size": chunk_size}
+            for path, fmt in ((output, "vcf"), (table, "parquet")):
+                if path is not None and path != "-":
+                    write_manifest(make_manifest("score-variants", fmt, shard, inputs, model.config.fingerprint(),
+                                                 opts, {"records": [lo_i, hi_i]}), manifest_path(path))
     except BaseException:
         if writer is not None:
             writer.abort()
