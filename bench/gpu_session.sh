@@ -28,3 +28,9 @@ cp /tmp/emb/pretrain/summary.json "$OUT/pretrain_summary.json" 2>/dev/null
 
 echo "== segment_gpu (full-size SegmentNT, random weights)" | tee -a "$LOG"
 timeout 150 python3 bench/segment_gpu.py --mbp 3 2>&1 | tail -n 25 | tee -a "$LOG"
+timeout 100 python3 bench/segment_gpu.py --mbp 3 --crop 1872 2>&1 | tail -n 25 | tee -a "$LOG"
+
+echo "== variants_throughput on the GPU" | tee -a "$LOG"
+timeout 200 python3 bench/variants_throughput.py --device cuda --variants 400 2>&1 | tail -n 5 | tee -a "$LOG"
+timeout 120 python3 bench/variants_throughput.py --device cuda --variants 400 --scores cosine,l2,l1,dot 2>&1 \
+    | tail -n 5 | tee -a "$LOG"
