@@ -5,7 +5,7 @@ macro), :func:`auroc` and :func:`auprc` (average precision, the step-wise area s
 handled by grouping equal scores). Regression: :func:`pearson`, :func:`spearman` (Pearson of average ranks),
 :func:`r2`. Segmentation at nucleotide level: :class:`SegmentationMetrics` accumulates, per feature, the
 confusion counts at a threshold (exact MCC) and score histograms for positives and negatives (AUPRC/AUROC from
-1000 probability bins), so memory stays flat however many nucleotides are evaluated.
+4096 log-odds bins), so memory stays flat however many nucleotides are evaluated.
 
 Degenerate cases (a single class present, constant predictions) give 0.0 for MCC/correlations and NaN for
 AUROC/AUPRC when they are undefined; metrics.json writes NaN as null.
@@ -202,10 +202,11 @@ class SegmentationMetrics:
     ``update(probabilities [..., F], targets [..., F])``; ``result()`` -> ``mcc/<feature>``, ``auprc/<feature>``,
     ``auroc/<feature>`` and their means over features (``mcc``, ``auprc``, ``auroc``; features without positives
     in the evaluated data are left out of the AUPRC/AUROC means). MCC is exact at ``threshold``; AUPRC/AUROC use
-    ``bins`` equal-width probability bins (exact up to ties within a bin).
+    ``bins`` equal-width bins of the log-odds in [-16, 16] (exact up to ties within a bin; log-odds rather than
+    probability bins keep rare features such as splice sites, whose scores all lie far below 0.5, resolvable).
     """
 
-    def __init__(self, features: list[str], threshold: float = 0.5, bins: int = 1000):
+    def __init__(self, features: list[str], threshold: float = 0.5, bins: int = 4096):
         self.features = list(features)
         self.threshold = threshold
         self.bins = bins
@@ -218,7 +219,9 @@ class SegmentationMetrics:
         p = np.asarray(proba, dtype=np.float32).reshape(-1, len(self.features))
         t = np.asarray(target).reshape(-1, len(self.features)).astype(bool)
         pred = p >= self.threshold
-        b = np.clip((p * self.bins).astype(np.int64), 0, self.bins - 1)
+        with np.errstate(divide="ignore"):
+            logit = np.log(np.clip(p, 1e-12, 1.0)) - np.log(np.clip(1.0 - p, 1e-12, 1.0))
+        b = np.clip(((logit + 16.0) / 32.0 * self.bins).astype(np.int64), 0, self.bins - 1)
         for j in range(len(self.features)):
             tj, pj = t[:, j], pred[:, j]
             self.cm[j] += np.bincount(tj.astype(np.int64) * 2 + pj, minlength=4).reshape(2, 2)
