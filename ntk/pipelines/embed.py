@@ -490,8 +490,9 @@ class Embedder:
         bounds = [0]
         for j in range(1, k):  # the record-end flush nearest to j/k of the tokens
             target = j * tokens / k
-            best = min(cuts, key=lambda c: (abs(c[1] - target), c[0]), default=(0, 0))[0]
-            bounds.append(max(bounds[-1], best))
+            later = [c for c in cuts if c[0] > bounds[-1]]  # each shard gets work while cuts are left
+            best = min(later, key=lambda c: (abs(c[1] - target), c[0]), default=(bounds[-1], 0))[0]
+            bounds.append(best)
         bounds.append(n)
         return bounds[i - 1], max(bounds[i - 1], bounds[i])
 
