@@ -444,6 +444,9 @@ def segment_genome(
     inputs = {"fasta": fasta, "regions_file": regions_file, "chr_map": chr_map}
     journal = None
     if resume:
+        o = Path(out_dir)
+        if o.exists() and (not o.is_dir() or any(o.iterdir())) and not force:
+            raise NtkError(f"{o}: output directory is not empty (use --force to overwrite); nothing to resume")
         ident = make_manifest("segment", "segment-dir", shard or (1, 1), inputs, m.config.fingerprint(), options)
         ident.pop("ntk_version")
         journal = Journal(partial_dir(out_dir), ident, resume_chunk_bp or CHUNK_BP)
