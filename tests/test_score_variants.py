@@ -453,7 +453,8 @@ def test_regions_shards_and_reannotation(models, genome, tmp_path):
     assert [r["pos"] for r in table_rows(tmp_path / "r.pq")] == [r[1] for r in recs if 600 <= r[1] <= 801]
     parts = []
     for i in (1, 2, 3):
-        score_variants(str(vcf), str(fa), model=m, output=str(tmp_path / f"s{i}.vcf"), shard=(i, 3))
+        # shards are cut between scoring chunks (of 4 records here, so that each of the 3 shards gets some)
+        score_variants(str(vcf), str(fa), model=m, output=str(tmp_path / f"s{i}.vcf"), shard=(i, 3), chunk_size=4)
         parts.append([x for x in (tmp_path / f"s{i}.vcf").read_text().splitlines() if not x.startswith("#")])
     whole = [x for x in (tmp_path / "all.vcf").read_text().splitlines() if not x.startswith("#")]
     assert sum(parts, []) == whole and all(parts)
