@@ -145,7 +145,11 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("-o", "--output", required=True)
+    ap.add_argument("--render-only", action="store_true", help="print the table of an existing --output JSON")
     args = ap.parse_args()
+    if args.render_only:
+        print(render(json.loads(Path(args.output).read_text())))
+        return
     features = args.features.split(",")
     test = args.test_chroms.split(",")
     fa = IndexedFasta(args.genome)
@@ -172,15 +176,26 @@ def main() -> None:
     results["kmer_logistic"] = eval_baseline(lin, fa, ann, test, features)
     report = {"test_chroms": test, "features": features, "baseline_train_chroms": train, "results": results}
     Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
-    header = "| feature | " + " | ".join(f"{n} MCC | {n} AUPRC" for n in results) + " |"
-    print(header)
-    print("|" + "---|" * (1 + 2 * len(results)))
-    for f in features + ["(mean)"]:
-        key = "" if f == "(mean)" else f"/{f}"
-        cells = [f"{results[n].get('mcc' + key, float('nan')):.3f} | {results[n].get('auprc' + key, float('nan')):.3f}"
-                 for n in results]
-        print(f"| {f} | " + " | ".join(cells) + " |")
+    print(render(report))
 
+
+def _fmt(v: float) -> str:
+    return "nan" if v != v else (f"{v:.3f}" if abs(v) >= 0.01 or v == 0 else f"{v:.1e}")
+
+
+def render(report: dict) -> str:
+    """Markdown table: MCC (at 0.5), AUPRC and AUROC per feature and model, plus the positive fraction."""
+    res = report["results"]
+    names = list(res)
+    first = res[names[0]]
+    lines = ["| feature | positives | " + " | ".join(f"{n} MCC / AUPRC / AUROC" for n in names) + " |",
+             "|---|---|" + "---|" * len(names)]
+    for f in report["features"] + ["(mean)"]:
+        key = "" if f == "(mean)" else f"/{f}"
+        pos = _fmt(first.get(f"positive_fraction{key}", float("nan"))) if key else ""
+        cells = [" / ".join(_fmt(res[n].get(m + key, float("nan"))) for m in ("mcc", "auprc", "auroc")) for n in names]
+        lines.append(f"| {f} | {pos} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 if __name__ == "__main__":
     main()
