@@ -26,6 +26,15 @@ VENV_BIN = Path(sys.executable).parent
 TOK = NucleotideTokenizer("v2")
 
 
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: steady speed when the other core is busy (tests run in parallel)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 @pytest.fixture(scope="module")
 def genome(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("genome")

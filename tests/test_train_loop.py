@@ -21,6 +21,15 @@ from ntk.train.masking import IGNORE, bert_mask
 from ntk.train.optim import lr_factor
 
 
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: steady speed when the other core is busy (tests run in parallel)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 # -- schedules ------------------------------------------------------------------------------------
 def test_lr_schedules():
     # linear warm-up from the first step

@@ -26,7 +26,7 @@ from ..model.runtime import set_threads
 from ..pipelines.batching import auto_token_budget
 from ..train import distributed as D
 from ..train.checkpointing import prepare_run_dir, read_run_info, write_json_atomic
-from ..train.corpus import MaskedLMStream, split_corpus, unigram_cross_entropy, validation_batches
+from ..train.corpus import MaskedLMStream, Prefetcher, split_corpus, unigram_cross_entropy, validation_batches
 from ..train.loop import TrainConfig, Trainer, console, unwrap
 from ..train.masking import masked_lm_loss
 
@@ -290,9 +290,13 @@ def _pretrain(corpora: list[str], run_dir: Path, opts: PretrainOptions, info: D.
                 "val_unigram_loss": baseline}
 
     tcfg = _train_config(opts, grad_accum=accum)
-    trainer = Trainer(model, tcfg, run_dir, loss_fn, stream, eval_fn=eval_fn if val_batches else None,
-                      resume_from=resume_from, dist_info=info)
-    summary = trainer.fit()
+    batches = Prefetcher(stream)
+    try:
+        trainer = Trainer(model, tcfg, run_dir, loss_fn, batches, eval_fn=eval_fn if val_batches else None,
+                          resume_from=resume_from, dist_info=info)
+        summary = trainer.fit()
+    finally:
+        batches.close()
     summary.update(seq_len=seq_len, micro_batch=micro, grad_accum=accum, world_size=world,
                    tokens_per_step=seq_len * micro * accum * world, unigram_loss=baseline,
                    val_source=split.val_source, run_dir=run_dir)

@@ -7,7 +7,8 @@
   validation samplers (validation intervals are removed from training).
 - :class:`MaskedLMStream` yields fixed-shape micro-batches ``{"input_ids", "attention_mask", "labels"}``
   ([B, seq_len]); batch ``i`` of rank ``r`` is a pure function of ``(seed, r, i)``, so the stream is resumable
-  exactly (its state is the batch counter) and every torchrun rank has its own stream.
+  exactly (its state is the batch counter) and every torchrun rank has its own stream; :class:`Prefetcher`
+  builds the next batches in a background thread while the model trains.
 
 A window is ``6 * (seq_len - 1)`` nt: an N-free window tokenises to exactly ``seq_len`` tokens (``<cls>`` +
 6-mers); a window with N is longer in tokens (each N is its own token) and is cropped. Windows with more than
@@ -16,6 +17,8 @@ A window is ``6 * (seq_len - 1)`` nt: an N-free window tokenises to exactly ``se
 from __future__ import annotations
 
 import math
+import queue
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -228,6 +231,68 @@ class MaskedLMStream:
         self.p = p
 
 
+class Prefetcher:
+    """Builds the next batches of a :class:`MaskedLMStream` in a background thread while the model trains.
+
+    The batches and their order are those of the stream (batch ``i`` is a function of ``i``); ``state_dict`` counts
+    the batches handed out, so a resume is exact. The FASTA handles are used by the worker thread only.
+    """
+
+    def __init__(self, stream: MaskedLMStream, depth: int = 2):
+        self.stream, self.depth = stream, depth
+        self._thread: threading.Thread | None = None
+        self._start()
+
+    def _start(self) -> None:
+        self._queue: queue.Queue = queue.Queue(self.depth)
+        self._stop = threading.Event()
+        first = self.stream.index
+
+        def work() -> None:
+            i = first
+            while not self._stop.is_set():
+                try:
+                    item = self.stream.batch(i)
+                except BaseException as e:  # handed to the consumer, raised there
+                    item = e
+                while not self._stop.is_set():
+                    try:
+                        self._queue.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if isinstance(item, BaseException):
+                    return
+                i += 1
+
+        self._thread = threading.Thread(target=work, name="ntk-batches", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, torch.Tensor]:
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        self.stream.index += 1
+        return item
+
+    def state_dict(self) -> dict:
+        return self.stream.state_dict()
+
+    def load_state_dict(self, d: dict) -> None:
+        self.close()
+        self.stream.load_state_dict(d)
+        self._start()
+
+
 def validation_batches(samplers: list[WindowSampler], tokenizer: NucleotideTokenizer, seq_len: int,
                        batch_size: int, n_windows: int, seed: int, max_n_frac: float,
                        mask_prob: float = 0.15) -> list[dict[str, torch.Tensor]]:
@@ -245,15 +310,30 @@ def validation_batches(samplers: list[WindowSampler], tokenizer: NucleotideToken
 
 
 def unigram_cross_entropy(train: MaskedLMStream, val_batches: list[dict[str, torch.Tensor]],
-                          n_windows: int = 512) -> float:
-    """Loss (nats) of the best context-free predictor: the training unigram token distribution (add-one
-    smoothed, from ``n_windows`` random training windows) scored on the validation targets."""
+                          max_bases: int = 20_000_000, chunk: int = 1_000_000) -> float:
+    """Loss (nats) of the best context-free predictor on the validation targets: the token frequencies of the
+    training corpus (add-one smoothed), counted over every training base when the corpus holds at most
+    ``max_bases``, else over random windows totalling about ``max_bases``."""
     if not val_batches:
         return float("nan")
-    rng = np.random.default_rng([train.seed, _PROBE, 1])
-    ids = train.token_ids(rng, n_windows)
     V = train.tok.vocab_size
-    counts = np.bincount(ids[ids >= train.tok.kmer_offset], minlength=V).astype(np.float64)
+    counts = np.zeros(V, dtype=np.float64)
+
+    def add(codes: np.ndarray) -> None:
+        ids = train.tok.tokenize_codes(codes, add_cls=False)[0]
+        counts[:] += np.bincount(ids, minlength=V)
+
+    total = sum(s.bases for s in train.samplers)
+    if total <= max_bases:
+        for s in train.samplers:
+            for iv in s.intervals:
+                for start in range(iv.start, iv.end, chunk):
+                    add(sequence_codes(s.fasta.fetch(iv.chrom, start, min(iv.end, start + chunk))))
+    else:
+        rng = np.random.default_rng([train.seed, _PROBE, 1])
+        for s in train.samplers:
+            for _ in range(max(1, int(max_bases * s.bases / total) // s.window)):
+                add(s.codes(*s.draw(rng)))
     regular = np.arange(V) >= train.tok.kmer_offset
     p = np.where(regular, counts + 1.0, 0.0)
     p /= p.sum()
