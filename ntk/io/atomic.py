@@ -68,3 +68,23 @@ def atomic_dir(path: str | os.PathLike, force: bool = False) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+class AtomicOutput:
+    """Context-manager protocol of the streaming writers: ``close()`` (commit) on success, ``abort()`` (remove the
+    temporary output) when the ``with`` block raises."""
+
+    def close(self) -> None:  # pragma: no cover - implemented by writers
+        raise NotImplementedError
+
+    def abort(self) -> None:  # pragma: no cover - implemented by writers
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()

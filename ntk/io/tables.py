@@ -23,7 +23,7 @@ from typing import Mapping
 import numpy as np
 import polars as pl
 
-from .atomic import atomic_path
+from .atomic import AtomicOutput, atomic_path
 
 
 def _metadata(metadata: Mapping[str, object] | None) -> dict[str, str] | None:
@@ -57,7 +57,7 @@ def read_parquet_metadata(path: str | os.PathLike) -> dict[str, str]:
     return {k: v for k, v in md.items() if k != "ARROW:schema"}
 
 
-class ParquetStreamWriter:
+class ParquetStreamWriter(AtomicOutput):
     """Stream DataFrames into one Parquet file; every :meth:`write` call holds at most one frame in memory.
 
     Use as a context manager: the file appears at ``path`` only when the block exits without an exception.
@@ -113,17 +113,9 @@ class ParquetStreamWriter:
         self._closed = True
         shutil.rmtree(self._dir, ignore_errors=True)
 
-    def __enter__(self) -> "ParquetStreamWriter":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
 
-class NpyStreamWriter:
+class NpyStreamWriter(AtomicOutput):
     """Append float32 rows of a fixed trailing shape; on success write ``path`` as a standard ``.npy`` file.
 
     Rows go to a raw temp file as they come; :meth:`close` writes the header (whose shape is only known at
@@ -167,17 +159,9 @@ class NpyStreamWriter:
         self._raw.close()
         self._raw_path.unlink(missing_ok=True)
 
-    def __enter__(self) -> "NpyStreamWriter":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
 
-class TsvStreamWriter:
+class TsvStreamWriter(AtomicOutput):
     """Append DataFrames to one tab-separated file (header once, nulls as ``.``); renamed into place on success."""
 
     def __init__(self, path: str | os.PathLike):
@@ -206,11 +190,3 @@ class TsvStreamWriter:
             err = RuntimeError("aborted")
             self._stack.__exit__(type(err), err, None)  # atomic_path removes the temp file
 
-    def __enter__(self) -> "TsvStreamWriter":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()

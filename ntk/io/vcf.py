@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
 from ..errors import InputError, NtkError
-from .atomic import atomic_path, check_writable_target
+from .atomic import AtomicOutput, atomic_path, check_writable_target
 
 # kinds of ALT allele
 SEQUENCE, SYMBOLIC, STAR = "sequence", "symbolic", "star"
@@ -126,7 +126,7 @@ def output_mode(path: str) -> str:
     raise NtkError(f"-o {path}: use a name ending in .vcf.gz (bgzip + tabix index), .vcf (plain) or '-' (stdout)")
 
 
-class VcfWriter:
+class VcfWriter(AtomicOutput):
     """Annotated copy of an input VCF: the input header plus ``info`` fields and ``extra_lines``.
 
     Records are written as text (``str(record)`` with the new INFO entries appended), so every input field,
@@ -249,11 +249,3 @@ class VcfWriter:
         err = RuntimeError("aborted")
         self._stack.__exit__(type(err), err, None)  # atomic_path deletes the temp file
 
-    def __enter__(self) -> "VcfWriter":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
