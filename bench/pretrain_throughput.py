@@ -6,7 +6,7 @@ genome, BERT 80/10/10 masking), fp32, AdamW, warm-up + cosine, gradient clipping
 the same torch thread count; runs are interleaved (ntk, HF, ntk, HF, ...) and each side's best round counts.
 Tokens/s is measured over the steps after ``--skip`` warm-up steps (every token of a [B, T] batch counts).
 
-    python bench/pretrain_throughput.py [--steps 40] [--skip 5] [--batch 16] [--seq-len 128] [--rounds 2]
+    python bench/pretrain_throughput.py [--steps 40] [--skip 5] [--batch 16] [--seq-len 128] [--rounds 2] [--threads N]
 
 Prints tokens/s for both and the ratio ntk/HF (goal >= 1.2). ``transformers.Trainer`` needs ``accelerate``; without
 it the reference is the Trainer's inner step in a plain loop (EsmForMaskedLM loss, backward, clip, AdamW, schedule),
@@ -116,7 +116,7 @@ def run_hf_loop(cfg, init_state, batches, args) -> float:
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        float(out.loss)  # the Trainer reads the loss every step too
+        out.loss.detach().item()  # the Trainer reads the loss every step too
         stamps.append(time.perf_counter())
     tokens = sum(int(b["input_ids"].numel()) for b in batches[args.skip:])
     return tokens / (stamps[-1] - stamps[args.skip - 1])
@@ -157,8 +157,11 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads for both (default: torch's choice)")
     ap.add_argument("--hf-loop", action="store_true", help="reference = the plain loop even if the Trainer can run")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     import transformers
 
