@@ -74,6 +74,9 @@ def register(app: typer.Typer) -> None:
         shard: ShardOpt = None,
         chunk_tokens: Annotated[Optional[int], typer.Option(
             "--chunk-tokens", hidden=True, help="Tokens per scheduling chunk (shards are cut between chunks)")] = None,
+        resume: Annotated[bool, typer.Option(
+            "--resume", help="Keep finished chunks of records beside OUT (.OUT.ntk-partial) and, when the same "
+            "command is started again after a kill, embed only the unfinished ones")] = False,
         quiet: QuietOpt = False,
         force: ForceOpt = False,
     ):
@@ -99,6 +102,9 @@ def register(app: typer.Typer) -> None:
         use_regions = bool(region or regions)
         shard_ix = parse_shard(shard)
         ranks = world_size() > 1
+        if resume and (output == "-" or input == "-" or regions == "-"):
+            raise NtkError("--resume reads the same input again and keeps finished chunks beside the output: give "
+                           "files (not stdin/stdout)")
         if shard_ix is not None or ranks:
             if shard_ix is not None and ranks:
                 raise NtkError("under torchrun each rank takes one shard: leave out --shard")
@@ -166,7 +172,8 @@ def register(app: typer.Typer) -> None:
         def run_shard(out, sh: tuple[int, int], dev: str, q: bool):
             m = load_model(model, device=dev, dtype=precision)
             return embed_shard(m, make_records, out, sh, source, options, bs, model or getattr(m, "source", ""),
-                               None if q else console.print, chunk_tokens=chunk_tokens)
+                               None if q else console.print, chunk_tokens=chunk_tokens,
+                               resume={} if resume else None)
 
         if ranks:
             return run_ranks(output, force, device, quiet, run_shard)
@@ -180,16 +187,21 @@ def register(app: typer.Typer) -> None:
         normalise_layers(layer, m.config.num_hidden_layers)  # fail before any output starts
         label = model or getattr(m, "source", "")
         progress, update = _progress(quiet, total)
+        journal = {"sources": source, "options": {"regions": region or None}} if resume else None
         with progress:
             stats = write_embeddings(m, records, output, fmt=fmt, model_label=label, progress=update,
                                      layers=layer, pool=pool, rc_average=rc_average, batch_size=bs,
-                                     chunk_tokens=chunk_tokens)
+                                     chunk_tokens=chunk_tokens, resume=journal)
         if stats.records == 0:
             console.print("ntk embed: warning: no records to embed (the output has no rows)")
         if not quiet:
             rate = stats.records / stats.seconds if stats.seconds else 0.0
             skipped = f", empty {stats.empty}, all-N {stats.all_n}" if stats.empty or stats.all_n else ""
             where = "stdout" if output == "-" else str(Path(output))
+            if journal is not None:
+                info = journal["info"]
+                console.print(f"ntk embed: --resume: {info['units_reused']:,} chunks reused, "
+                              f"{info['units_computed']:,} computed")
             console.print(f"ntk embed: {stats.records:,} records (ok {stats.ok:,}{skipped}), {stats.nucleotides:,} nt, "
                           f"{stats.tokens:,} tokens in {stats.windows:,} windows / {stats.batches:,} batches "
                           f"(padding {stats.padding_fraction:.1%}), {stats.rows:,} rows, {stats.seconds:.1f} s "

@@ -26,6 +26,7 @@ token budget (batch size x padded length) and run; rows come back in input order
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -498,17 +499,32 @@ class Embedder:
 
     # -- driver ---------------------------------------------------------------------------------
     def run(self, inputs: Iterable, progress: Callable[[EmbedStats], None] | None = None) -> Iterator[EmbedBlock]:
+        for _, block, _ in self.run_units(inputs, progress):
+            if block is not None:
+                yield block
+
+    def run_units(self, inputs: Iterable, progress: Callable[[EmbedStats], None] | None = None,
+                  skip: Callable[[int], bool] | None = None) -> Iterator[tuple[int, EmbedBlock | None, bool]]:
+        """:meth:`run`, as events ``(unit, block, unit_done)``. A *unit* is the records between two chunk flushes
+        at a record end (where the engine holds no state: the unit's windows run in exactly the same batches
+        whatever ran before, which is what shards and ``--resume`` are cut by). Units for which ``skip(unit)``
+        is true are tokenized to find their end but not run (their events carry no block); the last event of
+        every unit has ``unit_done`` set."""
         t0 = time.perf_counter()
         pending: list[_Record] = []
         chunk: list[_Window] = []
         chunk_tokens = 0
         seq = 0
+        unit = 0
+        skipping = skip is not None and skip(0)
+        n_pending = 0  # records not yet emitted (= len(pending) when not skipping)
 
         def flush():
             nonlocal chunk, chunk_tokens
-            self._run_chunk(chunk)
+            if not skipping:
+                self._run_chunk(chunk)
             chunk, chunk_tokens = [], 0
-            block = self._emit(pending)
+            block = None if skipping else self._emit(pending)
             self.stats.seconds = time.perf_counter() - t0
             if progress is not None:
                 progress(self.stats)
@@ -516,23 +532,26 @@ class Embedder:
 
         for i, x in enumerate(inputs):
             rec, windows = self._start_record(_as_input(x, i))
-            pending.append(rec)
-            for w in windows:
+            n_pending += 1
+            if not skipping:
+                pending.append(rec)
+            for k, w in enumerate(windows):
                 w.seq = seq
                 seq += 1
-                chunk.append(w)
+                if not skipping:
+                    chunk.append(w)
                 chunk_tokens += w.n_tokens
                 if chunk_tokens >= 2 * self.chunk_tokens:  # inside a record longer than a chunk
                     block = flush()
+                    n_pending = 1 if k + 1 < len(windows) else 0
                     if block is not None:
-                        yield block
-            if chunk_tokens >= self.chunk_tokens or len(pending) >= self.max_pending:
+                        yield unit, block, False
+            if chunk_tokens >= self.chunk_tokens or n_pending >= self.max_pending:
                 block = flush()  # at a record end: a shard may start at the next record (see plan_shard)
-                if block is not None:
-                    yield block
-        block = flush()
-        if block is not None:
-            yield block
+                yield unit, block, True
+                unit, n_pending = unit + 1, 0
+                skipping = skip is not None and skip(unit)
+        yield unit, flush(), True
 
 
 # ------------------------------------------------------------------------------------------------
@@ -593,20 +612,29 @@ def npy_rows_path(output: str | Path) -> Path:
 
 def write_embeddings(model, inputs: Iterable, output: str | Path, fmt: str = "parquet",
                      model_label: str | None = None, progress: Callable[[EmbedStats], None] | None = None,
-                     **options) -> EmbedStats:
+                     resume: dict | None = None, **options) -> EmbedStats:
     """Embed ``inputs`` and stream the rows to ``output`` (atomic; ``-`` = stdout for Parquet).
 
     ``fmt="npy"`` writes a float32 matrix ``[rows, hidden]`` (``[rows, n_layers, hidden]`` for several
-    layers; NaN rows where ``status != ok``) plus the row table ``OUT.rows.tsv`` without embeddings."""
+    layers; NaN rows where ``status != ok``) plus the row table ``OUT.rows.tsv`` without embeddings.
+
+    ``resume`` (a dict: the inputs' roles -> paths, and the options that shape the rows) keeps every finished
+    unit of records (see :meth:`Embedder.run_units`) in ``.OUTPUT.ntk-partial/`` and, when the same run is
+    started again after a kill, embeds only the unfinished units; ``resume["info"]`` receives the units reused
+    and computed. The partial directory is removed once ``output`` is written."""
     if fmt not in FORMATS:
         raise NtkError(f"--format {fmt!r}: expected parquet or npy")
     emb = Embedder(model, **options)
     meta = output_metadata(emb, model_label)
+    journal = None
+    if resume is not None:
+        journal = _embed_journal(emb, output, fmt, resume)
+    blocks = emb.run(inputs, progress) if journal is None else _resumed_blocks(emb, inputs, progress, journal)
     if fmt == "parquet":
         schema = dict(RECORD_SCHEMA) | (TOKEN_SCHEMA if emb.pool == "none" else {})
         schema |= {c: pl.List(pl.Float32) for c in emb.embedding_columns}
         with ParquetStreamWriter(output, schema, meta) as w:
-            for block in emb.run(inputs, progress):
+            for block in blocks:
                 w.write(block.to_polars(emb.embedding_columns))
     else:
         if str(output) == "-":
@@ -614,15 +642,74 @@ def write_embeddings(model, inputs: Iterable, output: str | Path, fmt: str = "pa
         nl = len(emb.layers)
         shape = (emb.hidden_size,) if nl == 1 else (nl, emb.hidden_size)
         with NpyStreamWriter(output, shape) as w, TsvStreamWriter(npy_rows_path(output)) as rows:
-            for block in emb.run(inputs, progress):
+            for block in blocks:
                 w.write(block.embeddings.reshape(len(block), *shape))
                 rows.write(block.to_polars(()))
+    if journal is not None:
+        resume["info"] = {"units_reused": journal.reused, "units_computed": journal.computed,
+                          "chunk_tokens": journal.chunk_bp}
+        journal.remove()
     return emb.stats
+
+
+# ------------------------------------------------------------------------------------------------
+# --resume: finished units of records kept beside the output
+
+def _embed_journal(emb: Embedder, output: str | Path, fmt: str, resume: dict):
+    from .resume import Journal, partial_dir
+    from .shards import make_manifest
+
+    if str(output) == "-":
+        raise NtkError("--resume keeps finished chunks beside the output: give -o FILE, not stdout")
+    sources = resume.get("sources") or {}
+    if any(v == "-" for v in sources.values()):
+        raise NtkError("--resume reads the same input again when restarted: give a file, not stdin")
+    opts = {**(resume.get("options") or {}), "layers": emb.layers, "pool": emb.pool, "rc_average": emb.rc_average,
+            "crop": emb.crop, "format": fmt}
+    ident = make_manifest("embed", fmt, resume.get("shard") or (1, 1), sources, emb.model.config.fingerprint(),
+                          opts)
+    ident.pop("ntk_version")
+    return Journal(partial_dir(output), ident, emb.chunk_tokens, unit="tokens")
+
+
+def _block_arrays(block: EmbedBlock) -> dict[str, np.ndarray]:
+    out = {"records": np.array(json.dumps(block.records)), "row_record": block.row_record,
+           "embeddings": block.embeddings}
+    for k, v in (block.tokens or {}).items():
+        out[f"token:{k}"] = v
+    return out
+
+
+def _block_from(arrays: dict[str, np.ndarray]) -> EmbedBlock:
+    tokens = {k[6:]: v for k, v in arrays.items() if k.startswith("token:")} or None
+    return EmbedBlock(json.loads(str(arrays["records"])), arrays["row_record"], tokens, arrays["embeddings"])
+
+
+def _resumed_blocks(emb: Embedder, inputs: Iterable, progress, journal) -> Iterator[EmbedBlock]:
+    """The blocks of :meth:`Embedder.run`: finished units read back from the journal, the others run and
+    committed unit by unit (each block of a unit is kept as it comes; the unit is done when its last is)."""
+    parts = 0
+    for unit, block, done in emb.run_units(inputs, progress, skip=journal.has):
+        if journal.has(unit):
+            if done:
+                for j in range(int(journal.load(unit)["parts"])):
+                    stored = _block_from(journal.load(unit, part=j))
+                    emb.stats.rows += len(stored)
+                    yield stored
+            continue
+        if block is not None:
+            journal.save(unit, _block_arrays(block), part=parts)
+            parts += 1
+            yield block
+        if done:
+            journal.save(unit, {"parts": np.array(parts)})
+            parts = 0
 
 
 def embed_shard(model, make_inputs: Callable[[], Iterable], output: str | Path, shard: tuple[int, int],
                 sources: dict, options: dict, batch_size: int | None = None, model_label: str | None = None,
-                log: Callable[[str], None] | None = None, chunk_tokens: int | None = None) -> EmbedStats:
+                log: Callable[[str], None] | None = None, chunk_tokens: int | None = None,
+                resume: dict | None = None) -> EmbedStats:
     """Shard ``I/N`` of the records from ``make_inputs()`` (called twice: once to plan balanced cuts, once to
     embed) into the Parquet part ``output`` plus its manifest (``OUTPUT.ntk-shard.json``) for ``ntk merge``.
     ``sources``: input role -> path (for the manifest); ``options``: layers, pool, rc_average (+ any other
@@ -635,8 +722,10 @@ def embed_shard(model, make_inputs: Callable[[], Iterable], output: str | Path, 
     lo, hi = planner.plan_shard(make_inputs(), shard)
     if log is not None:
         log(f"ntk embed: shard {shard[0]}/{shard[1]}: " + (f"records {lo + 1:,}-{hi:,}" if hi > lo else "no records"))
+    if resume is not None:
+        resume.update(sources=sources, options={**options, "records": [lo, hi]}, shard=shard)
     stats = write_embeddings(model, itertools.islice(make_inputs(), lo, hi), output, model_label=model_label,
-                             batch_size=batch_size, **run_opts)
+                             batch_size=batch_size, resume=resume, **run_opts)
     opts = {**options, "layers": planner.layers, "chunk_tokens": planner.chunk_tokens}
     write_manifest(make_manifest("embed", "parquet", shard, sources, model.config.fingerprint(), opts,
                                  {"records": [lo, hi]}), manifest_path(output))

@@ -10,6 +10,12 @@ writes the final outputs from all chunks in order and removes the partial direct
 
 A chunk holds the kept values of its windows as contiguous pieces ``(chrom, start, values[n, F])``; the final
 outputs are built from exactly these values, so a resumed run writes what an uninterrupted one writes.
+
+Commands whose work units are chunks of records (``embed``: its token-bounded chunks of records;
+``score-variants``: its scoring chunks of records) keep whole units instead: :meth:`Journal.save` stores the
+arrays of unit ``k`` (``chunk-k.npz``, which marks the unit done), optionally after pieces of it written as
+they come (``part-k-j.npz``, so that a long unit never has to be held in memory); :meth:`Journal.load` reads
+them back.
 """
 from __future__ import annotations
 
@@ -37,10 +43,10 @@ def partial_dir(output: str | os.PathLike) -> Path:
 class Journal:
     """Finished chunks of one run. ``identity`` describes the run; a journal of another run is refused."""
 
-    def __init__(self, directory: str | os.PathLike, identity: dict, chunk_bp: int = CHUNK_BP):
+    def __init__(self, directory: str | os.PathLike, identity: dict, chunk_bp: int = CHUNK_BP, unit: str = "bp"):
         self.dir = Path(directory)
-        self.chunk_bp = int(chunk_bp)
-        self.identity = {**identity, "chunk_bp": self.chunk_bp}
+        self.chunk_bp = int(chunk_bp)  # the size of a unit, in ``unit`` (bp, tokens, records)
+        self.identity = {**identity, f"chunk_{unit}": self.chunk_bp}
         self.computed = 0
         journal = self.dir / JOURNAL
         if journal.is_file():
@@ -105,6 +111,29 @@ class Journal:
                 offs = np.concatenate(([0], np.cumsum(z["lengths"])))
                 for c, s, a, b in zip(z["chroms"], z["starts"], offs[:-1], offs[1:]):
                     add(str(c), int(s), values[a:b])
+
+    # -- whole work units (chunks of records) ---------------------------------------------------
+    def has(self, k: int) -> bool:
+        return k in self.done
+
+    def _part_path(self, k: int, part: int) -> Path:
+        return self.dir / f"part-{k:08d}-{part:06d}.npz"
+
+    def save(self, k: int, arrays: dict[str, np.ndarray], part: int | None = None) -> None:
+        """Store ``arrays`` (no pickled objects) for unit ``k``, atomically. With ``part``, a piece of the unit
+        (not yet done); without, the unit's final record, which marks it done."""
+        path = self._path(k) if part is None else self._part_path(k, part)
+        with atomic_path(path, suffix=".npz") as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, **arrays)
+        if part is None:
+            self.done.add(k)
+            self.computed += 1
+
+    def load(self, k: int, part: int | None = None) -> dict[str, np.ndarray]:
+        path = self._path(k) if part is None else self._part_path(k, part)
+        with np.load(path) as z:
+            return {name: z[name] for name in z.files}
 
     def remove(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
