@@ -56,6 +56,9 @@ def register(app: typer.Typer) -> None:
         shard: ShardOpt = None,
         chunk_size: Annotated[int, typer.Option(
             "--chunk-size", hidden=True, help="Records scored together (shards are cut between chunks)")] = 4096,
+        resume: Annotated[bool, typer.Option(
+            "--resume", help="Keep the scores of finished chunks of records beside the output (.OUT.ntk-partial) "
+            "and, when the same command is started again after a kill, score only the unfinished ones")] = False,
         quiet: QuietOpt = False,
         force: ForceOpt = False,
     ):
@@ -72,7 +75,8 @@ def register(app: typer.Typer) -> None:
                 segment_radius=segment_radius, output=out, table=tab, regions=region or (), regions_file=regions,
                 chr_map=chr_map, device=dev, precision=precision, batch_size=parse_batch_size(batch_size),
                 threads=threads, shard=sh, force=force or tab != table, progress=not q,
-                command=shlex.join(["ntk"] + sys.argv[1:]), log=None if q else console.print, chunk_size=chunk_size)
+                command=shlex.join(["ntk"] + sys.argv[1:]), log=None if q else console.print, chunk_size=chunk_size,
+                resume=resume)
 
         if world_size() > 1:  # torchrun: this rank scores shard RANK+1/WORLD_SIZE, rank 0 merges
             if shard is not None or (output is not None and table is not None) or output == "-" or vcf == "-":
@@ -84,6 +88,9 @@ def register(app: typer.Typer) -> None:
         summary = part(output, table, parse_shard(shard), device, quiet)
         if quiet:
             return
+        if summary.resume is not None:
+            console.print(f"ntk score-variants: --resume: {summary.resume['chunks_reused']:,} chunks reused, "
+                          f"{summary.resume['chunks_computed']:,} computed")
         counts = ", ".join(f"{k} {v:,}" for k, v in sorted(summary.status.items(), key=lambda kv: -kv[1]))
         p = summary.passes
         console.print(f"ntk score-variants: {summary.records:,} records, {summary.alleles:,} alleles "

@@ -40,6 +40,7 @@ batched by token budget; records are written back in input order.
 from __future__ import annotations
 
 import bisect
+import json
 import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
@@ -333,6 +334,7 @@ class ScoreSummary:
     indexed: bool = True
     scores: list[str] = field(default_factory=list)
     window: int = 0
+    resume: dict | None = None  # chunks reused / computed with --resume
 
     @property
     def variants_per_second(self) -> float:
@@ -656,12 +658,17 @@ def score_variants(vcf: str, reference: str | IndexedFasta, *, model=None,
                    batch_size: int | None = None, token_budget: int | None = None, threads: int | None = None,
                    shard: tuple[int, int] | None = None, force: bool = False, progress: bool = False,
                    command: str | None = None, chunk_size: int = 4096,
-                   log: Callable[[str], None] | None = None) -> ScoreSummary:
+                   log: Callable[[str], None] | None = None, resume: bool = False) -> ScoreSummary:
     """Score every ALT of every record of ``vcf`` (path or ``-``) against ``reference`` with ``model`` (a loaded
     :class:`ntk.NucleotideTransformer`, a checkpoint directory or a preset name); write the annotated VCF to
     ``output`` (``-`` = stdout, ``None`` = none) and/or the per-(record, ALT) table to ``table`` (Parquet).
     ``regions`` (1-based strings) / ``regions_file`` (BED) keep only the records that overlap them.
-    Returns counts by status, forward passes and timings."""
+    Returns counts by status, forward passes and timings.
+
+    ``resume=True`` keeps the scores of every finished chunk of ``chunk_size`` records in
+    ``.OUTPUT.ntk-partial/`` (beside ``output``, or ``table`` when the VCF goes to stdout) and, when the same
+    run is started again after a kill, scores only the unfinished chunks (``summary.resume``: chunks reused and
+    computed); the partial directory is removed once the outputs are written."""
     t0 = time.perf_counter()
     if output is None and table is None:
         raise NtkError("nothing to write: give -o (VCF, '-' for stdout) and/or --table")
@@ -685,6 +692,10 @@ def score_variants(vcf: str, reference: str | IndexedFasta, *, model=None,
             raise NtkError("--shard needs a VCF file (stdin cannot be counted ahead)")
         lo_i, hi_i = shard_records(vcf, shard, chunk_size)
         selected = lambda k: lo_i <= k < hi_i  # noqa: E731
+    keep_beside = output if output not in (None, "-") else table
+    if resume and (vcf == "-" or keep_beside is None):
+        raise NtkError("--resume reads the same VCF again and keeps finished chunks beside the output: give a VCF "
+                       "file and -o FILE or --table FILE")
 
     reader = VcfReader(vcf)
     writer = table_writer = None
@@ -724,10 +735,27 @@ def score_variants(vcf: str, reference: str | IndexedFasta, *, model=None,
             table_writer = ParquetStreamWriter(table, schema, metadata={
                 "ntk_version": __version__, "ntk_command": command or "", "model": source,
                 "model_fingerprint": model.config.fingerprint(), "window": W, "rc_average": rc_average})
+        opts = {"scores": names, "window": W, "rc_average": rc_average, "segment_radius": segment_radius,
+                "regions": list(regions) or None, "chr_map": sorted(chr_map.items()) if chr_map else None,
+                "chunk_size": chunk_size}
+        inputs = {"vcf": vcf, "reference": fasta.path, "regions_file": regions_file}
+        journal = None
+        if resume:
+            from .resume import Journal, partial_dir
+            ident = make_manifest("score-variants", "results", shard or (1, 1), inputs, model.config.fingerprint(),
+                                  opts)
+            ident.pop("ntk_version")
+            journal = Journal(partial_dir(keep_beside), ident, chunk_size, unit="records")
         with _progress(progress) as bar:
             numbered = ((k, rec) for k, rec in enumerate(reader, 1) if selected is None or selected(k - 1))
-            for chunk in _chunks(numbered, chunk_size):
-                rows = _score_chunk(chunk, scorer, fasta, chr_map, inside, label, order_rank, writer, summary)
+            for ci, chunk in enumerate(_chunks(numbered, chunk_size)):
+                if journal is not None and journal.has(ci):  # finished before the run was interrupted
+                    results = json.loads(str(journal.load(ci)["results"]))
+                else:
+                    results = _score_chunk(chunk, scorer, fasta, chr_map, inside, label, order_rank)
+                    if journal is not None:
+                        journal.save(ci, {"results": np.array(json.dumps(results))})
+                rows = _write_chunk(chunk, results, scorer, writer, summary)
                 if table_writer is not None and rows:
                     table_writer.write(pl.DataFrame(rows, schema=schema, orient="row"))
                 bar(summary.records, summary.alleles)
@@ -735,11 +763,11 @@ def score_variants(vcf: str, reference: str | IndexedFasta, *, model=None,
             table_writer.close()
         if writer is not None:
             summary.indexed = writer.close()
+        if journal is not None:
+            summary.resume = {"chunk_records": chunk_size, "chunks_reused": journal.reused,
+                              "chunks_computed": journal.computed}
+            journal.remove()
         if shard is not None:  # part manifests, for ntk merge
-            inputs = {"vcf": vcf, "reference": fasta.path, "regions_file": regions_file}
-            opts = {"scores": names, "window": W, "rc_average": rc_average, "segment_radius": segment_radius,
-                    "regions": list(regions) or None, "chr_map": sorted(chr_map.items()) if chr_map else None,
-                    "chunk_size": chunk_size}
             for path, fmt in ((output, "vcf"), (table, "parquet")):
                 if path is not None and path != "-":
                     write_manifest(make_manifest("score-variants", fmt, shard, inputs, model.config.fingerprint(),
@@ -760,21 +788,20 @@ def score_variants(vcf: str, reference: str | IndexedFasta, *, model=None,
 
 
 def _score_chunk(chunk: list, scorer: VariantScorer, fasta: IndexedFasta, chr_map, inside, label: str,
-                 order_rank: dict, writer: VcfWriter | None, summary: ScoreSummary) -> list:
-    """Score one chunk of ``(record number, record)`` pairs; write them in input order; return table rows."""
+                 order_rank: dict) -> list:
+    """Score one chunk of ``(record number, record)`` pairs. Per record: ``None`` (outside the regions) or one
+    ``[alt_index, status, [value per score name, None = missing]]`` per ALT (plain data: what ``--resume``
+    keeps of a finished chunk)."""
     jobs: list[_Job] = []
-    keep: list[bool] = []
-    per_record: list[list[_Job]] = []
+    per_record: list[list[_Job] | None] = []
     for k, (number, rec) in enumerate(chunk):
         chrom = chr_map.get(rec.chrom, rec.chrom) if chr_map else rec.chrom
         if chrom not in fasta.lengths:
             raise InputError(f"{label}: record {number} ({rec.chrom}:{rec.pos}): contig {rec.chrom!r} "
                              f"is not in the FASTA{suggest_contig(chrom, fasta.lengths) or ' (pass --chr-map FILE)'}")
         if inside is not None and not inside(chrom, rec.start, rec.stop):
-            keep.append(False)
-            per_record.append([])
+            per_record.append(None)
             continue
-        keep.append(True)
         rec_jobs = []
         for allele in split_alts(rec):
             j = _Job(k, allele.index, chrom, rec.pos - 1, allele.ref, allele.alt)
@@ -783,26 +810,33 @@ def _score_chunk(chunk: list, scorer: VariantScorer, fasta: IndexedFasta, chr_ma
         per_record.append(rec_jobs)
         jobs.extend(rec_jobs)
     scorer.score(jobs, lambda c: order_rank[c])
+    names = scorer.value_names()
+    return [None if rec_jobs is None else [[j.alt_index, j.status, [j.values.get(nm) for nm in names]]
+                                           for j in rec_jobs] for rec_jobs in per_record]
+
+
+def _write_chunk(chunk: list, results: list, scorer: VariantScorer, writer: VcfWriter | None,
+                 summary: ScoreSummary) -> list:
+    """Write the scored records of a chunk in input order; return the table rows."""
     rows = []
     names = scorer.value_names()
-    for (_, rec), ok, rec_jobs in zip(chunk, keep, per_record):
-        if not ok:
+    for (_, rec), rec_jobs in zip(chunk, results):
+        if rec_jobs is None:
             continue
         summary.records += 1
         summary.alleles += len(rec_jobs)
-        for j in rec_jobs:
-            summary.status[j.status] += 1
+        for _, status, _ in rec_jobs:
+            summary.status[status] += 1
         if writer is not None:
             values: dict = {}
             if rec_jobs:
-                for nm in names:
-                    vals = tuple(j.values.get(nm) for j in rec_jobs)
+                for i, nm in enumerate(names):
+                    vals = tuple(v[i] for _, _, v in rec_jobs)
                     values[scorer.info_id(nm)] = vals if any(v is not None for v in vals) else None
-                values[STATUS_INFO] = tuple(j.status for j in rec_jobs)
+                values[STATUS_INFO] = tuple(status for _, status, _ in rec_jobs)
             writer.write(rec, values)
-        for j in rec_jobs:
-            rows.append((rec.chrom, rec.pos, rec.id, rec.ref, rec.alts[j.alt_index], j.status,
-                         *(j.values.get(nm) for nm in names)))
+        for alt_index, status, vals in rec_jobs:
+            rows.append((rec.chrom, rec.pos, rec.id, rec.ref, rec.alts[alt_index], status, *vals))
     return rows
 
 
