@@ -387,8 +387,12 @@ class Trainer:
     def _autocast(self):
         if self.amp_dtype is None:
             return contextlib.nullcontext()
-        dev = "cuda" if self.device.type == "cuda" else ("xla" if self.device.type == "xla" else "cpu")
-        return torch.autocast(dev, dtype=self.amp_dtype)
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    @property
+    def _collective_device(self) -> torch.device:
+        """Where tensors for collectives live: the accelerator for NCCL/XLA process groups, else the CPU (gloo)."""
+        return self.device if self.dist.backend in ("nccl", "xla") else torch.device("cpu")
 
     # -- signals ----------------------------------------------------------------------------------
     def _install_signals(self):
@@ -408,7 +412,7 @@ class Trainer:
     def _stop_requested(self) -> bool:
         flag = self._stop_signal
         if self.dist.distributed:
-            t = torch.tensor([1.0 if flag else 0.0], device=self.device if self.dist.backend == "nccl" else "cpu")
+            t = torch.tensor([1.0 if flag else 0.0], device=self._collective_device)
             dist.all_reduce(t, op=dist.ReduceOp.MAX)
             flag = bool(t.item())
         return flag
@@ -437,8 +441,7 @@ class Trainer:
                 sums[k] = sums[k] + v if k in sums else v
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
-        if cfg.grad_clip:
-            sums["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip) * cfg.grad_accum
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip) if cfg.grad_clip else None
         lr = self.optimizer.param_groups[0]["lr"]
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
@@ -448,9 +451,9 @@ class Trainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         D.mark_step(self.device)
-        out = {k: (v if _is_summed(k) or k == "grad_norm" else v / cfg.grad_accum) for k, v in sums.items()}
-        if "grad_norm" in out:
-            out["grad_norm"] = out["grad_norm"] / cfg.grad_accum
+        out = {k: (v if _is_summed(k) else v / cfg.grad_accum) for k, v in sums.items()}
+        if grad_norm is not None:
+            out["grad_norm"] = grad_norm.detach()  # before clipping
         out["lr"] = lr
         return out
 
@@ -458,8 +461,7 @@ class Trainer:
         keys = sorted({k for m in window for k in m})
         vals = torch.tensor([sum(_as_float(m[k]) for m in window if k in m) for k in keys], dtype=torch.float64)
         counts = torch.tensor([sum(1 for m in window if k in m) for k in keys], dtype=torch.float64)
-        vals = D.all_reduce_mean(vals.to(self.device if self.dist.backend == "nccl" else "cpu"),
-                                 self.dist).cpu()
+        vals = D.all_reduce_mean(vals.to(self._collective_device), self.dist).cpu()
         row: dict[str, Any] = {"step": self.step}
         for k, v, c in zip(keys, vals.tolist(), counts.tolist()):
             row[k] = v * self.dist.world_size if _is_summed(k) else v / max(c, 1)
