@@ -157,20 +157,20 @@ def test_resume_is_exact_and_checkpoints_load(tmp_path):
     assert json.loads((b / "run.json").read_text())["resumed"]
 
 
-def test_sigint_saves_a_checkpoint_then_resume_continues(tmp_path):
+def test_sigterm_saves_a_checkpoint_then_resume_continues(tmp_path):
     def interrupting(model, batch):
         out = loss_fn(model, batch)
         if interrupting.calls == 3:
-            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C during the 4th step
+            os.kill(os.getpid(), signal.SIGTERM)  # e.g. a cluster's preemption notice during the 4th step
         interrupting.calls += 1
         return out
 
     interrupting.calls = 0
-    before = signal.getsignal(signal.SIGINT)  # default_int_handler, or SIG_IGN in a background job (CI)
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}  # SIGINT is SIG_IGN in CI
     with pytest.raises(TrainingInterrupted) as e:
         run(tmp_path / "r", steps=6, hook=interrupting)
     assert e.value.step == 4 and latest_checkpoint(tmp_path / "r").name == "step-00000004"
-    assert signal.getsignal(signal.SIGINT) is before  # handlers restored
+    assert {s: signal.getsignal(s) for s in before} == before  # handlers restored
     run(tmp_path / "r", steps=6, resume=True)
     run(tmp_path / "u", steps=6)
     assert losses(tmp_path / "r") == losses(tmp_path / "u")
