@@ -41,8 +41,9 @@ activation checkpointing, DDP under torchrun, ``mark_step`` on XLA; a rich progr
 ``RUN_DIR/metrics.parquet`` (one row per ``log_every`` steps, eval columns filled at eval steps);
 ``RUN_DIR/training_curves.png`` at every eval; checkpoints every ``save_every`` steps (see checkpointing.py);
 ``RUN_DIR/final/`` at the end. SIGINT/SIGTERM save a checkpoint at the current step, then raise
-:class:`TrainingInterrupted` (a SIGINT that the process ignores, as in background jobs, stays ignored); ``stop_after`` stops cleanly after that step with a checkpoint while keeping the
-schedule of ``steps`` (time-sliced jobs). ``--resume`` from a checkpoint continues bit-for-bit on CPU.
+:class:`TrainingInterrupted` (a SIGINT that the process ignores, as in background jobs, stays ignored);
+``stop_after`` stops cleanly after that step with a checkpoint while keeping the schedule of ``steps``
+(time-sliced jobs). ``--resume`` from a checkpoint continues bit-for-bit on CPU.
 """
 from __future__ import annotations
 
