@@ -39,3 +39,14 @@ def test_usage_errors_are_short():
         p = run_ntk(*args)
         assert p.returncode == 2, (args, p.stderr)
         assert "Traceback" not in p.stderr and "error" in p.stderr.lower()
+
+
+def test_closed_pipe_is_not_an_error(tmp_path, sample_dir):
+    """`ntk segment --bedgraph F | head` exits quietly when head closes the pipe."""
+    import subprocess
+    import sys
+
+    cmd = (f"{sys.executable} -m ntk.cli.main segment {sample_dir / 'genome.fa.gz'} -r I:1-20000 "
+           "--bedgraph exon -q | head -n 2")
+    p = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True)
+    assert len(p.stdout.splitlines()) == 2 and "Traceback" not in p.stderr, p.stderr

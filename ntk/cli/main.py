@@ -1,6 +1,7 @@
 """``ntk`` entry point: registers every subcommand and turns user errors into one line on stderr."""
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from typing import Annotated
@@ -60,17 +61,23 @@ def main() -> None:
         console.print("interrupted")
         sys.exit(130)
     except BrokenPipeError:
-        # downstream closed the pipe (e.g. `| head`): not an error for a shell pipeline
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        sys.exit(0)
+        _closed_pipe()
     except Exception as e:  # usage errors from click (typer may vendor its own copy of click)
+        if isinstance(e, OSError) and (e.errno == errno.EPIPE or "Broken pipe" in str(e)):  # polars/pysam writers
+            _closed_pipe()
         if _is_click(e, "ClickException"):
             e.show()
             sys.exit(e.exit_code)
         if _is_click(e, "Exit"):
             sys.exit(e.exit_code)
         raise
+
+
+def _closed_pipe() -> None:
+    """Downstream closed the pipe (e.g. `| head`): not an error for a shell pipeline."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    sys.exit(0)
 
 
 def _is_click(exc: BaseException, name: str) -> bool:
