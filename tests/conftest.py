@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "tests" / "data" / "golden"
@@ -34,3 +35,13 @@ def need_tool(name: str) -> str:
     if path is None:
         pytest.skip(f"{name} not installed (make setup installs it from Debian)")
     return path
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread for tests of tiny models: steady speed when the other core is busy (tests run in parallel
+    under -n 2); modules opt in with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -20,20 +20,13 @@ from ntk.model.tokenizer import NucleotideTokenizer, reverse_complement
 from ntk.train.corpus import MaskedLMStream, WindowSampler, split_corpus, subtract
 from ntk.train.masking import IGNORE
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
+
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "data" / "sample" / "genome.fa.gz"
 VENV_BIN = Path(sys.executable).parent
 TOK = NucleotideTokenizer("v2")
 
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: steady speed when the other core is busy (tests run in parallel)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 @pytest.fixture(scope="module")
 def genome(tmp_path_factory) -> Path:

@@ -28,6 +28,8 @@ from ntk.pipelines.windows import tile
 
 from conftest import GOLDEN, SAMPLE, need_tool, run_ntk
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
+
 RNG = np.random.default_rng(11)
 SCORES = ("cosine", "l2", "l1", "dot")
 
@@ -59,15 +61,6 @@ def write_vcf(path: Path, contigs: dict[str, int], records: list[tuple], samples
         lines.append(f"{chrom}\t{pos}\t{vid}\t{ref}\t{alt}\t50\tPASS\t{info}" + ("\tGT\t0/1\t1/1" if samples else ""))
     path.write_text("\n".join(lines) + "\n")
     return path
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and much slower on two when the cores are shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

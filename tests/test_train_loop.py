@@ -20,15 +20,8 @@ from ntk.train import TrainConfig, Trainer, TrainingInterrupted, latest_checkpoi
 from ntk.train.masking import IGNORE, bert_mask
 from ntk.train.optim import lr_factor
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: steady speed when the other core is busy (tests run in parallel)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 # -- schedules ------------------------------------------------------------------------------------
 def test_lr_schedules():
