@@ -185,9 +185,21 @@ def load_into(model: NucleotideTransformer, sd: dict[str, torch.Tensor], where: 
     model.load_state_dict({k: sd[k] for k in want}, strict=True)
 
 
+def _is_chatnt(directory: Path) -> bool:
+    try:
+        d = json.loads((directory / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    from .chatnt import is_chatnt_config
+    return isinstance(d, dict) and is_chatnt_config(d)
+
+
 def load_model(path_or_name=None, device="cpu", dtype=torch.float32) -> NucleotideTransformer:
     """Load a model for inference (eval mode) from a directory, preset name, cached HF repo, or the default."""
     directory = resolve_model_path(path_or_name)
+    if _is_chatnt(directory):  # ChatNT: its own config and weights layout (model/chatnt.py)
+        from .chatnt import load_chatnt
+        return load_chatnt(directory, device=device, dtype=dtype)
     cfg = NTConfig.from_json(directory / "config.json")
     sd = _normalise_keys(load_state_dict(directory))
     model = build_model(cfg, set(sd))
