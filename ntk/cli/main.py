@@ -7,6 +7,7 @@ import sys
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from .. import __version__
 from ..errors import NtkError
@@ -36,9 +37,9 @@ def _root(version: Annotated[bool | None, typer.Option("--version", callback=_ve
 
 
 def _register() -> None:
-    from . import embed, finetune, merge, models, plot, pretrain, score_variants, segment
+    from . import chat, embed, finetune, merge, models, plot, pretrain, score_variants, segment
 
-    for mod in (segment, embed, score_variants, pretrain, finetune, merge, plot):
+    for mod in (segment, embed, score_variants, pretrain, finetune, merge, plot, chat):
         mod.register(app)
     app.add_typer(models.app, name="models", help="List presets and local models, inspect a checkpoint.")
 
@@ -50,7 +51,7 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except NtkError as e:
-        console.print(f"[bold red]ntk: error:[/bold red] {e}", soft_wrap=True)
+        console.print(f"[bold red]ntk: error:[/bold red] {escape(str(e))}", soft_wrap=True)  # no markup in messages
         sys.exit(2)
     except typer.Exit as e:
         sys.exit(e.exit_code)

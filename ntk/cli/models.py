@@ -49,7 +49,25 @@ def list_models():
         cfg = preset_config(name)
         local = "-" if repo is None else (str(find_in_hf_cache(repo)) if find_in_hf_cache(repo) else "no")
         t.add_row(name, repo or "(training config)", cfg.family, _fmt(count_parameters(cfg)), local)
+    chat = _chatnt_row(t)
     console.print(t)
+    console.print(chat, soft_wrap=True, markup=False)
+
+
+def _chatnt_row(t: Table) -> str:
+    """The ChatNT preset: its own architecture (model/chatnt.py); returns the note on what it needs."""
+    import torch
+
+    from ..model.chatnt import RELEASE_CONFIG, RELEASE_REPO, ChatNT, ChatNTConfig
+
+    with torch.device("meta"):
+        n = ChatNT(ChatNTConfig(RELEASE_CONFIG)).num_parameters()
+    hit = find_in_hf_cache(RELEASE_REPO)
+    t.add_row("chatnt", RELEASE_REPO, "ChatNT", _fmt(n), str(hit) if hit else "no")
+    return (f"chatnt: {_fmt(n)} parameters = {n * 2 / 2**30:.1f} GiB of weights at bf16/fp16 (plan a GPU with "
+            f"{n * 2 / 2**30 + 4:.0f}+ GiB; {n * 4 / 2**30:.0f} GiB at fp32 on CPU); English tokenizer needs "
+            "pip install 'ntk[chat]'; convert the JAX release once: "
+            "ntk models convert chatnt SNAPSHOT/jax_params DIR, then ntk chat -m DIR")
 
 
 @app.command("info")
@@ -60,6 +78,18 @@ def info(model: Annotated[str, typer.Argument(help="Checkpoint directory or pres
     path = resolve_model_path(model)
     m = load_model(str(path))
     cfg = m.config
+    if cfg.family == "ChatNT":
+        t = Table(show_header=False, title=str(path))
+        for k, v in (("family", "ChatNT"), ("parameters", f"{m.num_parameters():,}"),
+                     ("DNA encoder", f"NT-v2, {cfg.nt.num_hidden_layers} layers x {cfg.nt.hidden_size}, "
+                                     f"max {cfg.bio_max_tokens} tokens"),
+                     ("resampler", f"{cfg.perceiver.num_layers} layers, {cfg.resampled_length} embeddings per DNA"),
+                     ("decoder", f"LLaMA, {cfg.gpt.num_layers} layers x {cfg.gpt.embed_dim}, vocab {cfg.gpt.vocab_size}"),
+                     ("English length", cfg.english_max_length),
+                     ("English tokenizer", m.english_tokenizer or m.english_tokenizer_problem)):
+            t.add_row(k, str(v))
+        console.print(t)
+        return
     t = Table(show_header=False, title=str(path))
     rows = [("family", cfg.family), ("parameters", f"{m.num_parameters():,}"),
             ("layers", cfg.num_hidden_layers), ("hidden", cfg.hidden_size), ("heads", cfg.num_attention_heads),
@@ -84,3 +114,24 @@ def download(name: Annotated[str, typer.Argument(help="Preset name, e.g. nt-v2-5
         raise NtkError("`ntk models download` needs the huggingface_hub package (pip install huggingface_hub)") from None
     path = huggingface_hub.snapshot_download(repo, allow_patterns=["config.json", "*.safetensors", "*.json", "*.bin"])
     console.print(f"{name}: {path}")
+
+
+@app.command("convert")
+def convert(
+    family: Annotated[str, typer.Argument(help="Model family: chatnt")],
+    src: Annotated[str, typer.Argument(help="ChatNT: the JAX release's params.joblib, its jax_params/ folder or the "
+                                       "release root")],
+    dst: Annotated[str, typer.Argument(help="Output directory (config.json + model.safetensors + tokenizers)")],
+    config: Annotated[str | None, typer.Option("--config", help="Reference-style config.json to use instead of the "
+                                               "released configuration")] = None,
+    dtype: Annotated[str, typer.Option("--dtype", help="keep | fp32 | fp16 (floating arrays)")] = "keep",
+    force: Annotated[bool, typer.Option("--force", help="Replace DST if it exists")] = False,
+):
+    """Convert a checkpoint to safetensors without executing anything from it (ChatNT: restricted unpickler)."""
+    if family.lower() != "chatnt":
+        raise NtkError(f"convert {family!r}: only 'chatnt' is supported")
+    from ..model.chatnt_convert import convert_chatnt
+
+    out = convert_chatnt(src, dst, config=config, dtype=dtype, force=force, log=console.print)
+    console.print(f"ntk models convert: {out}")
+

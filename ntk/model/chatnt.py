@@ -333,7 +333,8 @@ class ChatNT(nn.Module):
         return True
 
     @staticmethod
-    def _pick(logits: torch.Tensor, temperature: float, top_p: float, generator) -> torch.Tensor:
+    def _pick(logits: torch.Tensor, temperature: float, top_p: float, gens) -> torch.Tensor:
+        """Next token per row: argmax, or a draw from the (nucleus-filtered) softmax with each row's generator."""
         logits = logits.float()
         if temperature <= 0:
             return logits.argmax(-1)
@@ -341,25 +342,31 @@ class ChatNT(nn.Module):
         if top_p < 1.0:
             sp, si = probs.sort(dim=-1, descending=True)
             keep = (sp.cumsum(-1) - sp) < top_p  # smallest prefix whose mass reaches top_p (first always kept)
-            sp = sp * keep
-            probs = torch.zeros_like(probs).scatter(-1, si, sp)
-        probs = probs / probs.sum(-1, keepdim=True)
-        return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(logits.device)
+            probs = torch.zeros_like(probs).scatter(-1, si, sp * keep)
+        probs = (probs / probs.sum(-1, keepdim=True)).cpu()
+        draws = [torch.multinomial(probs[b], 1, generator=g) for b, g in enumerate(gens)]
+        return torch.cat(draws).to(logits.device)
 
     @torch.no_grad()
     def generate(self, english_ids, bio_ids, max_new_tokens: int = 20, use_cache: bool | None = None,
-                 temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None) -> torch.Tensor:
+                 temperature: float = 0.0, top_p: float = 1.0, seed: int | list[int] | None = None) -> torch.Tensor:
         """New token ids [B, max_new_tokens], -1 after EOS (EOS itself is not returned).
 
-        Greedy by default (the reference). ``temperature > 0`` samples (optionally nucleus ``top_p``) from a
-        ``torch.Generator`` seeded with ``seed``. ``use_cache``: None = KV cache whenever it is exact (see
-        :meth:`cache_is_exact`), True = require it (ValueError if it would differ), False = full recompute."""
+        Greedy by default (the reference). ``temperature > 0`` samples (optionally nucleus ``top_p``); row b
+        draws from its own ``torch.Generator`` seeded with ``seed[b]`` (a single int seeds row b with
+        ``seed + b``), so a row's answer does not depend on the other rows of the batch.
+        ``use_cache``: None = KV cache whenever it is exact (see :meth:`cache_is_exact`), True = require it
+        (ValueError if it would differ), False = full recompute."""
         english_ids, bio_ids = self._ids(english_ids, bio_ids)
         K = bio_ids.shape[1]
         idx = self.dna_positions(english_ids, K)
         gen = None
         if temperature > 0:
-            gen = torch.Generator().manual_seed(int(seed) if seed is not None else 0)
+            B = english_ids.shape[0]
+            seeds = list(seed) if isinstance(seed, (list, tuple)) else [int(seed or 0) + b for b in range(B)]
+            if len(seeds) != B:
+                raise ValueError(f"{len(seeds)} seeds for {B} rows")
+            gen = [torch.Generator().manual_seed(int(x)) for x in seeds]
         proj = self.project(english_ids, bio_ids)
         R = proj.shape[2]
         exact = self.cache_is_exact(english_ids, idx, R, max_new_tokens)
@@ -555,8 +562,8 @@ def load_chatnt(directory: Path, device="cpu", dtype=torch.float32) -> ChatNT:
 
     from .runtime import resolve_device, resolve_dtype
 
+    path = chatnt_weights_file(directory)  # first: a PyTorch-port or JAX-only directory gets the converter hint
     cfg = ChatNTConfig.from_json(directory / "config.json")
-    path = chatnt_weights_file(directory)
     try:
         sd = load_file(str(path))
     except Exception as e:  # noqa: BLE001

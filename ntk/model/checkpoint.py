@@ -72,6 +72,14 @@ def resolve_model_path(path_or_name: str | os.PathLike | None) -> Path:
         return p.parent
     if (EMBEDDED_DIR / s / "config.json").is_file():
         return EMBEDDED_DIR / s
+    if s == "chatnt":  # ChatNT preset (model/chatnt.py; not an NTConfig preset)
+        from .chatnt import RELEASE_REPO
+        hit = find_in_hf_cache(RELEASE_REPO)
+        if hit is not None:
+            return hit
+        raise CheckpointError(f"model 'chatnt' ({RELEASE_REPO}) is not in the local HF cache ({hf_cache_dir()}); "
+                              "download it on a machine with network, convert it with `ntk models convert chatnt "
+                              "SNAPSHOT/jax_params DIR` and pass -m DIR")
     looks_like_path = s.startswith(("/", ".", "~")) or s.count("/") > 1
     if s not in PRESETS and looks_like_path:
         raise CheckpointError(f"model {s!r}: no such checkpoint directory")
