@@ -189,3 +189,17 @@ def test_pytorch_port_names_refused(chat_dir, tmp_path):
     save_file({"biobrain_decoder.gpt_model.token_embed.weight": torch.zeros(48, 32)}, str(d / "model.safetensors"))
     with pytest.raises(CheckpointError, match="ntk models convert chatnt"):
         ntk.load_model(d)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 0.1), (torch.float16, 0.02)])
+def test_low_precision(chat_dir, z, dtype, tol):
+    """bf16/fp16 (for GPUs; runs on CPU too): weights load in that dtype directly, logits stay within the format's
+    rounding (bf16 keeps 8 mantissa bits, fp16 11, over ~6 matmul stages), generation runs."""
+    m = ntk.load_model(chat_dir, dtype=dtype)
+    assert m.dtype == dtype and m.decoder.lm_head.weight.dtype == dtype
+    out = m(z["english_ids"], z["bio_ids"])
+    assert out.logits.dtype == dtype
+    err = np.abs(out.logits.float().numpy() - z["logits"]).max() / np.abs(z["logits"]).max()
+    assert err < tol
+    ids = m.generate(z["english_ids"], z["bio_ids"], max_new_tokens=8)
+    assert ids.shape == (2, 8) and (ids[:, 0] >= 0).all()

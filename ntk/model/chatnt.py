@@ -496,21 +496,26 @@ def haiku_name_map(cfg: ChatNTConfig) -> dict[str, tuple[str, bool]]:
     return m
 
 
-def load_haiku_weights(model: ChatNT, sd: dict[str, torch.Tensor], where: str) -> None:
-    """Load a Haiku-layout dict into ``model``, strictly: every parameter present, right shapes, nothing unknown."""
-    sd = {canonical_haiku_name(k): v for k, v in sd.items()}
+def load_haiku_weights(model: ChatNT, sd, where: str) -> None:
+    """Load Haiku-layout weights into ``model`` (its parameters already allocated, any device/dtype), strictly:
+    every parameter present with its shape, nothing unknown. ``sd``: a dict of tensors, or an open safetensors
+    file (tensors are then read and copied one at a time, so peak memory is the model plus one tensor)."""
+    keys = list(sd.keys())
+    canon = {canonical_haiku_name(k): k for k in keys}
     names = haiku_name_map(model.config)
-    want = model.state_dict()
-    missing = [k for k in names if k not in sd]
-    unexpected = [k for k in sd if k not in names and not any(u in k for u in _UNUSED)]
-    out, mismatched = {}, []
+    params = dict(model.named_parameters())
+
+    def shape(k):
+        return tuple(sd[k].shape) if isinstance(sd, dict) else tuple(sd.get_slice(k).get_shape())
+
+    missing = [k for k in names if k not in canon]
+    unexpected = [k for k in canon if k not in names and not any(u in k for u in _UNUSED)]
+    mismatched = []
     for k, (dst, transpose) in names.items():
-        if k not in sd:
-            continue
-        v = sd[k].t() if transpose and sd[k].dim() == 2 else sd[k]
-        if tuple(v.shape) != tuple(want[dst].shape):
-            mismatched.append(f"{k} {tuple(sd[k].shape)}")
-        out[dst] = v
+        if k in canon:
+            shp = shape(canon[k])
+            if (shp[::-1] if transpose and len(shp) == 2 else shp) != tuple(params[dst].shape):
+                mismatched.append(f"{k} {shp}")
     if missing or unexpected or mismatched:
         parts = []
         for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)):
@@ -518,10 +523,12 @@ def load_haiku_weights(model: ChatNT, sd: dict[str, torch.Tensor], where: str) -
                 shown = ", ".join(items[:3]) + (f" (+{len(items) - 3} more)" if len(items) > 3 else "")
                 parts.append(f"{len(items)} {label}: {shown}")
         raise CheckpointError(f"{where}: ChatNT weights do not match config.json: " + "; ".join(parts))
-    left = set(want) - set(out)
-    if left:  # a bug in the name map, not in the file
-        raise CheckpointError(f"{where}: internal: no source for {sorted(left)[:3]}")
-    model.load_state_dict(out, strict=True)
+    if set(params) != {dst for dst, _ in names.values()}:  # a bug in the name map, not in the file
+        raise CheckpointError(f"{where}: internal: parameters without a source in the name map")
+    with torch.no_grad():
+        for k, (dst, transpose) in names.items():
+            t = sd[canon[k]] if isinstance(sd, dict) else sd.get_tensor(canon[k])
+            params[dst].copy_(t.t() if transpose and t.dim() == 2 else t)
 
 
 def chatnt_weights_file(directory: Path) -> Path:
@@ -553,37 +560,30 @@ def chatnt_weights_file(directory: Path) -> Path:
                           "jax_params/params.joblib to convert)")
 
 
-def build_chatnt(cfg: ChatNTConfig) -> ChatNT:
-    return ChatNT(cfg)
-
-
 def load_chatnt(directory: Path, device="cpu", dtype=torch.float32) -> ChatNT:
-    from safetensors.torch import load_file
+    """A ChatNT directory -> model in eval mode on ``device``/``dtype``, built without a float32 copy in host
+    memory: parameters are allocated on the target device in the target dtype and filled tensor by tensor."""
+    from safetensors import safe_open
 
     from .runtime import resolve_device, resolve_dtype
 
     path = chatnt_weights_file(directory)  # first: a PyTorch-port or JAX-only directory gets the converter hint
     cfg = ChatNTConfig.from_json(directory / "config.json")
-    try:
-        sd = load_file(str(path))
-    except Exception as e:  # noqa: BLE001
-        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
     with torch.device("meta"):
         model = ChatNT(cfg)
-    model = model.to_empty(device="cpu")
-    load_haiku_weights(model, sd, str(directory))
-    del sd
-    dev = resolve_device(device)
-    model = model.to(device=dev, dtype=resolve_dtype(dtype, dev)).eval()
+    model = model.to(dtype=dt).to_empty(device=dev)
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            load_haiku_weights(model, f, str(directory))
+    except CheckpointError:
+        raise
+    except Exception as e:  # noqa: BLE001 (safetensors raises several types)
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+    model = model.eval()
     model.requires_grad_(False)
     model.source = str(directory)
     from .chat_tokenizer import load_english_tokenizer
     model.english_tokenizer, model.english_tokenizer_problem = load_english_tokenizer(directory, cfg)
     return model
-
-
-def expected_gpu_bytes(cfg: ChatNTConfig, bytes_per_param: int = 2) -> int:
-    with torch.device("meta"):
-        m = ChatNT(cfg)
-    return m.num_parameters() * bytes_per_param
-
