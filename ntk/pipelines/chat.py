@@ -185,8 +185,10 @@ def question_jobs(path: str, records: Callable[[str], str] | None = None,
                 elif k.startswith("region"):
                     if reference is None:
                         raise InputError(f"{where}: regions need the genome: --reference GENOME.fa")
-                    iv = parse_region(item, reference.lengths)
-                    seqs.append(_region_sequence(reference, iv))
+                    try:
+                        seqs.append(_region_sequence(reference, parse_region(item, reference.lengths)))
+                    except InputError as e:
+                        raise InputError(f"{where}: {e}") from None
                 else:
                     if records is None:
                         raise InputError(f"{where}: records need the FASTA they come from: -f SEQS.fa")
