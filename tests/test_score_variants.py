@@ -450,7 +450,11 @@ def test_regions_shards_and_reannotation(models, genome, tmp_path):
         score_variants(str(vcf), str(fa), model=m, output=str(tmp_path / f"s{i}.vcf"), shard=(i, 3), chunk_size=4)
         parts.append([x for x in (tmp_path / f"s{i}.vcf").read_text().splitlines() if not x.startswith("#")])
     whole = [x for x in (tmp_path / "all.vcf").read_text().splitlines() if not x.startswith("#")]
-    assert sum(parts, []) == whole and all(parts)
+    # bit-identical only where the batches are (tests/TOLERANCES.md): the unsharded reference scores in the
+    # same 4-record chunks; with 4,096-record chunks the last printed digit can differ on some CPUs
+    score_variants(str(vcf), str(fa), model=m, output=str(tmp_path / "all4.vcf"), chunk_size=4)
+    whole4 = [x for x in (tmp_path / "all4.vcf").read_text().splitlines() if not x.startswith("#")]
+    assert sum(parts, []) == whole4 and all(parts)
     if shutil.which("bcftools"):  # BCF input gives the same records
         subprocess.run(["bcftools", "view", "-Ob", "-o", str(tmp_path / "in.bcf"), str(vcf)], check=True)
         score_variants(str(tmp_path / "in.bcf"), str(fa), model=m, output=str(tmp_path / "bcf.vcf"))
