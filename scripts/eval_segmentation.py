@@ -106,13 +106,13 @@ def train_baseline(fa: IndexedFasta, ann, chroms: list[str], n_positions: int, s
     return lin
 
 
-def eval_baseline(lin, fa, ann, chroms, features) -> dict:
+def eval_baseline(lin, fa, ann, tests: list[tuple[str, int, int]], features) -> dict:
     met = SegmentationMetrics(features)
-    for chrom in chroms:
+    for chrom, lo0, hi0 in tests:
         L = fa.lengths[chrom]
         seq = sequence_codes(fa.fetch(chrom))
-        for a in range(0, L, 200_000):
-            b = min(L, a + 200_000)
+        for a in range(lo0, hi0, 200_000):
+            b = min(hi0, a + 200_000)
             lo, hi = max(0, a - HALF), min(L, b + HALF)
             f = kmer_features(seq[lo:hi])[a - lo: a - lo + (b - a)]
             with torch.no_grad():
@@ -262,12 +262,14 @@ def load_cnn(cnn_dir: Path) -> tuple[DilatedCNN, dict]:
     return model.eval(), meta
 
 
-def eval_cnn(model: DilatedCNN, fa: IndexedFasta, ann, chrom: str, features: list[str], chunk: int = 100_000):
+def eval_cnn(model: DilatedCNN, fa: IndexedFasta, ann, test: tuple[str, int, int], features: list[str],
+             chunk: int = 100_000):
+    chrom, lo0, hi0 = test
     met = SegmentationMetrics(features)
     seq = sequence_codes(fa.fetch(chrom))
     L = seq.size
-    for a in range(0, L, chunk):
-        b = min(L, a + chunk)
+    for a in range(lo0, hi0, chunk):
+        b = min(hi0, a + chunk)
         lo, hi = max(0, a - CNN_PAD), min(L, b + CNN_PAD)
         with torch.no_grad():
             p = torch.sigmoid(model(one_hot(seq[None, lo:hi]))[0]).numpy()[a - lo: a - lo + (b - a)]
@@ -276,24 +278,46 @@ def eval_cnn(model: DilatedCNN, fa: IndexedFasta, ann, chrom: str, features: lis
     return met.result()
 
 
-def eval_model(model_dir: str, genome: str, ann, chroms: list[str], features: list[str], device: str) -> dict:
-    """Per test contig: metrics of the model run through `ntk segment` with its default options."""
+def parse_test(items: list[str], lengths: dict[str, int]) -> dict[str, tuple[str, int, int]]:
+    """``CONTIG`` or ``CONTIG:START-END`` (1-based inclusive) -> {item: (contig, start0, end)}."""
+    out = {}
+    for it in items:
+        chrom, _, rng = it.partition(":")
+        if chrom not in lengths:
+            raise SystemExit(f"error: test contig {chrom!r} is not in the genome")
+        if rng:
+            a, b = (int(x.replace(",", "")) for x in rng.split("-"))
+            out[it] = (chrom, a - 1, min(b, lengths[chrom]))
+        else:
+            out[it] = (chrom, 0, lengths[chrom])
+    return out
+
+
+def eval_model(model_dir: str, genome: str, ann, tests: dict, features: list[str], device: str,
+               **segment_options) -> dict:
+    """Per test item: metrics of the model run through `ntk segment` (default options unless given), for the
+    features the model predicts (the others are left out: NaN in the tables)."""
     import pyBigWig
 
+    from ntk.model import NTConfig
+
+    own = NTConfig.from_json(Path(model_dir) / "config.json").features or []
+    features = [f for f in features if f in own]
+    idx = [ann.features.index(f) for f in features]
     out_res = {}
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "seg"
-        segment_genome(genome, out, model=model_dir, regions=chroms, features=features, device=device)
+        segment_genome(genome, out, model=model_dir, regions=list(tests), features=features, device=device,
+                       **segment_options)
         bws = {f: pyBigWig.open(str(out / f"{f}.bw")) for f in features}
-        for chrom in chroms:
+        for item, (chrom, lo, hi) in tests.items():
             met = SegmentationMetrics(features)
-            L = bws[features[0]].chroms()[chrom]
-            for a in range(0, L, 200_000):
-                b = min(L, a + 200_000)
+            for a in range(lo, hi, 200_000):
+                b = min(hi, a + 200_000)
                 p = np.stack([np.asarray(bws[f].values(chrom, a, b, numpy=True)) for f in features], axis=1)
                 scored = ~np.isnan(p).any(axis=1)
-                met.update(p[scored], ann.targets(chrom, a, b)[scored])
-            out_res[chrom] = met.result()
+                met.update(p[scored], ann.targets(chrom, a, b)[:, idx][scored])
+            out_res[item] = met.result()
         for bw in bws.values():
             bw.close()
     return out_res
@@ -334,6 +358,9 @@ def main() -> None:
     ev.add_argument("--baseline-positions", type=int, default=300_000)
     ev.add_argument("-o", "--output", required=True)
     ev.add_argument("--render-only", action="store_true", help="print the tables of an existing --output JSON")
+    ev.add_argument("--append", action="store_true",
+                    help="merge into an existing --output JSON (same test items and features) instead of replacing")
+    ev.add_argument("--no-kmer", action="store_true", help="skip the k-mer baseline")
     args = ap.parse_args(argv)
     if getattr(args, "render_only", False):
         print(render(json.loads(Path(args.output).read_text())))
@@ -341,8 +368,9 @@ def main() -> None:
     features = args.features.split(",")
     fa = IndexedFasta(args.genome)
     ann = read_annotation(args.annotation, features, fa.lengths)
-    test = args.test_chroms.split(",") if args.cmd == "evaluate" else []
-    excluded = set(test) | set(filter(None, args.exclude_chroms.split(",")))
+    tests = parse_test(args.test_chroms.split(","), fa.lengths) if args.cmd == "evaluate" else {}
+    test = list(tests)
+    excluded = {c for c, _, _ in tests.values()} | set(filter(None, args.exclude_chroms.split(",")))
     train = ([c for c in args.train_chroms.split(",") if c] if args.train_chroms
              else [c for c in fa.names if c not in excluded])
     if excluded & set(train):
@@ -355,8 +383,8 @@ def main() -> None:
     results: dict[str, dict] = {c: {} for c in test}
     names = [n for arg in args.names for n in arg.split(",")] or [Path(m).name for m in args.model]
     for name, m in zip(names, args.model):
-        for chrom, r in eval_model(m, args.genome, ann, test, features, args.device).items():
-            results[chrom][name] = r
+        for item, r in eval_model(m, args.genome, ann, tests, features, args.device).items():
+            results[item][name] = r
     if args.untrained_base:
         from ntk.model import NTConfig, load_model, save_model
         from ntk.pipelines.finetune import build_task_model
@@ -367,20 +395,28 @@ def main() -> None:
                                      rescaling_factor=rescaling)
         with tempfile.TemporaryDirectory() as tmp:
             save_model(untrained, Path(tmp) / "untrained")
-            for chrom, r in eval_model(str(Path(tmp) / "untrained"), args.genome, ann, test, features,
-                                       args.device).items():
-                results[chrom]["untrained_head"] = r
+            for item, r in eval_model(str(Path(tmp) / "untrained"), args.genome, ann, tests, features,
+                                      args.device).items():
+                results[item]["untrained_head"] = r
     report = {"test_chroms": test, "features": features, "baseline_train_chroms": train}
     if args.cnn:
         cnn, meta = load_cnn(Path(args.cnn))
         if meta["features"] != features:
             raise SystemExit(f"error: {args.cnn} predicts {meta['features']}, not {features}")
-        for chrom in test:
-            results[chrom]["dilated_cnn"] = eval_cnn(cnn, fa, ann, chrom, features)
+        for item in test:
+            results[item]["dilated_cnn"] = eval_cnn(cnn, fa, ann, tests[item], features)
         report["cnn"] = meta
-    lin = train_baseline(fa, ann, train, args.baseline_positions, args.seed)
-    for chrom in test:
-        results[chrom]["kmer_logistic"] = eval_baseline(lin, fa, ann, [chrom], features)
+    if not args.no_kmer:
+        lin = train_baseline(fa, ann, train, args.baseline_positions, args.seed)
+        for item in test:
+            results[item]["kmer_logistic"] = eval_baseline(lin, fa, ann, [tests[item]], features)
+    if args.append and Path(args.output).is_file():
+        old = json.loads(Path(args.output).read_text())
+        if old["features"] != features or old["test_chroms"] != test:
+            raise SystemExit(f"error: {args.output} has other features or test items; cannot --append")
+        for item in test:
+            results[item] = {**old["results"].get(item, {}), **results[item]}
+        report = {**old, **report, "cnn": report.get("cnn", old.get("cnn"))}
     report["results"] = results
     Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
     print(render(report))

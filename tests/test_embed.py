@@ -35,7 +35,7 @@ def reference(m, seq, layer=-1, pool="mean"):
     wins = tile(0, len(dna), W, W // 8, unit=1)
     per_token = np.full((len(dna), m.config.hidden_size), np.nan)
     covered = np.zeros(len(dna), int)
-    cls = []
+    cls, whole = [], []
     with torch.no_grad():
         for w in wins:
             x = torch.as_tensor(np.concatenate(([CLS], dna[w.start:w.end])))[None]
@@ -44,8 +44,18 @@ def reference(m, seq, layer=-1, pool="mean"):
             per_token[w.keep_start:w.keep_end] = h[a:b]
             covered[w.keep_start:w.keep_end] += 1
             cls.append(h[0])
+            whole.append(h[1:])
     assert (covered == 1).all(), "every token must be pooled exactly once"
-    return {"mean": per_token.mean(0), "max": per_token.max(0), "cls": np.mean(cls, 0), "none": per_token}[pool]
+    # per-token rows: near each window boundary, the two windows' rows blended by a linear ramp over half their
+    # overlap on each side (at most half of either kept part)
+    blended = per_token.copy()
+    for (wa, ha), (wb, hb) in zip(zip(wins, whole), zip(wins[1:], whole[1:])):
+        mid = wa.keep_end
+        h = min(mid - wb.start, wa.end - mid, (wa.keep_end - wa.keep_start) // 2, (wb.keep_end - wb.keep_start) // 2)
+        t = ((np.arange(2 * h) + 0.5) / (2 * h))[:, None]
+        blended[mid - h:mid + h] = (1 - t) * ha[mid - h - wa.start:mid + h - wa.start] + \
+            t * hb[mid - h - wb.start:mid + h - wb.start]
+    return {"mean": per_token.mean(0), "max": per_token.max(0), "cls": np.mean(cls, 0), "none": blended}[pool]
 
 
 def as_matrix(df, col="embedding"):

@@ -86,7 +86,7 @@ def test_multi_window_positions_come_from_window_centres(m, tmp_path):
     L, W, crop = 900, 240, 30
     seq = random_dna(L)
     fa = write_fasta(tmp_path / "g.fa", {"c1": seq})
-    segment_genome(fa, tmp_path / "out", model=m, window=W, crop=crop, batch_size=2)
+    segment_genome(fa, tmp_path / "out", model=m, window=W, crop=crop, batch_size=2, blend="none")
     got = tracks(tmp_path / "out", m, "c1")
     assert not np.isnan(got).any()
     # the direct forward of every window of length W that fits in the contig (any start)
@@ -104,6 +104,41 @@ def test_multi_window_positions_come_from_window_centres(m, tmp_path):
     for w in tile(0, L, W, crop, unit=24):
         np.testing.assert_allclose(got[w.keep_start:w.keep_end],
                                    preds[w.start][w.keep_start - w.start:w.keep_end - w.start], atol=1e-6)
+
+
+def test_blending_removes_the_step_where_disagreeing_windows_meet(m, tmp_path, monkeypatch):
+    """A model whose windows disagree: each window predicts one constant for all its positions (a function of
+    its tokens), so every step in the output comes from where windows meet. Cut at the middle of the overlap
+    (``blend="none"``) each seam is a step of the two windows' difference; blended, the difference is spread
+    over the overlap and no step is larger than difference / overlap."""
+    L, W, crop = 2000, 240, 60
+    seq = random_dna(L)
+    fa = write_fasta(tmp_path / "g.fa", {"c1": seq})
+    forward = m.forward
+
+    def disagreeing(ids, *args, **kwargs):
+        out = forward(ids, *args, **kwargs)
+        c = (ids[:, 1:] % 5).float().mean(1) / 4  # one value per window
+        out.segment_probabilities = c[:, None, None].expand_as(out.segment_probabilities).contiguous()
+        return out
+
+    monkeypatch.setattr(m, "forward", disagreeing)
+    wins = tile(0, L, W, crop, unit=24)
+    const = [float(m(m.tokenizer.encode([seq[w.start:w.end]]).input_ids).segment_probabilities[0, 0, 0])
+             for w in wins]
+    seams = [w.keep_start for w in wins[1:]]
+    diffs = np.abs(np.diff(const))
+    assert diffs.max() > 0.01  # the windows do disagree
+    segment_genome(fa, tmp_path / "cut", model=m, window=W, crop=crop, blend="none")
+    segment_genome(fa, tmp_path / "blend", model=m, window=W, crop=crop)
+    cut, blended = tracks(tmp_path / "cut", m, "c1")[:, 0], tracks(tmp_path / "blend", m, "c1")[:, 0]
+    step_cut, step_blend = np.abs(np.diff(cut)), np.abs(np.diff(blended))
+    np.testing.assert_allclose(step_cut[np.array(seams) - 1], diffs, atol=1e-6)  # a step at every seam
+    assert step_cut.max() == pytest.approx(diffs.max(), abs=1e-6)
+    assert step_blend.max() <= diffs.max() / (2 * crop) + 1e-6  # spread over the 2*crop nt of the overlap
+    # a position only one window covers keeps that window's value exactly
+    np.testing.assert_allclose(blended[:W - 2 * crop], const[0], atol=1e-6)
+    np.testing.assert_allclose(blended[wins[-2].end:], const[-1], atol=1e-6)
 
 
 def test_window_longer_than_trained_uses_reference_rescaling(m, tmp_path):
@@ -156,10 +191,14 @@ def test_contigs_shorter_than_a_window_and_multi_contig(m, tmp_path):
         assert list(bw.chroms()) == list(recs)  # FASTA order
         bw.close()
     short = tracks(out, m, "short")
-    # 500 nt: one 480-nt window from the start, a second one shifted back to end at 500, split mid-overlap
+    # 500 nt: one 480-nt window from the start, a second one shifted back to end at 500, owned up to / from the
+    # middle of the overlap (250); blended linearly over [125, 375) (half the overlap, at most half of either
+    # kept part on each side)
     first, second = direct(m, recs["short"][:480]), direct(m, recs["short"][20:])
-    np.testing.assert_allclose(short[:250], first[:250], atol=1e-6)
-    np.testing.assert_allclose(short[250:], second[230:], atol=1e-6)
+    np.testing.assert_allclose(short[:125], first[:125], atol=1e-6)
+    np.testing.assert_allclose(short[375:], second[355:], atol=1e-6)
+    t = ((np.arange(250) + 0.5) / 250)[:, None]
+    np.testing.assert_allclose(short[125:375], (1 - t) * first[125:375] + t * second[105:355], atol=1e-6)
     assert np.isnan(tracks(out, m, "tiny")).all()
     np.testing.assert_allclose(tracks(out, m, "exact"), direct(m, recs["exact"]), atol=1e-6)
     assert not np.isnan(tracks(out, m, "long")).any()

@@ -44,8 +44,10 @@ def register(app: typer.Typer) -> None:
             "--window", help="Window length in nt, a multiple of 24 (default: the model's trained length, 30 kb "
             "for SegmentNT)")] = None,
         crop: Annotated[Optional[int], typer.Option(
-            "--crop", help="nt dropped at each side of a window where neighbouring windows overlap "
-            "(default: window/8)")] = None,
+            "--crop", help="half the overlap of neighbouring windows, in nt (default: window/8)")] = None,
+        blend: Annotated[str, typer.Option(
+            "--blend", help="Join neighbouring windows across their overlap: linear (ramp), cosine (ramp) or "
+            "none (cut at the middle)")] = "linear",
         rc_average: Annotated[bool, typer.Option(
             "--rc-average", help="Average forward and reverse-complement predictions")] = False,
         threshold: Annotated[float, typer.Option("--threshold", help="Probability threshold for segments")] = 0.5,
@@ -88,7 +90,7 @@ def register(app: typer.Typer) -> None:
                 output, force, device, quiet,
                 lambda part, sh, dev, q: segment_genome(
                     genome, part, model=model, regions=region or (), regions_file=regions, chr_map=chr_map,
-                    features=feats, window=window, crop=crop, rc_average=rc_average, threshold=threshold,
+                    features=feats, window=window, crop=crop, rc_average=rc_average, blend=blend, threshold=threshold,
                     min_length=min_length, zoom_levels=zoom_levels, device=dev, precision=precision,
                     batch_size=parse_batch_size(batch_size), threads=threads, force=True, shard=sh, resume=resume,
                     resume_chunk_bp=resume_chunk_bp, command=shlex.join(["ntk"] + sys.argv[1:])))
@@ -104,7 +106,7 @@ def register(app: typer.Typer) -> None:
         try:
             result = segment_genome(
                 genome, output, model=model, regions=region or (), regions_file=regions, chr_map=chr_map,
-                features=feats, window=window, crop=crop, rc_average=rc_average, threshold=threshold,
+                features=feats, window=window, crop=crop, rc_average=rc_average, blend=blend, threshold=threshold,
                 min_length=min_length, bedgraph=bedgraph, zoom_levels=zoom_levels, device=device,
                 precision=precision, batch_size=parse_batch_size(batch_size), threads=threads, force=force,
                 progress=lambda bp: progress.advance(task, bp), on_start=start,

@@ -10,7 +10,10 @@ Rules (documented in the README, section ``ntk embed``):
   ``max_tokens - 1`` DNA tokens (+ CLS) overlapping by ``2 * crop`` tokens (default crop = 1/8 of the window);
   each token of the record is kept from exactly one window, the one where it lies most centrally. Tiling the
   record's own tokenization (rather than nucleotides) means every window fits whatever the N content, and the
-  tokens pooled for a long record are exactly the tokens a short record would get.
+  tokens pooled for a long record are exactly the tokens a short record would get. Per-token rows
+  (``pool="none"``) near the boundary of two windows are the two windows' vectors blended with a linear ramp
+  across their overlap (:class:`ntk.pipelines.windows.Blender`), so they change smoothly where windows meet;
+  the pooled modes pool each window's own kept tokens.
 - Pooling over the kept tokens of the record (CLS and padding never included):
   ``mean`` = mean over all kept tokens; ``max`` = element-wise max; ``cls`` = the CLS vector (for a tiled record,
   the mean of its windows' CLS vectors); ``none`` = one row per token (``token_index`` in the record's
@@ -44,7 +47,9 @@ from ..io.intervals import Interval, parse_region
 from ..io.tables import NpyStreamWriter, ParquetStreamWriter, TsvStreamWriter
 from ..model.tokenizer import N_CODE, NucleotideTokenizer, reverse_complement_codes, sequence_codes
 from .batching import auto_token_budget, by_token_budget
-from .windows import tile
+from .windows import Blender, Window, tile
+
+BLEND = "linear"  # how per-token rows of neighbouring windows are joined (pipelines/windows.py)
 
 POOLINGS = ("mean", "max", "cls", "none")
 FORMATS = ("parquet", "npy")
@@ -182,6 +187,11 @@ class _View:
     cls_sum: np.ndarray | None = None
     n_windows: int = 0
     pieces: dict[int, np.ndarray] = field(default_factory=dict)  # pool none: window seq -> kept rows
+    # pool none: windows run but not yet blended (index -> window, rows), the next index to blend, how many
+    n_win: int = 0
+    next_win: int = 0
+    waiting: dict[int, tuple] = field(default_factory=dict)
+    blender: Blender = field(default_factory=lambda: Blender(BLEND))
 
 
 @dataclass
@@ -203,6 +213,11 @@ class _Window:
     end: int
     keep_start: int
     keep_end: int
+    index: int = 0  # position among the view's windows
+
+    @property
+    def tile(self) -> Window:
+        return Window("", self.start, self.end, self.keep_start, self.keep_end)
 
     @property
     def n_tokens(self) -> int:  # incl. CLS
@@ -329,8 +344,10 @@ class Embedder:
             for c in strands:
                 v = _View(*tokenize_long(self.tokenizer, c, self.tokenize_block))
                 views.append(v)
-                for w in tile(0, len(v.ids), self.window, self.crop, unit=1):
-                    windows.append(_Window(rec, v, 0, w.start, w.end, w.keep_start, w.keep_end))
+                tiles = tile(0, len(v.ids), self.window, self.crop, unit=1)
+                v.n_win = len(tiles)
+                for k, w in enumerate(tiles):
+                    windows.append(_Window(rec, v, 0, w.start, w.end, w.keep_start, w.keep_end, k))
             rec.n_tokens = len(views[0].ids)
         rec.remaining = len(windows)
         st = self.stats
@@ -371,10 +388,9 @@ class Embedder:
         st.padded_tokens += B * T
         st.real_tokens += sum(w.n_tokens for w in batch)
         if self.pool == "none":
-            kept = h[keep_t].cpu().numpy()  # rows in (window, token) order
-            counts = keep.sum(1)
-            for w, rows in zip(batch, np.split(kept, np.cumsum(counts)[:-1])):
-                w.view.pieces[w.seq] = rows
+            hc = h.cpu().numpy()
+            for i, w in enumerate(batch):
+                self._blend_in(w, hc[i, 1:w.n_tokens])
         else:
             with torch.inference_mode():
                 if self.pool == "mean":
@@ -396,6 +412,20 @@ class Embedder:
                     v.n_windows += 1
         for w in batch:
             w.record.remaining -= 1
+
+    @staticmethod
+    def _blend_in(w: _Window, rows: np.ndarray) -> None:
+        """Per-token rows of a whole window -> the view's blended kept rows, in window order."""
+        v = w.view
+        v.waiting[w.index] = (w, rows)
+        while v.next_win in v.waiting:
+            ww, rr = v.waiting.pop(v.next_win)
+            for _, kept, seq in v.blender.push(ww.tile, rr, ww.seq):
+                v.pieces[seq] = kept
+            v.next_win += 1
+        if v.next_win == v.n_win:
+            for _, kept, seq in v.blender.flush():
+                v.pieces[seq] = kept
 
     def _run_chunk(self, chunk: list[_Window]) -> None:
         if not chunk:

@@ -7,7 +7,9 @@ per-nucleotide genomic features derived from an annotation (GTF, GFF3 or BED; se
   are unstranded, so the targets are simply reversed).
 - Splits: whole chromosomes (``--val-chroms``, ``--test-chroms``); training uses every other annotated
   contig. Validation uses at most ``--max-eval-windows`` windows evenly spaced along the validation contigs
-  (each nucleotide scored once, from the centre of its window, as ``ntk segment`` does); test uses them all.
+  (each nucleotide scored once, from the centre of its window, as ``ntk segment`` does: where two evaluated
+  windows are neighbours their probabilities are blended across the overlap, see ``pipelines/windows``; the
+  evaluation loss is the cross-entropy of those probabilities); test uses them all.
 - Loss: cross-entropy of the two-class per-nucleotide, per-feature logits (SegmentNT's output layout
   ``[B, 6(T-1), F, 2]``). Metrics: per-feature nucleotide-level MCC (threshold 0.5) and AUPRC, and their means.
 - Result: a SegmentNT-type checkpoint (``architectures: ["SegmentNT"]``, your ``features``) in ``best/`` that
@@ -19,6 +21,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -31,6 +34,7 @@ from ..model.nt import NUC_PER_TOKEN
 from ..model.runtime import set_threads
 from ..train.finetune_data import NT_UNIT, WindowBatches, genome_windows
 from ..train.metrics import SegmentationMetrics
+from .windows import Blender, Window
 from .finetune import (FinetuneOptions, build_task_model, check_single_process, clean_json, monitor_name, setup_method,
                        start_run, train_and_report)
 
@@ -172,17 +176,27 @@ def finetune_segment(inp: SegmentTaskInput, run_dir: str | Path, opts: FinetuneO
             acc = SegmentationMetrics(ann.features)
             loss_sum, n = 0.0, 0
             dev = m.device
+            blender = Blender("linear")
+
+            def score(kept: np.ndarray, t: np.ndarray) -> None:
+                nonlocal loss_sum, n
+                acc.update(kept, t)
+                p = np.clip(kept.astype(np.float64), 1e-12, 1 - 1e-12)  # CE of the (blended) probabilities
+                loss_sum += float(-np.where(t > 0, np.log(p), np.log1p(-p)).sum())
+                n += t.size
+
             for sel, batch in WindowBatches(fa, ann, windows, model.tokenizer, opts.batch_size, train=False):
                 logits = m(batch["input_ids"].to(dev)).segment_logits.float().cpu()
-                proba = torch.softmax(logits, -1)[..., 1]
+                proba = torch.softmax(logits, -1)[..., 1].numpy()
                 for k, i in enumerate(sel):
-                    a = int(windows.keep_start[i] - windows.start[i])
-                    b = int(windows.keep_end[i] - windows.start[i])
-                    t = batch["targets"][k, a:b]
-                    acc.update(proba[k, a:b].numpy(), t.numpy())
-                    loss_sum += float(F.cross_entropy(logits[k, a:b].reshape(-1, 2), t.reshape(-1).long(),
-                                                      reduction="sum"))
-                    n += t.numel()
+                    s0 = int(windows.start[i])
+                    w = Window(windows.contigs[int(windows.contig[i])], s0, s0 + windows.window,
+                               int(windows.keep_start[i]), int(windows.keep_end[i]))
+                    t = batch["targets"][k, w.keep_start - s0:w.keep_end - s0].numpy()
+                    for _, kept, tt in blender.push(w, proba[k], t):
+                        score(kept, tt)
+            for _, kept, tt in blender.flush():
+                score(kept, tt)
             res = acc.result()
             out = {"loss": loss_sum / max(n, 1), "mcc": res["mcc"], "auprc": res["auprc"], "auroc": res["auroc"]}
             for f in ann.features:

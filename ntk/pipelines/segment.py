@@ -7,11 +7,13 @@ The flow, streaming contig by contig (memory does not grow with the genome):
 2. **Runs and windows** (:func:`iter_windows`): each unit is read in blocks to find its ACGT runs (N and IUPAC
    codes split runs; SegmentNT never sees N), and each run is tiled by ``pipelines/windows.tile`` with windows
    of a multiple of 24 nt (6 nt per token x 4 for the two U-Net pooling levels). Windows are never padded;
-   only the central part of each window is kept, except at run ends.
+   each position is owned by one window (the central part of each window, except at run ends), and near the
+   boundary between neighbouring windows the two windows' predictions are blended (``blend``: a linear ramp
+   across their overlap by default; see ``pipelines/windows``), so that no step shows where windows meet.
 3. **Batches** (:func:`iter_batches`): consecutive windows of equal length, within a token budget.
 4. A producer thread reads and tokenizes batches (pinned memory on CUDA), the main thread runs the model under
    ``torch.inference_mode()`` with the reference rotary rescaling for the window length, and a writer thread
-   cuts the kept part of each window and streams it, in genome order, to the outputs
+   blends and cuts the kept part of each window and streams it, in genome order, to the outputs
    (:class:`TrackOutputs`): one float32 BigWig per feature, the segments BED (bgzip + tabix) and optionally
    one feature as bedGraph on a stream.
 
@@ -45,7 +47,7 @@ from ..model.tokenizer import reverse_complement_codes, sequence_codes
 from .batching import auto_token_budget, by_token_budget
 from .resume import CHUNK_BP, Journal, partial_dir
 from .shards import DIR_MANIFEST, bp_range, make_manifest, write_manifest
-from .windows import Window, tile
+from .windows import BLEND_MODES, Blender, Window, tile
 
 NT_PER_TOKEN = 6
 UNIT = 24  # window lengths are multiples of 6 nt x 2**2 (two U-Net pooling levels)
@@ -112,19 +114,33 @@ def iter_batches(jobs: Iterable[Job], token_budget: int, max_items: int | None, 
 
 
 def select_batches(batches: Iterable[list[Job]], bp_range: tuple[int, int] | None = None,
-                   skip: Callable[[int], bool] | None = None) -> Iterator[list[Job]]:
-    """The batches of a shard (first kept position of the batch's first window in ``bp_range``) that ``skip``
-    does not exclude (finished ``--resume`` chunks). Shards and resume chunks are cut between the batches of an
-    unsharded run, never inside one, so every window runs in exactly the batch it would run in alone (batch
-    composition changes float rounding on some backends) and the merged output is bit-identical."""
+                   skip: Callable[[int], bool] | None = None) -> Iterator[tuple[list[Job], bool]]:
+    """``(batch, own)``: the batches of a shard (first kept position of the batch's first window in
+    ``bp_range``) that ``skip`` does not exclude (finished ``--resume`` chunks), with ``own=True``; and, with
+    ``own=False``, the batch just before and just after each stretch of them: their windows are run only so
+    that the edge windows of the stretch are blended with their neighbours exactly as in one whole run.
+    Shards and resume chunks are cut between the batches of an unsharded run, never inside one, so every window
+    runs in exactly the batch it would run in alone (batch composition changes float rounding on some backends)
+    and the merged output is bit-identical."""
+    prev: list[Job] | None = None
+    prev_own = prev_sent = False
     for b in batches:
         g = b[0].gpos
-        if bp_range is not None and g < bp_range[0]:
-            continue
         if bp_range is not None and g >= bp_range[1]:
+            if prev_own:
+                yield b, False
             return
-        if skip is None or not skip(g):
-            yield b
+        own = (bp_range is None or g >= bp_range[0]) and (skip is None or not skip(g))
+        sent = False
+        if own:
+            if prev is not None and not prev_own and not prev_sent:
+                yield prev, False
+            yield b, True
+            sent = True
+        elif prev_own:
+            yield b, False
+            sent = True
+        prev, prev_own, prev_sent = b, own, sent
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -309,6 +325,7 @@ class SegmentResult:
     units: list[Interval]
     window: int
     crop: int
+    blend: str = "linear"
     bp_total: int = 0
     bp_scored: int = 0
     n_windows: int = 0
@@ -359,6 +376,7 @@ def segment_genome(
     window: int | None = None,
     crop: int | None = None,
     rc_average: bool = False,
+    blend: str = "linear",
     threshold: float = 0.5,
     min_length: int = 1,
     bedgraph: str | None = None,
@@ -383,7 +401,9 @@ def segment_genome(
 
     ``shard=(I, N)`` runs only the I-th of N blocks of the genome (balanced by bp, cut between windows) and adds
     the part manifest ``shard.json`` (join the parts with ``ntk merge``). ``resume=True`` keeps finished chunks
-    of ``resume_chunk_bp`` positions beside ``out_dir`` and, when started again, computes only the others."""
+    of ``resume_chunk_bp`` positions beside ``out_dir`` and, when started again, computes only the others.
+    ``blend``: how neighbouring windows' predictions are joined across their overlap (``linear``, ``cosine``,
+    or ``none``: cut at the middle of the overlap); a position covered by one window only gets its value."""
     from ..model import load_model
     from ..model.runtime import resolve_device, resolve_dtype, set_threads
 
@@ -394,6 +414,8 @@ def segment_genome(
         raise NtkError(f"--threshold {threshold}: must be a probability between 0 and 1")
     if min_length < 1:
         raise NtkError(f"--min-length {min_length}: must be >= 1")
+    if blend not in BLEND_MODES:
+        raise NtkError(f"--blend {blend!r}: expected one of {', '.join(BLEND_MODES)}")
     fa = IndexedFasta(fasta)
     units = plan_units(fa, regions, regions_file, read_chr_map(chr_map))
 
@@ -425,7 +447,7 @@ def segment_genome(
     t_load = time.perf_counter() - t0
 
     budget = auto_token_budget(dev.type, m.config.hidden_size, m.config.num_hidden_layers)
-    result = SegmentResult(Path(out_dir) if out_dir is not None else None, feats, units, window, crop)
+    result = SegmentResult(Path(out_dir) if out_dir is not None else None, feats, units, window, crop, blend)
     result.bp_total = sum(u.length for u in units)
     result.bp_range = (0, result.bp_total)
     if shard is not None:
@@ -439,7 +461,7 @@ def segment_genome(
     stream = bedgraph_stream if bedgraph_stream is not None else (sys.stdout.buffer if bedgraph else None)
 
     options = {"regions": list(regions) or None, "features": feats, "window": window, "crop": crop,
-               "rc_average": rc_average, "threshold": threshold, "min_length": min_length,
+               "rc_average": rc_average, "blend": blend, "threshold": threshold, "min_length": min_length,
                "zoom_levels": zoom_levels}
     inputs = {"fasta": fasta, "regions_file": regions_file, "chr_map": chr_map}
     journal = None
@@ -455,7 +477,7 @@ def segment_genome(
         outputs = TrackOutputs(tmp_dir, chrom_sizes, feats, threshold, min_length, bg_index, stream, zoom_levels)
         try:
             _run(fa, m, units, window, crop, rc_average, feat_idx, budget, batch_size, outputs, result, progress,
-                 on_start, journal)
+                 on_start, journal, blend)
             if journal is not None:
                 def add(chrom: str, start: int, values: np.ndarray) -> None:
                     outputs.add(chrom, start, values)
@@ -495,21 +517,22 @@ def segment_genome(
 def _run(fa: IndexedFasta, m, units: list[Interval], window: int, crop: int, rc_average: bool,
          feat_idx: list[int], budget: int, max_items: int | None, outputs: TrackOutputs, result: SegmentResult,
          progress: Callable[[int], None] | None, on_start: Callable[[int], None] | None,
-         journal: Journal | None = None) -> None:
+         journal: Journal | None = None, blend: str = "linear") -> None:
     dev = m.device
     pin = dev.type == "cuda"
     tok = m.tokenizer
     fidx = torch.as_tensor(feat_idx, device=dev)
     stop = threading.Event()
 
-    def encode(batch: list[Job]):
+    def encode(item: tuple[list[Job], bool]):
+        batch, own = item
         codes = np.stack([sequence_codes(fa.fetch(j.window.chrom, j.window.start, j.window.end)) for j in batch])
         if rc_average:  # reverse complements ride in the same forward pass, after the forward strands
             codes = np.concatenate([codes, np.stack([reverse_complement_codes(c) for c in codes])])
         ids = torch.from_numpy(np.stack([tok.tokenize_codes(c)[0] for c in codes]).astype(np.int64))
         if pin:
             ids = ids.pin_memory()
-        return batch, ids
+        return batch, own, ids
 
     # progress: positions (units laid end to end, N gaps included) are done when the window keeping them is written
     lo, hi = result.bp_range
@@ -522,30 +545,41 @@ def _run(fa: IndexedFasta, m, units: list[Interval], window: int, crop: int, rc_
 
     spans = result.spans  # what the part covers, for ntk merge (with --resume: noted when chunks are replayed)
 
+    blender = Blender(blend)
+
+    def emit(w: Window, kept: np.ndarray, payload) -> None:
+        j, own, key = payload
+        if not own:  # a neighbour run only to blend the edge of this run's own windows
+            return
+        if journal is not None:
+            journal.add(key, w.chrom, w.keep_start, kept)
+        else:
+            outputs.add(w.chrom, w.keep_start, kept)
+            note_span(spans, w.chrom, w.keep_start, w.keep_end)
+        advance_to(min(j.gpos + w.keep_end - w.keep_start, hi))
+
     def write(item) -> None:
-        batch, probs = item
+        if item is None:  # end of the stream: the last window has no successor
+            for done in blender.flush():
+                emit(*done)
+            return
+        batch, own, probs = item
         for j, p in zip(batch, probs):
-            w = j.window
-            kept = p[w.keep_start - w.start: w.keep_end - w.start]
-            if journal is not None:
-                journal.add(batch[0].gpos, w.chrom, w.keep_start, kept)
-            else:
-                outputs.add(w.chrom, w.keep_start, kept)
-                note_span(spans, w.chrom, w.keep_start, w.keep_end)
-            advance_to(min(j.gpos + w.keep_end - w.keep_start, hi))
+            for done in blender.push(j.window, p, (j, own, batch[0].gpos)):
+                emit(*done)
 
     if on_start is not None:
         on_start(hi - lo)
     jobs = iter_windows(fa, units, window, crop)
-    batches = iter_batches(jobs, budget, max_items, copies=2 if rc_average else 1)
+    batches = ((b, True) for b in iter_batches(jobs, budget, max_items, copies=2 if rc_average else 1))
     if result.shard is not None or journal is not None:
-        batches = select_batches(batches, result.bp_range if result.shard else None,
+        batches = select_batches((b for b, _ in batches), result.bp_range if result.shard else None,
                                  journal.is_done if journal is not None else None)
     writer = _Writer(write, maxsize=4, stop=stop)
     t_model = 0.0
     try:
         with torch.inference_mode():
-            for batch, ids in _background(map(encode, batches), maxsize=3, stop=stop):
+            for batch, own, ids in _background(map(encode, batches), maxsize=3, stop=stop):
                 t = time.perf_counter()
                 ids = ids.to(dev, non_blocking=pin)
                 rescale = m.config.rescaling_for_tokens(ids.shape[1])
@@ -555,8 +589,9 @@ def _run(fa: IndexedFasta, m, units: list[Interval], window: int, crop: int, rc_
                     probs = (probs[:n] + probs[n:].flip(1)) * 0.5
                 probs = probs.float().cpu().numpy()
                 t_model += time.perf_counter() - t
-                result.n_windows += len(batch)
-                writer.submit((batch, probs))
+                result.n_windows += len(batch) if own else 0  # neighbours run only to blend are not counted
+                writer.submit((batch, own, probs))
+            writer.submit(None)
     except BaseException:
         stop.set()  # the reader stops, the writer drops what is queued
         writer.join(check=False)
@@ -584,7 +619,8 @@ def _run_info(fasta, model_arg, m, dev, result: SegmentResult, regions, regions_
         },
         "options": {
             "regions": list(regions) or None, "regions_file": regions_file, "features": result.features,
-            "window": result.window, "crop": result.crop, "rc_average": rc_average, "threshold": threshold,
+            "window": result.window, "crop": result.crop, "blend": result.blend, "rc_average": rc_average,
+            "threshold": threshold,
             "min_length": min_length, "bedgraph": bedgraph, "zoom_levels": zoom_levels,
         },
         "runtime": {"device": str(dev), "dtype": str(m.dtype).replace("torch.", ""), "torch": torch.__version__,
