@@ -8,11 +8,11 @@
 # Stages (in ntk's own commands; seeds fixed; DEVICE=cuda to use a GPU):
 #   1. the yeast model (v1): ntk pretrain (4-layer, 128-wide NT-v2-style encoder, scripts/embedded/config.json,
 #      6.5 M tokens) + ntk finetune segment on 5 yeast features. Skipped when STAGE1_MODEL names its result
-#      (a SegmentNT checkpoint, e.g. the v1 weights: git show 2a0e7c2:ntk/models/ntk-yeast-tiny/...).
+#      (a SegmentNT checkpoint, e.g. the v1 weights: git show 0d97b62:ntk/models/ntk-yeast-tiny/...).
 #   2. ntk finetune segment from stage 1 on yeast + Arabidopsis, 7 features (the U-Net and the 5 known features'
 #      output rows are reused, 5UTR/3UTR start fresh), 3,072-nt windows; concurrently, for the same wall-clock,
 #      the dilated-CNN baseline of scripts/eval_segmentation.py trains on the same contigs.
-#   3. evaluation on yeast XVI and At1_test (scripts/eval_segmentation.py: the model, the previous model,
+#   3. evaluation on yeast XVI and the first 1 Mbp of At1_test (scripts/eval_segmentation.py: the model, the previous model,
 #      the CNN and k-mer baselines), then best/ is copied into ntk/models/ntk-yeast-tiny.
 # STAGES selects stages (default "1 2 3 install").
 set -euo pipefail
@@ -64,7 +64,7 @@ fi
 if has 3; then
   python scripts/eval_segmentation.py evaluate --genome "$WORK/data/genome.fa" \
       --annotation "$WORK/data/genes.gtf" --features "$FEATURES" --train-chroms "$TRAIN" \
-      --test-chroms XVI,At1_test --model "$WORK/segment/best" --names ntk_yeast_tiny \
+      --test-chroms XVI,At1_test:1-1000000 --model "$WORK/segment/best" --names ntk_yeast_tiny \
       --model "$OLD_MODEL" --names ntk_yeast_tiny_v1 --cnn "$WORK/cnn" \
       --device "$DEVICE" -o "$WORK/heldout_metrics.json" | tee "$WORK/heldout_metrics.md"
 fi
