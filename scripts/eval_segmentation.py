@@ -361,6 +361,8 @@ def main() -> None:
     ev.add_argument("--append", action="store_true",
                     help="merge into an existing --output JSON (same test items and features) instead of replacing")
     ev.add_argument("--no-kmer", action="store_true", help="skip the k-mer baseline")
+    ev.add_argument("--rc-average", action="store_true",
+                    help="also evaluate every --model with `ntk segment --rc-average` (named NAME+rc)")
     args = ap.parse_args(argv)
     if getattr(args, "render_only", False):
         print(render(json.loads(Path(args.output).read_text())))
@@ -381,10 +383,18 @@ def main() -> None:
         print(json.dumps(meta))
         return
     results: dict[str, dict] = {c: {} for c in test}
+    report = {"test_chroms": test, "features": features, "baseline_train_chroms": train}
     names = [n for arg in args.names for n in arg.split(",")] or [Path(m).name for m in args.model]
     for name, m in zip(names, args.model):
+        t0 = time.perf_counter()
         for item, r in eval_model(m, args.genome, ann, tests, features, args.device).items():
             results[item][name] = r
+        report.setdefault("seconds", {})[name] = time.perf_counter() - t0
+        if args.rc_average:
+            t0 = time.perf_counter()
+            for item, r in eval_model(m, args.genome, ann, tests, features, args.device, rc_average=True).items():
+                results[item][name + "+rc"] = r
+            report["seconds"][name + "+rc"] = time.perf_counter() - t0
     if args.untrained_base:
         from ntk.model import NTConfig, load_model, save_model
         from ntk.pipelines.finetune import build_task_model
@@ -398,7 +408,6 @@ def main() -> None:
             for item, r in eval_model(str(Path(tmp) / "untrained"), args.genome, ann, tests, features,
                                       args.device).items():
                 results[item]["untrained_head"] = r
-    report = {"test_chroms": test, "features": features, "baseline_train_chroms": train}
     if args.cnn:
         cnn, meta = load_cnn(Path(args.cnn))
         if meta["features"] != features:
