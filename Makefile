@@ -41,8 +41,9 @@ bench: setup
 	$(BIN)/python bench/variants_throughput.py
 	$(BIN)/python bench/pretrain_throughput.py
 
-# Retrain the embedded default model (ntk/models/ntk-yeast-tiny) from ../shared/data/yeast with ntk's own
-# pretrain + finetune segment; seeds fixed; DEVICE=cuda to use a GPU. See ntk/models/README.md.
+# The embedded model's recipe (scripts/embedded/train.sh): stage 1 = ntk-yeast-tiny from ../shared/data/yeast,
+# stage 2 = its continuation on yeast + Arabidopsis chr1, stage 3 = held-out evaluation with the CNN and k-mer
+# baselines; ntk's own pretrain + finetune segment; seeds fixed; DEVICE=cuda to use a GPU. See ntk/models/README.md.
 embedded-model: setup
 	PATH="$(BIN):$$PATH" bash scripts/embedded/train.sh
 
