@@ -13,7 +13,7 @@ chromosome (default XVI of ../shared/data/yeast) with the embedded default model
   the same run, as the reference.
 - phase-matched ratio: the boundaries are token boundaries in both windows (window starts and the default
   crop are multiples of 24 nt), where a 6-mer model's output jumps more than inside a token; this ratio
-  compares them with the other positions at the same offset from the window starts (mod 6) only.
+  compares them with the other positions at the same offsets mod 6 as the boundaries only.
 
     python bench/seam_jump.py [--genome ../shared/data/yeast/genome.fa.gz] [--region XVI] [--compare none]
 """
@@ -65,9 +65,9 @@ def jumps(genome: str, region: str, model, blend: str, device: str, rc_average: 
     at[np.asarray(bounds, dtype=np.int64) - iv.start - 1] = True
     at &= ok
     other = ok & ~at
-    phase = np.zeros(d.shape[0], dtype=bool)  # jumps into positions at the boundaries' offset mod 6
-    first = (np.asarray(bounds, dtype=np.int64) - iv.start - 1) if bounds else np.zeros(1, np.int64)
-    phase[int(first[0]) % 6::6] = True
+    phase = np.zeros(d.shape[0], dtype=bool)  # jumps into positions at the boundaries' offsets mod 6
+    for ph in {int(b - iv.start - 1) % 6 for b in bounds}:
+        phase[ph::6] = True
     same_phase = other & phase
     out = {"blend": blend, "rc_average": rc_average, "window": window, "crop": crop, "boundaries": int(at.sum()),
            "positions": int(other.sum()), "seconds": seconds,

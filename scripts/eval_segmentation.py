@@ -445,12 +445,12 @@ def render(report: dict) -> str:
 
 def _table(features: list[str], res: dict) -> str:
     names = list(res)
-    first = res[names[0]]
     lines = ["| feature | positives | " + " | ".join(f"{n} MCC / AUPRC / AUROC" for n in names) + " |",
              "|---|---|" + "---|" * len(names)]
     for f in features + ["(mean)"]:
         key = "" if f == "(mean)" else f"/{f}"
-        pos = _fmt(first.get(f"positive_fraction{key}", float("nan"))) if key else ""
+        fracs = [r[f"positive_fraction{key}"] for r in res.values() if f"positive_fraction{key}" in r]
+        pos = _fmt(fracs[0] if fracs else float("nan")) if key else ""
         cells = [" / ".join(_fmt(res[n].get(m + key, float("nan"))) for m in ("mcc", "auprc", "auroc")) for n in names]
         lines.append(f"| {f} | {pos} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
