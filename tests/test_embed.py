@@ -119,7 +119,10 @@ def test_other_poolings_match_reference(golden_dir, pool):
             assert rows["token_index"].to_list() == list(range(len(ids) - 1))
             assert rows["nt_start"].to_list() == starts[1:].tolist()
             assert rows["nt_end"].to_list() == ends[1:].tolist()
-            assert np.abs(as_matrix(rows) - reference(m, s, pool="none")).max() <= TOL
+            ref = reference(m, s, pool="none")
+            # float32 rows of magnitude up to a few units: a padded batch (vs the reference's unpadded forward)
+            # reorders reductions by a few ulp, so the tolerance scales with the values
+            assert np.abs(as_matrix(rows) - ref).max() <= TOL * max(1.0, np.abs(ref).max())
     else:
         got = as_matrix(df)
         for i, s in enumerate(seqs):
