@@ -531,3 +531,34 @@ def test_cli_sample_end_to_end(tmp_path):
     assert subprocess.run(["bcftools", "view", "-H", "-r", "III", str(out)], capture_output=True, text=True,
                           check=True).stdout.count("\n") == sum(1 for x in src if x.startswith("III "))
     assert len(table_rows(tmp_path / "t.parquet")) == 172
+
+
+def test_zero_shot_warning_for_the_embedded_model_and_model_cards(genome, tmp_path):
+    """The embedded model (and any model whose card says so) gets a one-line warning that its zero-shot scores
+    are not informative; a model without such a card does not."""
+    fa, seqs = genome
+    s = seqs["c3"]
+    vcf = write_vcf(tmp_path / "in.vcf", {"c3": len(s)}, [("c3", 2000, "x", s[1999], other(s[1999]))])
+
+    def warnings(*model):
+        p = run_ntk("score-variants", vcf, "-f", fa, *model, "--scores", "cosine", "-o", tmp_path / "o.vcf",
+                    "--force", "--threads", 1)
+        assert p.returncode == 0, p.stderr
+        text = " ".join(p.stderr.split())  # rich wraps long lines at the terminal width
+        return [w for w in text.split("warning: ")[1:] if "zero-shot scores are not informative" in w]
+
+    got = warnings()  # no --model: the embedded ntk-yeast-tiny
+    assert len(got) == 1 and "ntk-yeast-tiny" in got[0]
+
+    def api_warnings(model):  # the Python API logs the same line through `log`
+        lines = []
+        score_variants(str(vcf), str(fa), model=model, scores="cosine", output=str(tmp_path / "o.vcf"), force=True,
+                       log=lines.append)
+        return [ln for ln in lines if "zero-shot scores are not informative" in ln]
+
+    assert api_warnings(GOLDEN / "nt_v2_tiny") == []
+    carded = tmp_path / "carded"
+    shutil.copytree(GOLDEN / "nt_v2_tiny", carded)
+    (carded / "README.md").write_text("# my model\n\nZero-shot scores: not informative (trained on 1 Mb).\n")
+    got = api_warnings(carded)
+    assert len(got) == 1 and "model card (README.md)" in got[0]

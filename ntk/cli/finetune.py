@@ -38,6 +38,26 @@ MonitorOpt = Annotated[Optional[str], typer.Option("--monitor", help="Validation
                                                    "best/: mcc, auroc, auprc, f1, accuracy, pearson, spearman, r2, "
                                                    "mse, loss, or metric/NAME [default: classify mcc, regress "
                                                    "pearson, segment auprc]")]
+# classify/regress: defaults chosen by measurement (README, `ntk finetune`; bench/RESULTS.md)
+SeqEpochsOpt = Annotated[Optional[float], typer.Option("--epochs", help="Passes over the training data [default: 5,000 "
+                                                       "sequences' worth, 3 to 10 epochs]")]
+SeqLrOpt = Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate [default: full: by model size "
+                                                   "(1e-3 up to 5 M parameters ... 1e-4 from 150 M), head and lora "
+                                                   "3e-3, ia3 1e-2]")]
+SeqEvalEveryOpt = Annotated[Optional[int], typer.Option("--eval-every", help="Validate every N steps [default: twice "
+                                                        "per epoch]")]
+SeqPatienceOpt = Annotated[Optional[int], typer.Option("--patience", help="Stop after N evaluations without "
+                                                       "improvement (0 = never) [default: a third of the run's "
+                                                       "evaluations, at least 2]")]
+SeqMonitorOpt = Annotated[Optional[str], typer.Option("--monitor", help="Validation metric for early stopping and "
+                                                      "best/: loss, mcc, auroc, auprc, f1, accuracy, pearson, "
+                                                      "spearman, r2, mse, or metric/NAME [default: loss]")]
+BaselineOpt = Annotated[str, typer.Option("--baseline", help="kmer: fit a logistic (ridge) regression on 1-6-mer "
+                                          "frequencies on the same split and report it next to the model; none; "
+                                          "auto: kmer up to 20,000 records")]
+ShiftAugmentOpt = Annotated[int, typer.Option("--shift-augment", help="Drop 0..N leading nucleotides of a training "
+                                              "sequence each time it is drawn, so every 6-mer tokenisation frame "
+                                              "is seen (0 = off)")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the head init, split, shuffling and augmentation")]
 SaveEveryOpt = Annotated[int, typer.Option("--save-every", help="Checkpoint every N steps (0 = at the end)")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue the run in -o from its latest checkpoint")]
@@ -75,9 +95,7 @@ def _names(values: list[str] | None) -> list[str]:
 def _options(**kw):
     from ..pipelines.finetune import FinetuneOptions
 
-    if kw.get("patience") == 0:
-        kw["patience"] = None
-    return FinetuneOptions(**kw)
+    return FinetuneOptions(**kw)  # patience None: by the run's length; 0: never
 
 
 def _fmt(d: dict | None, keys=None) -> str:
@@ -102,6 +120,18 @@ def _summary(name: str, rep: dict, output: str) -> None:
         console.print(f"  test (best/):       {_fmt(rep['test'], main)}")
         if rep.get("initial_test"):
             console.print(f"  test, untrained head: {_fmt(rep['initial_test'], main)}")
+    base = rep.get("baseline")
+    if base:
+        which = "test" if base.get("test") else "val"
+        console.print(f"  {which}, k-mer baseline ({base['features']}, logistic/ridge): {_fmt(base.get(which), main)}")
+        key = rep["monitor"][4:]
+        mine, theirs = (rep.get(which) or {}).get(key), (base.get(which) or {}).get(key)
+        if mine is not None and theirs is not None:
+            lower = key.split("/")[0] in ("loss", "mse")
+            if (mine >= theirs) if lower else (mine <= theirs):
+                console.print(f"  [yellow]the model does not beat the k-mer baseline on {which} {key}[/yellow]")
+    if rep.get("best_is_untrained"):
+        console.print("  [bold yellow]best/ is the untrained head: no evaluation improved on it[/bold yellow]")
     console.print(f"  model: {rep.get('best_checkpoint')}  metrics: {output}/metrics.json")
 
 
@@ -131,15 +161,17 @@ def _sequence_cmd(
     lora_targets: LoraTargetsOpt = "query,value",
     ia3_targets: Ia3TargetsOpt = "key,value,ffn_out",
     merge: MergeOpt = False,
-    epochs: EpochsOpt = 10.0,
+    epochs: SeqEpochsOpt = None,
     steps: StepsOpt = None,
     batch_size: BatchOpt = 16,
-    lr: LrOpt = None,
+    lr: SeqLrOpt = None,
     warmup: WarmupOpt = 0.05,
     weight_decay: WdOpt = 0.01,
-    eval_every: EvalEveryOpt = None,
-    patience: PatienceOpt = 5,
-    monitor: MonitorOpt = None,
+    eval_every: SeqEvalEveryOpt = None,
+    patience: SeqPatienceOpt = None,
+    monitor: SeqMonitorOpt = None,
+    baseline: BaselineOpt = "auto",
+    shift_augment: ShiftAugmentOpt = 5,
     seed: SeedOpt = 0,
     save_every: SaveEveryOpt = 0,
     resume: ResumeOpt = False,
@@ -169,7 +201,7 @@ def _sequence_cmd(
                     merge=merge, epochs=epochs, steps=steps, batch_size=batch_size, lr=lr, warmup=warmup,
                     weight_decay=weight_decay, eval_every=eval_every, patience=patience, monitor=monitor,
                     seed=seed, device=device, precision=precision, threads=threads, save_every=save_every,
-                    quiet=quiet, force=force, resume=resume)
+                    quiet=quiet, force=force, resume=resume, baseline=baseline, shift_augment=shift_augment)
     rep = finetune_sequences(task, inp, output, opts)
     if not quiet:
         _summary(task, rep, output)

@@ -61,8 +61,11 @@ def register(app: typer.Typer) -> None:
                                                       "processes; reached by gradient accumulation)")] = 65536,
         batch_size: Annotated[str, typer.Option("--batch-size", help="Sequences per forward pass per process, or "
                                                 "auto")] = "auto",
-        lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (AdamW)")] = 1e-4,
-        warmup: Annotated[int, typer.Option("--warmup", help="Linear warm-up steps")] = 1000,
+        lr: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate (AdamW) [default: by model "
+                                                    "size: 1e-3 up to 5 M parameters, 5e-4 to 30 M, 3e-4 to 150 M, "
+                                                    "1e-4 to 600 M, 5e-5 above]")] = None,
+        warmup: Annotated[Optional[int], typer.Option("--warmup", help="Linear warm-up steps [default: 5% of "
+                                                      "--steps, at most 1000]")] = None,
         schedule: Annotated[str, typer.Option("--schedule", help="cosine | inverse_sqrt | constant")] = "cosine",
         weight_decay: Annotated[float, typer.Option("--weight-decay")] = 0.01,
         grad_clip: Annotated[float, typer.Option("--grad-clip", help="Max gradient norm (0 = off)")] = 1.0,

@@ -229,6 +229,37 @@ def load_model(path_or_name=None, device="cpu", dtype=torch.float32) -> Nucleoti
     return model
 
 
+ZERO_SHOT_KEY = "zero_shot_informative"  # config.json: false = the model card says zero-shot scores mean nothing
+_CARD_NAMES = ("README.md", "MODEL_CARD.md")
+_CARD_MARK = "zero-shot scores: not informative"
+
+
+def zero_shot_not_informative(model: NucleotideTransformer) -> str | None:
+    """Why this model's zero-shot scores (``ntk score-variants``) are not informative, or None: the embedded
+    default model (trained on one small genome), a config.json with ``"zero_shot_informative": false``, or a
+    model card (README.md / MODEL_CARD.md in the checkpoint directory) with the line
+    ``zero-shot scores: not informative``."""
+    if model.config.extra.get(ZERO_SHOT_KEY) is False:
+        return f"its config.json says {ZERO_SHOT_KEY}: false"
+    source = getattr(model, "source", None)
+    if not source:
+        return None
+    d = Path(source)
+    try:
+        if d.resolve() == (EMBEDDED_DIR / EMBEDDED_DEFAULT).resolve():
+            return f"it is ntk's small embedded model {EMBEDDED_DEFAULT}"
+    except OSError:
+        return None
+    for name in _CARD_NAMES:
+        card = d / name
+        try:
+            if card.is_file() and _CARD_MARK in card.read_text(errors="replace").lower():
+                return f"its model card ({card.name}) says so"
+        except OSError:
+            continue
+    return None
+
+
 def save_model(model: NucleotideTransformer, directory: str | os.PathLike, extra_files: dict[str, str] | None = None,
                dtype: torch.dtype | None = None) -> Path:
     """Write ``config.json`` + ``model.safetensors`` atomically (temp dir + rename) in the HF layout."""

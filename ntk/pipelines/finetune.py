@@ -40,12 +40,23 @@ from ..train.distributed import env_world_size
 from ..train.finetune_data import (EncodedLabels, SequenceBatches, Split, encode_labels, split_by_chroms,
                                    split_by_column, split_kfold, split_random, tokenize_all)
 from ..train.loop import TrainConfig, Trainer
+from ..train.optim import default_pretrain_lr
 from .predict import sequence_outputs
 
 METHODS = ("full", "head", "lora", "ia3")
+# segmentation (``ntk finetune segment``) keeps these; classify/regress choose by measurement (sequence_defaults)
 DEFAULT_LR = {"full": 1e-4, "head": 1e-3, "lora": 1e-3, "ia3": 3e-3}
-DEFAULT_MONITOR = {"single_label_classification": "mcc", "multi_label_classification": "mcc",
-                   "regression": "pearson", "segmentation": "auprc"}
+# classify/regress: the validation loss by default (a rank metric like MCC is flat for an untrained head and
+# noisy on small validation sets; the loss also stops over-confident overfitting); MCC etc. only when asked
+DEFAULT_MONITOR = {"single_label_classification": "loss", "multi_label_classification": "loss",
+                   "regression": "loss", "segmentation": "auprc"}
+# classify/regress defaults, measured on the planted-motif task and a yeast task (README, bench/RESULTS.md)
+SEQUENCE_DEFAULT_METHOD = "full"
+SEQUENCE_LR = {"head": 3e-3, "lora": 3e-3, "ia3": 1e-2}  # full: by model size (sequence_lr)
+SEQUENCE_DRAWS = 5000  # default epochs: about this many training-sequence draws, 3 to 10 epochs
+EVALS_PER_EPOCH = 2
+LEGACY_EPOCHS = 10.0  # segment (its CLI passes its own)
+BASELINE_AUTO_MAX_RECORDS = 20_000  # --baseline auto: the k-mer baseline up to this many records
 OWN_ENTRIES = ("metrics.json",)  # written here, besides the trainer's run-directory entries
 
 
@@ -53,22 +64,23 @@ OWN_ENTRIES = ("metrics.json",)  # written here, besides the trainer's run-direc
 class FinetuneOptions:
     """Everything the fine-tuning runs share (the CLI maps its options onto this one to one)."""
     model: str | None = None  # base checkpoint dir / preset / None = embedded default
-    method: str = "full"  # full | head | lora | ia3
+    method: str = "full"  # full | head | lora | ia3 (classify/regress default: SEQUENCE_DEFAULT_METHOD)
     lora_rank: int = 8
     lora_alpha: float = 16.0
     lora_dropout: float = 0.0
     lora_targets: str = "query,value"
     ia3_targets: str = "key,value,ffn_out"
     merge: bool = False  # fold adapters into plain weights in best/ and final/
-    epochs: float = 10.0
+    epochs: float | None = None  # None: classify/regress default_epochs(training records), segment 10
     steps: int | None = None  # overrides epochs
     batch_size: int = 16
     lr: float | None = None  # None: per-method default (DEFAULT_LR)
     warmup: float = 0.05  # < 1: fraction of the steps; >= 1: steps
     weight_decay: float = 0.01
     schedule: str = "cosine"
-    eval_every: int | None = None  # steps; None: once per epoch
-    patience: int | None = 5  # evaluations without improvement before stopping
+    eval_every: int | None = None  # steps; None: classify/regress twice per epoch, segment once per epoch
+    patience: int | None = None  # evaluations without improvement before stopping (None: a third of the
+    #                             run's evaluations, at least 2; 0: never)
     monitor: str | None = None  # validation metric (mcc, auroc, auprc, f1, accuracy, pearson, spearman, r2, loss)
     seed: int = 0
     device: str = "auto"
@@ -78,6 +90,8 @@ class FinetuneOptions:
     quiet: bool = False
     force: bool = False
     resume: bool = False
+    shift_augment: int = 5  # classify/regress: drop 0..N leading nt of a training sequence at each draw
+    baseline: str = "auto"  # classify/regress: kmer | none | auto (kmer up to BASELINE_AUTO_MAX_RECORDS records)
     extra: dict = field(default_factory=dict)
 
 
@@ -230,15 +244,61 @@ def clean_json(obj):
 
 
 # -- run directory ---------------------------------------------------------------------------------
-def train_config(opts: FinetuneOptions, steps_per_epoch: int, monitor: str, mode: str) -> TrainConfig:
-    steps = opts.steps or max(1, math.ceil(opts.epochs * steps_per_epoch))
+def sequence_lr(method: str, n_params: int) -> float:
+    """classify/regress peak learning rate: full fine-tuning by model size (the pretraining table: 1e-3 for the
+    small models measured here, down to 1e-4 from 150 M parameters), adapters and heads fixed (SEQUENCE_LR)."""
+    if method == "full":
+        return default_pretrain_lr(n_params)
+    return SEQUENCE_LR[method]
+
+
+def default_epochs(n_train: int) -> float:
+    """classify/regress: about SEQUENCE_DRAWS sequence draws, at least 3 and at most 10 epochs (10 for 500
+    records, 5 for 1,000, 3 from 1,667 on)."""
+    return float(min(10.0, max(3.0, round(SEQUENCE_DRAWS / max(n_train, 1), 1))))
+
+
+def default_patience(steps: int, eval_every: int) -> int:
+    """A third of the run's evaluations, at least 2: with 2 evaluations per epoch and 6 epochs, 4 evaluations
+    (two epochs) without improvement stop the run."""
+    n_evals = max(1, steps // max(eval_every, 1))
+    return max(2, math.ceil(n_evals / 3))
+
+
+def train_config(opts: FinetuneOptions, steps_per_epoch: int, monitor: str, mode: str,
+                 n_params: int | None = None, sequence_task: bool = False, n_train: int | None = None
+                 ) -> TrainConfig:
+    """The trainer's configuration; ``sequence_task`` (classify/regress) uses the measured defaults for options
+    left at None, segmentation its own (10 epochs, one evaluation per epoch, DEFAULT_LR)."""
+    if opts.epochs is not None:
+        epochs = opts.epochs
+    elif sequence_task:
+        epochs = default_epochs(n_train or 1)
+    else:
+        epochs = LEGACY_EPOCHS
+    steps = opts.steps or max(1, math.ceil(epochs * steps_per_epoch))
     warmup = int(round(opts.warmup * steps)) if opts.warmup < 1 else int(opts.warmup)
-    eval_every = opts.eval_every if opts.eval_every is not None else min(steps_per_epoch, steps)
-    return TrainConfig(steps=steps, lr=opts.lr or DEFAULT_LR[opts.method], warmup_steps=warmup,
+    if opts.eval_every is not None:
+        eval_every = opts.eval_every
+    elif sequence_task:
+        eval_every = max(1, min(math.ceil(steps_per_epoch / EVALS_PER_EPOCH), steps))
+    else:
+        eval_every = min(steps_per_epoch, steps)
+    if opts.lr:
+        lr = opts.lr
+    elif sequence_task:
+        lr = sequence_lr(opts.method, n_params or 0)
+    else:
+        lr = DEFAULT_LR[opts.method]
+    if opts.patience is None:
+        patience = default_patience(steps, eval_every)
+    else:
+        patience = opts.patience or None  # 0: never stop early
+    return TrainConfig(steps=steps, lr=lr, warmup_steps=warmup,
                        schedule=opts.schedule, weight_decay=opts.weight_decay, precision=opts.precision,
                        eval_every=eval_every, save_every=opts.save_every, log_every=1, keep_checkpoints=1,
                        seed=opts.seed, device=opts.device, monitor=monitor, monitor_mode=mode,
-                       patience=opts.patience, save_best=True, quiet=opts.quiet,
+                       patience=patience, save_best=True, quiet=opts.quiet,
                        progress_metrics=("loss",))
 
 
@@ -284,10 +344,18 @@ class _Evals:
 
 def train_and_report(model: NucleotideTransformer, params, opts: FinetuneOptions, run_dir: Path, loss_fn,
                      batches, steps_per_epoch: int, evaluate, problem_type: str, resume_from: Path | None,
-                     test_eval=None, record: dict | None = None) -> dict:
-    """Run the shared Trainer, then evaluate ``best/`` on validation and test data; write metrics.json."""
+                     test_eval=None, record: dict | None = None, sequence_task: bool = False,
+                     baseline=None, n_train: int | None = None) -> dict:
+    """Run the shared Trainer, then evaluate ``best/`` on validation and test data; write metrics.json.
+
+    ``baseline``: a callable returning the baseline's report (``{"kind", "val", "test", ...}``), run before
+    training; stored as ``metrics.json["baseline"]``. When no evaluation beats the untrained head (the best
+    checkpoint is the one of step 0), a warning is logged (also under --quiet) and ``metrics.json`` has
+    ``"best_is_untrained": true``.
+    """
     monitor, mode = monitor_name(problem_type, opts.monitor)
-    tcfg = train_config(opts, steps_per_epoch, monitor, mode)
+    tcfg = train_config(opts, steps_per_epoch, monitor, mode, n_params=model.num_parameters(),
+                        sequence_task=sequence_task, n_train=n_train)
     evals = _Evals(evaluate, monitor)
     trainer = Trainer(model, tcfg, run_dir, loss_fn, batches, eval_fn=evals, trainable_params=params,
                       resume_from=resume_from)
@@ -295,7 +363,12 @@ def train_and_report(model: NucleotideTransformer, params, opts: FinetuneOptions
         from ..cli.common import console
 
         console.log(f"finetune: {count_parameters(params):,} of {model.num_parameters():,} parameters trained "
-                    f"({opts.method}); {tcfg.steps} steps, eval every {tcfg.eval_every}, monitor {monitor} ({mode})")
+                    f"({opts.method}); {tcfg.steps} steps ({tcfg.steps / max(steps_per_epoch, 1):.3g} epochs), "
+                    f"eval every {tcfg.eval_every}, monitor {monitor} ({mode}), patience {tcfg.patience}; lr "
+                    f"{tcfg.lr:.2e}, warm-up {tcfg.warmup_steps}, weight decay {tcfg.weight_decay}")
+    base_report = None
+    if baseline is not None:
+        base_report = baseline()
     initial_test = None
     if test_eval is not None and resume_from is None:  # the untrained head on the test data, for comparison
         trainer.model.eval()
@@ -308,7 +381,18 @@ def train_and_report(model: NucleotideTransformer, params, opts: FinetuneOptions
               "trainable_parameters": count_parameters(params), "total_parameters": model.num_parameters(),
               "monitor": monitor, "steps": summary["step"], "stopped": summary["stopped"],
               "best_value": summary["best"], "best_step": _best_step(trainer.rows, monitor, summary["best"]),
-              "initial_val": _strip(evals.initial), "initial_test": initial_test, **(record or {})}
+              "initial_val": _strip(evals.initial), "initial_test": initial_test,
+              "schedule": {"lr": tcfg.lr, "warmup_steps": tcfg.warmup_steps, "epochs": tcfg.steps / max(
+                  steps_per_epoch, 1), "eval_every": tcfg.eval_every, "patience": tcfg.patience,
+                  "weight_decay": tcfg.weight_decay}, **(record or {})}
+    report["best_is_untrained"] = report["best_step"] == 0
+    if report["best_is_untrained"]:
+        from ..cli.common import console
+
+        console.print(f"[bold yellow]ntk finetune: warning: no evaluation beat the untrained head ({monitor} "
+                      f"{summary['best']:.4g} at step 0): best/ is the untrained model. The model did not learn "
+                      "this task with these options (try more data, --epochs, --lr or --method; compare with the "
+                      "k-mer baseline in metrics.json).[/bold yellow]", soft_wrap=True)
     model = trainer.model.eval()
     if best_dir.is_dir():
         load_into(model, load_state_dict(best_dir), str(best_dir))
@@ -320,6 +404,8 @@ def train_and_report(model: NucleotideTransformer, params, opts: FinetuneOptions
         merge_in_place(best_dir)
         merge_in_place(run_dir / "final")
     report["best_checkpoint"] = str(best_dir) if best_dir.is_dir() else None
+    if base_report is not None:
+        report["baseline"] = base_report
     write_json_atomic(run_dir / "metrics.json", clean_json(report))
     return report
 
@@ -397,6 +483,8 @@ def finetune_sequences(task: str, inp: SequenceTaskInput, run_dir: str | Path, o
     base = load_model(opts.model)
     ids = tokenize_all(base.tokenizer, data.sequences, base.config.max_tokens, data.where, data.source)
     monitor_name(enc.problem_type, opts.monitor)  # a bad --monitor fails before anything is written
+    if opts.baseline not in ("auto", "kmer", "none"):
+        raise NtkError(f"--baseline {opts.baseline!r}: expected kmer, none or auto")
     options = {"task": task, "input": clean_json(asdict(inp)), "finetune": clean_json(asdict(opts)),
                "base_model": getattr(base, "source", str(opts.model))}
     resume_from = None
@@ -417,13 +505,18 @@ def finetune_sequences(task: str, inp: SequenceTaskInput, run_dir: str | Path, o
     if not inp.folds:
         return reports[0]
     summary = {"folds": len(reports), "problem_type": enc.problem_type, "labels": enc.names,
-               "test_mean": {}, "test_std": {}, "per_fold": [r.get("test") for r in reports]}
+               "test_mean": {}, "test_std": {}, "per_fold": [r.get("test") for r in reports],
+               "best_is_untrained": [bool(r.get("best_is_untrained")) for r in reports]}
     keys = sorted({k for r in reports for k in (r.get("test") or {})})
     for key in keys:
         vals = [r["test"][key] for r in reports if r.get("test") and r["test"].get(key) is not None]
         if vals:
             summary["test_mean"][key] = float(np.mean(vals))
             summary["test_std"][key] = float(np.std(vals))
+    base = [(r.get("baseline") or {}).get("test") for r in reports]
+    if all(base):
+        summary["baseline_test_mean"] = {k: float(np.mean([b[k] for b in base if b.get(k) is not None]))
+                                         for k in base[0] if any(b.get(k) is not None for b in base)}
     write_json_atomic(run_dir / "metrics.json", clean_json(summary))
     return summary
 
@@ -449,7 +542,9 @@ def _run_one(base, enc: EncodedLabels, ids, sp: Split, opts: FinetuneOptions, ru
     params = setup_method(model, opts)
     pad = base.config.pad_token_id
     std_t = torch.tensor(std, dtype=torch.float32) if std is not None else None
-    batches = SequenceBatches([ids[i] for i in sp.train], enc.y[sp.train], opts.batch_size, pad, seed=opts.seed)
+    batches = SequenceBatches([ids[i] for i in sp.train], enc.y[sp.train], opts.batch_size, pad, seed=opts.seed,
+                              sequences=[data.sequences[i] for i in sp.train], tokenizer=base.tokenizer,
+                              shift_augment=opts.shift_augment, max_tokens=base.config.max_tokens)
 
     def loss_fn(m, batch):
         out = m(batch["input_ids"], batch["attention_mask"]).logits
@@ -470,7 +565,25 @@ def _run_one(base, enc: EncodedLabels, ids, sp: Split, opts: FinetuneOptions, ru
             return res
         return fn
 
+    def kmer_baseline():
+        from ..train.kmer_baseline import fit_kmer_baseline
+
+        seqs = data.sequences
+        fitted = fit_kmer_baseline([seqs[i] for i in sp.train], enc.y[sp.train], [seqs[i] for i in sp.val],
+                                   enc.y[sp.val], pt)
+        rep = {"kind": "kmer", "features": f"1-{fitted.k_max}-mer frequencies", "l2": fitted.l2}
+        for name, idx in (("val", sp.val), ("test", sp.test)):
+            if len(idx):
+                out, y = fitted.outputs([seqs[i] for i in idx]), enc.y[idx]
+                res = task_metrics(pt, y, out, enc.names)
+                res["loss"] = float(task_loss(pt, torch.from_numpy(out), torch.from_numpy(y), std_t))
+                rep[name] = res
+        return rep
+
+    use_baseline = opts.baseline == "kmer" or (opts.baseline == "auto" and len(data) <= BASELINE_AUTO_MAX_RECORDS)
     record = {"labels": enc.names, "split": {"how": sp.how, **sp.sizes()}}
     return train_and_report(model, params, opts, run_dir, loss_fn, batches, batches.batches_per_epoch,
                             evaluate_on(sp.val), pt, resume_from,
-                            test_eval=evaluate_on(sp.test) if len(sp.test) else None, record=record)
+                            test_eval=evaluate_on(sp.test) if len(sp.test) else None, record=record,
+                            sequence_task=True, baseline=kmer_baseline if use_baseline else None,
+                            n_train=len(sp.train))

@@ -29,6 +29,7 @@ from ..train.checkpointing import prepare_run_dir, read_run_info, write_json_ato
 from ..train.corpus import MaskedLMStream, Prefetcher, split_corpus, unigram_cross_entropy, validation_batches
 from ..train.loop import TrainConfig, Trainer, console, unwrap
 from ..train.masking import masked_lm_loss
+from ..train.optim import default_pretrain_lr, default_warmup, describe_schedule, schedule_warning
 
 # options that define the data stream: a resume with different values does not continue the same stream
 _STREAM_OPTIONS = ("corpora", "weights", "regions", "regions_file", "val_chroms", "val_regions", "val_frac",
@@ -54,8 +55,8 @@ class PretrainOptions:
     steps: int = 10000
     tokens_per_batch: int = 65536        # tokens per optimiser step over all ranks and accumulation
     batch_size: int | None = None        # sequences per forward pass per rank (None: fit a token budget)
-    lr: float = 1e-4
-    warmup: int = 1000
+    lr: float | None = None              # peak rate (None: by model size, ntk.train.optim.PRETRAIN_LR_TABLE)
+    warmup: int | None = None            # warm-up steps (None: 5% of steps, at most 1000)
     schedule: str = "cosine"
     weight_decay: float = 0.01
     grad_clip: float = 1.0
@@ -153,9 +154,17 @@ def _lengths(paths: list[str]) -> dict[str, int]:
     return lengths
 
 
-def _train_config(opts: PretrainOptions, grad_accum: int) -> TrainConfig:
+def resolved_schedule(opts: PretrainOptions, n_params: int | None) -> tuple[float, int]:
+    """(peak lr, warm-up steps) of a run: the options, or the defaults for this model size and run length."""
+    lr = opts.lr if opts.lr is not None else (default_pretrain_lr(n_params) if n_params else 1e-4)
+    warmup = opts.warmup if opts.warmup is not None else default_warmup(opts.steps)
+    return lr, warmup
+
+
+def _train_config(opts: PretrainOptions, grad_accum: int, n_params: int | None = None) -> TrainConfig:
+    lr, warmup = resolved_schedule(opts, n_params)
     return TrainConfig(
-        steps=opts.steps, lr=opts.lr, warmup_steps=opts.warmup, schedule=opts.schedule,
+        steps=opts.steps, lr=lr, warmup_steps=warmup, schedule=opts.schedule,
         weight_decay=opts.weight_decay, grad_clip=opts.grad_clip, grad_accum=grad_accum, precision=opts.precision,
         eval_every=opts.eval_every, save_every=opts.save_every, log_every=opts.log_every,
         keep_checkpoints=opts.keep_checkpoints, seed=opts.seed, device=opts.device,
@@ -265,6 +274,17 @@ def _pretrain(corpora: list[str], run_dir: Path, opts: PretrainOptions, info: D.
         f"{seq_len * micro * accum * world:,} tokens per step; device {info.device}")
     if val_batches:
         say(f"unigram baseline (context-free loss on the validation targets): {baseline:.4f} nats")
+    tcfg = _train_config(opts, grad_accum=accum, n_params=n_params)
+    why = []
+    if opts.lr is None:
+        why.append(f"lr: default for {n_params / 1e6:.2g} M parameters")
+    if opts.warmup is None:
+        why.append("warm-up: default 5% of --steps")
+    say(f"schedule: {describe_schedule(tcfg.schedule, tcfg.warmup_steps, tcfg.steps, tcfg.lr, tcfg.min_lr_ratio)}"
+        + (f" ({'; '.join(why)})" if why else ""))
+    warning = schedule_warning(tcfg.schedule, tcfg.warmup_steps, tcfg.steps, tcfg.lr)
+    if warning and info.is_main:  # shown under --quiet too
+        console.log(f"[yellow]warning: {warning}[/yellow]")
 
     static = info.device.type == "xla"
 
@@ -289,7 +309,6 @@ def _pretrain(corpora: list[str], run_dir: Path, opts: PretrainOptions, info: D.
                 "val_accuracy": hits / max(n, 1), "val_masked_loss": masked / max(n_shown, 1),
                 "val_unigram_loss": baseline}
 
-    tcfg = _train_config(opts, grad_accum=accum)
     batches = Prefetcher(stream)
     try:
         trainer = Trainer(model, tcfg, run_dir, loss_fn, batches, eval_fn=eval_fn if val_batches else None,
@@ -297,7 +316,8 @@ def _pretrain(corpora: list[str], run_dir: Path, opts: PretrainOptions, info: D.
         summary = trainer.fit()
     finally:
         batches.close()
-    summary.update(seq_len=seq_len, micro_batch=micro, grad_accum=accum, world_size=world,
+    summary.update(lr=tcfg.lr, warmup=tcfg.warmup_steps, schedule=tcfg.schedule,
+                   seq_len=seq_len, micro_batch=micro, grad_accum=accum, world_size=world,
                    tokens_per_step=seq_len * micro * accum * world, unigram_loss=baseline,
                    val_source=split.val_source, run_dir=run_dir)
     if info.is_main:

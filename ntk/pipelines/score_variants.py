@@ -58,6 +58,7 @@ from ..io.intervals import Interval, check_contig_naming, parse_region, read_bed
 from ..io.tables import ParquetStreamWriter
 from ..io.vcf import STAR, SYMBOLIC, InfoField, VcfReader, VcfWriter, split_alts
 from ..model import load_model
+from ..model.checkpoint import zero_shot_not_informative
 from ..model.runtime import resolve_device, resolve_dtype, set_threads
 from ..model.tokenizer import reverse_complement
 from .batching import auto_token_budget, by_token_budget
@@ -711,6 +712,10 @@ def score_variants(vcf: str, reference: str | IndexedFasta, *, model=None,
             model = load_model(model, device=dev, dtype=resolve_dtype(precision, dev))
         score_names = parse_scores(scores, model)
         W = check_window(model, window)
+        why = zero_shot_not_informative(model)
+        if why and log is not None:
+            log(f"warning: this model's zero-shot scores are not informative ({why}): on held-out yeast they do not "
+                "separate coding from intergenic or stop-gain from synonymous SNVs; use a released model (--model)")
         order_rank = {c: i for i, c in enumerate(fasta.names)}
         scorer = VariantScorer(model, fasta, score_names, W, rc_average, segment_radius, token_budget, batch_size)
         names = scorer.value_names()

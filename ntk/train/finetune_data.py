@@ -246,10 +246,22 @@ def collate(ids: list[np.ndarray], y: np.ndarray | None, pad_id: int) -> dict[st
 
 
 class SequenceBatches:
-    """Endless shuffled batches over the training examples, one permutation per epoch (seeded); resumable."""
+    """Endless shuffled batches over the training examples, one permutation per epoch (seeded); resumable.
 
-    def __init__(self, ids: list[np.ndarray], y: np.ndarray, batch_size: int, pad_id: int, seed: int = 0):
+    ``shift_augment`` (with ``sequences`` and ``tokenizer``): each time a sequence is drawn, 0..shift_augment of
+    its leading nucleotides are dropped (uniformly, seeded by epoch and batch) before it is tokenised, so the model
+    sees every 6-mer tokenisation frame of it. With 6-mer tokens a motif is a different token (or split over two)
+    in each frame: without this, a small data set is learned by heart in one frame instead of by its content.
+    """
+
+    def __init__(self, ids: list[np.ndarray], y: np.ndarray, batch_size: int, pad_id: int, seed: int = 0,
+                 sequences: list[str] | None = None, tokenizer=None, shift_augment: int = 0,
+                 max_tokens: int | None = None):
         self.ids, self.y, self.batch_size, self.pad_id, self.seed = ids, y, batch_size, pad_id, seed
+        self.sequences, self.tokenizer, self.shift_augment = sequences, tokenizer, shift_augment
+        self.max_tokens = max_tokens
+        if shift_augment and (sequences is None or tokenizer is None):
+            raise ValueError("shift_augment needs the sequences and the tokenizer")
         self.epoch, self.batch = 0, 0
 
     @property
@@ -262,13 +274,27 @@ class SequenceBatches:
     def load_state_dict(self, d: dict) -> None:
         self.epoch, self.batch = int(d["epoch"]), int(d["batch"])
 
+    def _ids(self, sel: np.ndarray) -> list[np.ndarray]:
+        if not self.shift_augment:
+            return [self.ids[i] for i in sel]
+        rng = np.random.default_rng([self.seed, self.epoch, self.batch, 1])
+        shifts = rng.integers(0, self.shift_augment + 1, size=len(sel))
+        out = []
+        for i, k in zip(sel, shifts):
+            s = self.sequences[i]
+            k = int(min(k, max(len(s) - 6, 0)))  # keep at least one 6-mer
+            t = self.tokenizer.tokenize(s[k:])[0] if k else self.ids[i]
+            out.append(self.ids[i] if self.max_tokens and len(t) > self.max_tokens else t)
+        return out
+
     def __iter__(self):
         while True:
             perm = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.ids))
             while self.batch < self.batches_per_epoch:
                 sel = perm[self.batch * self.batch_size:(self.batch + 1) * self.batch_size]
+                ids = self._ids(sel)
                 self.batch += 1
-                yield collate([self.ids[i] for i in sel], self.y[sel], self.pad_id)
+                yield collate(ids, self.y[sel], self.pad_id)
             self.epoch, self.batch = self.epoch + 1, 0
 
 
