@@ -56,6 +56,7 @@ SEQUENCE_LR = {"head": 3e-3, "lora": 3e-3, "ia3": 1e-2}  # full: by model size (
 SEQUENCE_DRAWS = 5000  # default epochs: about this many training-sequence draws, 3 to 10 epochs
 EVALS_PER_EPOCH = 2
 LEGACY_EPOCHS = 10.0  # segment (its CLI passes its own)
+LEGACY_PATIENCE = 5
 BASELINE_AUTO_MAX_RECORDS = 20_000  # --baseline auto: the k-mer baseline up to this many records
 OWN_ENTRIES = ("metrics.json",)  # written here, besides the trainer's run-directory entries
 
@@ -291,7 +292,7 @@ def train_config(opts: FinetuneOptions, steps_per_epoch: int, monitor: str, mode
     else:
         lr = DEFAULT_LR[opts.method]
     if opts.patience is None:
-        patience = default_patience(steps, eval_every)
+        patience = default_patience(steps, eval_every) if sequence_task else LEGACY_PATIENCE
     else:
         patience = opts.patience or None  # 0: never stop early
     return TrainConfig(steps=steps, lr=lr, warmup_steps=warmup,
