@@ -44,14 +44,13 @@ from ..train.optim import default_pretrain_lr
 from .predict import sequence_outputs
 
 METHODS = ("full", "head", "lora", "ia3")
-# segmentation (``ntk finetune segment``) keeps these; classify/regress choose by measurement (sequence_defaults)
+# segmentation (``ntk finetune segment``) keeps these; classify/regress use the measured defaults (train_config)
 DEFAULT_LR = {"full": 1e-4, "head": 1e-3, "lora": 1e-3, "ia3": 3e-3}
 # classify/regress: the validation loss by default (a rank metric like MCC is flat for an untrained head and
 # noisy on small validation sets; the loss also stops over-confident overfitting); MCC etc. only when asked
 DEFAULT_MONITOR = {"single_label_classification": "loss", "multi_label_classification": "loss",
                    "regression": "loss", "segmentation": "auprc"}
 # classify/regress defaults, measured on the planted-motif task and a yeast task (README, bench/RESULTS.md)
-SEQUENCE_DEFAULT_METHOD = "full"
 SEQUENCE_LR = {"head": 3e-3, "lora": 3e-3, "ia3": 1e-2}  # full: by model size (sequence_lr)
 SEQUENCE_DRAWS = 5000  # default epochs: about this many training-sequence draws, 3 to 10 epochs
 EVALS_PER_EPOCH = 2
@@ -65,7 +64,7 @@ OWN_ENTRIES = ("metrics.json",)  # written here, besides the trainer's run-direc
 class FinetuneOptions:
     """Everything the fine-tuning runs share (the CLI maps its options onto this one to one)."""
     model: str | None = None  # base checkpoint dir / preset / None = embedded default
-    method: str = "full"  # full | head | lora | ia3 (classify/regress default: SEQUENCE_DEFAULT_METHOD)
+    method: str = "full"  # full | head | lora | ia3 (full: the best by measurement, README)
     lora_rank: int = 8
     lora_alpha: float = 16.0
     lora_dropout: float = 0.0
@@ -75,7 +74,7 @@ class FinetuneOptions:
     epochs: float | None = None  # None: classify/regress default_epochs(training records), segment 10
     steps: int | None = None  # overrides epochs
     batch_size: int = 16
-    lr: float | None = None  # None: per-method default (DEFAULT_LR)
+    lr: float | None = None  # None: classify/regress sequence_lr, segment DEFAULT_LR
     warmup: float = 0.05  # < 1: fraction of the steps; >= 1: steps
     weight_decay: float = 0.01
     schedule: str = "cosine"
