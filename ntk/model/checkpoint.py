@@ -229,6 +229,12 @@ def load_model(path_or_name=None, device="cpu", dtype=torch.float32) -> Nucleoti
     return model
 
 
+def _host() -> str:
+    import socket
+
+    return re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())[:40]
+
+
 def save_model(model: NucleotideTransformer, directory: str | os.PathLike, extra_files: dict[str, str] | None = None,
                dtype: torch.dtype | None = None) -> Path:
     """Write ``config.json`` + ``model.safetensors`` atomically (temp dir + rename) in the HF layout."""
@@ -236,7 +242,8 @@ def save_model(model: NucleotideTransformer, directory: str | os.PathLike, extra
 
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    # owner-tagged name (see io/atomic.py): a later run removes it if this process dies before the rename
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.ntk-tmp-{os.getpid()}@{_host()}-", dir=directory.parent))
     try:
         cfg = model.config
         cfg.to_json(tmp / "config.json")
@@ -245,8 +252,9 @@ def save_model(model: NucleotideTransformer, directory: str | os.PathLike, extra
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
         if directory.exists():
-            old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
-            directory.rename(old)
+            old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.ntk-old-{os.getpid()}@{_host()}-",
+                                        dir=directory.parent))
+            directory.rename(old / directory.name)
             tmp.rename(directory)
             shutil.rmtree(old, ignore_errors=True)
         else:
