@@ -12,6 +12,7 @@ from rich.markup import escape
 
 from .. import __version__
 from ..errors import Interrupted, NtkError
+from ..io.atomic import is_closed_pipe
 from .common import console
 
 app = typer.Typer(
@@ -82,7 +83,17 @@ def _install_signal_handlers() -> None:
 
 def _error(message: str, code: int) -> None:
     console.print(f"[bold red]ntk: error:[/bold red] {escape(message)}", soft_wrap=True)  # no markup in messages
+    _drop_stdout()
     sys.exit(code)
+
+
+def _drop_stdout() -> None:
+    """Leave stdout so that flushing it at exit cannot fail again (full disk, closed pipe) with a second message."""
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
 
 
 def main() -> None:
@@ -108,8 +119,10 @@ def main() -> None:
     except BrokenPipeError:
         _closed_pipe()
     except Exception as e:  # usage errors from click (typer may vendor its own copy of click)
-        if isinstance(e, OSError) and (e.errno == errno.EPIPE or "Broken pipe" in str(e)):  # polars/pysam writers
+        if is_closed_pipe(e):  # polars/pysam writers
             _closed_pipe()
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):  # any output: the disk is full
+            _error(f"{e.filename + ': ' if e.filename else ''}{e.strerror} (no output was written)", 1)
         if _is_click(e, "ClickException"):
             e.show()
             sys.exit(e.exit_code)

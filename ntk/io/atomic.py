@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import socket
+import sys
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -69,6 +70,31 @@ def clean_leftovers(directory: str | os.PathLike, name: str | None = None) -> li
         except OSError:
             pass
     return removed
+
+
+def is_closed_pipe(e: BaseException) -> bool:
+    """A write to a pipe whose reader has gone (``| head``): not an error for a shell pipeline."""
+    return isinstance(e, BrokenPipeError) or (isinstance(e, OSError) and (
+        e.errno == errno.EPIPE or "Broken pipe" in str(e) or "os error 32" in str(e)))
+
+
+def stream_label(stream) -> str:
+    if stream is getattr(sys.stdout, "buffer", None) or stream is sys.stdout:
+        return "stdout"
+    return str(getattr(stream, "name", "output stream"))
+
+
+@contextlib.contextmanager
+def writing(target: str) -> Iterator[None]:
+    """Turn a failed write to ``target`` (disk full, quota, I/O error) into one line naming it; a closed pipe
+    goes through unchanged (the CLI ends quietly)."""
+    try:
+        yield
+    except OSError as e:
+        if is_closed_pipe(e):
+            raise
+        reason = e.strerror or re.sub(r"\s*\(os error \d+\)$", "", str(e)) or type(e).__name__
+        raise NtkError(f"{target}: cannot write ({reason})") from None
 
 
 def make_parent(path: str | os.PathLike) -> Path:

@@ -23,7 +23,7 @@ from typing import Mapping
 import numpy as np
 import polars as pl
 
-from .atomic import AtomicOutput, atomic_path, temp_dir, temp_file, temp_prefix
+from .atomic import AtomicOutput, atomic_path, temp_dir, writing, temp_file, temp_prefix
 
 
 def _metadata(metadata: Mapping[str, object] | None) -> dict[str, str] | None:
@@ -33,9 +33,9 @@ def _metadata(metadata: Mapping[str, object] | None) -> dict[str, str] | None:
 
 
 def _copy_to_stdout(path: Path) -> None:
-    with open(path, "rb") as f:
+    with open(path, "rb") as f, writing("stdout"):
         shutil.copyfileobj(f, sys.stdout.buffer, 1 << 22)
-    sys.stdout.buffer.flush()
+        sys.stdout.buffer.flush()
 
 
 def write_parquet(df: pl.DataFrame, path: str | os.PathLike, metadata: Mapping[str, object] | None = None,
