@@ -130,6 +130,9 @@ def _create_error(p: Path, e: OSError) -> NtkError:
     return NtkError(f"{p}: cannot create the output ({e.strerror or e})")
 
 
+_INDEX_SUFFIXES = (".fai", ".gzi", ".tbi", ".csi")
+
+
 def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     try:
         return os.path.samefile(a, b)
@@ -140,7 +143,12 @@ def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
 def refuse_inputs_as_outputs(outputs: Iterable[str | os.PathLike | None],
                              inputs: Iterable[str | os.PathLike | None]) -> None:
     """Refuse any output that is one of the inputs (symlinks resolved), or an output directory that holds one."""
-    ins = [Path(i) for i in inputs if i is not None and str(i) not in ("", "-") and Path(i).exists()]
+    ins = []
+    for i in inputs:
+        if i is None or str(i) in ("", "-") or not Path(i).exists():
+            continue
+        ins.append(Path(i))
+        ins.extend(Path(f"{i}{x}") for x in _INDEX_SUFFIXES)  # its index files, existing or to be built
     for o in outputs:
         if o is None or str(o) in ("", "-"):
             continue

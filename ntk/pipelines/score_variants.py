@@ -52,7 +52,7 @@ import torch
 
 from .. import __version__
 from ..errors import InputError, NtkError
-from ..io.atomic import check_writable_target
+from ..io.atomic import check_writable_target, refuse_inputs_as_outputs
 from ..io.fasta import IndexedFasta, acgt_runs, normalise_sequence
 from ..io.intervals import Interval, check_contig_naming, parse_region, read_bed, read_chr_map, suggest_contig
 from ..io.tables import ParquetStreamWriter
@@ -676,6 +676,8 @@ def score_variants(vcf: str, reference: str | IndexedFasta, *, model=None,
         raise NtkError("--table needs a file name (the VCF is the stream output)")
     if segment_radius < 0:
         raise NtkError("--segment-radius must be >= 0")
+    refuse_inputs_as_outputs([output, table], [vcf, reference.path if isinstance(reference, IndexedFasta) else
+                                               reference, regions_file, chr_map if isinstance(chr_map, str) else None])
     fasta = reference if isinstance(reference, IndexedFasta) else IndexedFasta(reference)
     if isinstance(chr_map, str):
         chr_map = read_chr_map(chr_map)
