@@ -65,6 +65,13 @@ class VcfReader:
         self.label = "<stdin>" if self.path == "-" else self.path
         if self.path != "-" and not Path(self.path).is_file():
             raise InputError(f"{self.path}: VCF file not found")
+        if self.path != "-":
+            with open(self.path, "rb") as fh:
+                magic = fh.read(18)
+            if magic[:2] == b"\x1f\x8b" and not (len(magic) >= 14 and magic[3] & 4 and magic[12:14] == b"BC"):
+                raise InputError(f"{self.path}: compressed with plain gzip, not bgzip-compressed: recompress with "
+                                 f"`zcat {self.path} | bgzip > OUT.vcf.gz` (or stream it: `zcat {self.path} | ntk "
+                                 "... -`)")
         try:
             self._vf = pysam.VariantFile(self.path)
         except (OSError, ValueError) as e:

@@ -28,8 +28,8 @@ an insertion of ``d`` extra nt drops ``d // 2`` nt from the left end and the res
 deletion of ``d`` nt extends the window by ``d // 2`` reference nt on the left and the rest on the right (taking
 from the other side at a contig/run end). Edits longer than ``W / 4`` nt are ``unsupported``.
 
-Statuses (``NTK_STATUS``): ``ok`` (at least one score), ``ref_mismatch`` (REF differs from the FASTA, nothing
-scored), ``symbolic`` (``<DEL>``, breakends), ``unsupported`` (``*`` allele, non-nucleotide ALT, edit longer
+Statuses (``NTK_STATUS``): ``ok`` (at least one score), ``ref_mismatch`` (REF differs from the FASTA or lies
+outside the contig, e.g. POS 0; nothing scored), ``symbolic`` (``<DEL>``, breakends), ``unsupported`` (``*`` allele, non-nucleotide ALT, edit longer
 than ``W/4``, or no requested score applies, e.g. ``llr`` alone on an indel), ``no_context`` (contig shorter
 than one token; for SegmentNT-type models also no N-free window of full length around the variant).
 
@@ -397,7 +397,7 @@ class VariantScorer:
         except InputError:
             job.status = "ref_mismatch"
             return
-        if ref_end > L or not job.ref:
+        if job.pos < 0 or ref_end > L or not job.ref:  # POS 0 (a telomere in VCF) or REF past the contig end
             job.status = "ref_mismatch"
             return
         try:
