@@ -59,7 +59,7 @@ def _signal_name(signum: int) -> str:
         return f"signal {signum}"
 
 
-def _install_signal_handlers() -> None:
+def _install_signal_handlers() -> dict:
     """SIGTERM (what SLURM and `kill` send), SIGINT (Ctrl-C) and SIGHUP raise :class:`Interrupted` in the main
     thread, so that temporary outputs are removed on the way out (``--resume`` state is kept); a second signal
     during that cleanup exits at once (the next run on the same output removes what is left). A SIGINT that the
@@ -74,11 +74,13 @@ def _install_signal_handlers() -> None:
                 signal.signal(s, second)
         raise Interrupted(signum)
 
+    old = {}
     for name in _STOP_SIGNALS:
         s = getattr(signal, name, None)
         if s is None or signal.getsignal(s) is signal.SIG_IGN:
             continue
-        signal.signal(s, first)
+        old[s] = signal.signal(s, first)
+    return old
 
 
 def _error(message: str, code: int) -> None:
@@ -97,7 +99,7 @@ def _drop_stdout() -> None:
 
 
 def main() -> None:
-    _install_signal_handlers()
+    previous = _install_signal_handlers()
     try:
         # the command runs here rather than through typer's own main(), which turns Ctrl-C into a silent exit
         # code and a closed stdout into exit 1: every exit rule of ntk is in this function
@@ -122,13 +124,16 @@ def main() -> None:
         if is_closed_pipe(e):  # polars/pysam writers
             _closed_pipe()
         if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):  # any output: the disk is full
-            _error(f"{e.filename + ': ' if e.filename else ''}{e.strerror} (no output was written)", 1)
+            _error(f"{e.filename + ': ' if e.filename else ''}{e.strerror} (no output was written)", 2)
         if _is_click(e, "ClickException"):
             e.show()
             sys.exit(e.exit_code)
         if _is_click(e, "Exit"):
             sys.exit(e.exit_code)
         raise
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 def _closed_pipe() -> None:
