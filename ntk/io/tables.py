@@ -70,7 +70,7 @@ class ParquetStreamWriter(AtomicOutput):
         self.metadata = _metadata(metadata)
         self.row_group_size = row_group_size
         if self.path == "-":
-            self._dir = Path(tempfile.mkdtemp(prefix=temp_prefix("stdout", "parts")[1:]))  # in the system tmp dir
+            self._dir = Path(tempfile.mkdtemp(prefix=temp_prefix("stdout", "parts"), dir=tempfile.gettempdir()))
         else:
             self._dir = temp_dir(self.path, "parts")
         self._parts: list[Path] = []
