@@ -29,9 +29,10 @@ deletion of ``d`` nt extends the window by ``d // 2`` reference nt on the left a
 from the other side at a contig/run end). Edits longer than ``W / 4`` nt are ``unsupported``.
 
 Statuses (``NTK_STATUS``): ``ok`` (at least one score), ``ref_mismatch`` (REF differs from the FASTA or lies
-outside the contig, e.g. POS 0; nothing scored), ``symbolic`` (``<DEL>``, breakends), ``unsupported`` (``*`` allele, non-nucleotide ALT, edit longer
-than ``W/4``, or no requested score applies, e.g. ``llr`` alone on an indel), ``no_context`` (contig shorter
-than one token; for SegmentNT-type models also no N-free window of full length around the variant).
+outside the contig, e.g. POS 0; nothing scored), ``symbolic`` (``<DEL>``, breakends), ``unsupported`` (``*``
+allele, non-nucleotide ALT, edit longer than ``W/4``, or no requested score applies, e.g. ``llr`` alone on an
+indel), ``no_context`` (contig shorter than one token; for SegmentNT-type models also no N-free window of full
+length around the variant).
 
 Streaming: records are read in chunks; each chunk is sorted by position so that variants in the same window
 share its reference pass (a small cache carries windows across chunks); alternate and masked sequences are
