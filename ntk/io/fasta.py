@@ -399,14 +399,21 @@ def _read_fai(fai: Path, label: str) -> list[tuple[str, int, int, int, int]]:
     return rows
 
 
-def _header_names(gap: bytes) -> list[bytes | None]:
-    """Names of the '>' header lines in ``gap`` (None for a header without a name)."""
-    out: list[bytes | None] = []
+def _gap_records(gap: bytes) -> tuple[list[list], bool]:
+    """The '>' header lines in ``gap`` as ``[name or None, followed by sequence lines]``, and whether sequence
+    lines come before the first header (bytes of a record the index does not know)."""
+    out: list[list] = []
+    stray = False
     for line in gap.split(b"\n"):
         if line.startswith(b">"):
             parts = line[1:].split(None, 1)
-            out.append(parts[0] if parts else None)
-    return out
+            out.append([parts[0] if parts else None, False])
+        elif line.strip() and not line.startswith(b";"):
+            if out:
+                out[-1][1] = True
+            else:
+                stray = True
+    return out, stray
 
 
 def check_index(label: Path, src: Path, fai: Path, gzi: Path | None, built: bool) -> None:
@@ -423,6 +430,7 @@ def check_index(label: Path, src: Path, fai: Path, gzi: Path | None, built: bool
         if not rows:
             return
         names_seen: dict[str, int] = {}
+        empty_seen: set[str] = set()  # records without sequence: htslib leaves them out of the index
         for i, r in enumerate(rows):
             if r[0] == "":
                 prev = f"after record {rows[i - 1][0]!r}" if i else "first record"
@@ -450,15 +458,15 @@ def check_index(label: Path, src: Path, fai: Path, gzi: Path | None, built: bool
                                  f"file or overlaps the previous record: an index of another file); {fix}")
             a = max(start, off - _GAP_READ)
             gap = reader.read(a, off - a)
-            heads = _header_names(gap)
-            if not gap.endswith(b"\n") or not heads or heads[-1] != name.encode("utf-8"):
-                if built and heads and heads[-1] is None:
+            heads, stray = _gap_records(gap)
+            if not gap.endswith(b"\n") or not heads or heads[-1] != [name.encode("utf-8"), False]:
+                if built and heads and heads[-1][0] is None:
                     raise InputError(f"{label}: a '>' header without a name (before byte {off}); give every "
                                      "record a name")
                 raise InputError(f"{fai} does not match {label} (no header '>{name}' before byte {off}: an index "
                                  f"of another file, or the file changed after indexing); {fix}")
-            _check_hidden(heads[:-1], names_seen, label, fai, fix, built)
-            if off - start > _GAP_READ:
+            _check_hidden(heads[:-1], names_seen, empty_seen, label, fai, fix)
+            if stray or off - start > _GAP_READ:
                 raise InputError(f"{fai} does not match {label} (unindexed bytes before record {name!r}: the file "
                                  f"changed after indexing, or the index is of another file); {fix}")
             if lb > 0 and rows[i][1] > lb and reader.read(off + lb, lw - lb) not in (b"\n", b"\r\n"):
@@ -469,26 +477,25 @@ def check_index(label: Path, src: Path, fai: Path, gzi: Path | None, built: bool
             raise InputError(f"{fai} does not match {label} (the file ends before the last indexed record "
                              f"{rows[-1][0]!r}: it changed after indexing, or the index is of another file); {fix}")
         tail = reader.read(tail_start, _GAP_READ)
-        if tail.strip():
-            heads = _header_names(tail)
-            if heads:
-                _check_hidden(heads, names_seen, label, fai, fix, built)
+        heads, stray = _gap_records(tail)
+        _check_hidden(heads, names_seen, empty_seen, label, fai, fix)
+        if stray or len(tail) == _GAP_READ:
             raise InputError(f"{fai} does not match {label} (the file continues after the last indexed record "
                              f"{rows[-1][0]!r}: it changed after indexing, or the index is of another file); {fix}")
     finally:
         reader.close()
 
 
-def _check_hidden(heads: list, names: dict[str, int], label: Path, fai: Path, fix: str, built: bool) -> None:
-    """Headers found between two indexed records: records the index skipped."""
-    for h in heads:
+def _check_hidden(heads: list, names: dict[str, int], empty: set[str], label: Path, fai: Path, fix: str) -> None:
+    """Headers found between two indexed records: records the index left out. Only an empty record (no sequence
+    line before the next header) may be missing from an index; its name must still be unique."""
+    for h, has_sequence in heads:
         if h is None:
             raise InputError(f"{label}: a '>' header without a name; give every record a name")
-        try:
-            name = h.decode("utf-8")
-        except UnicodeDecodeError:
-            _decode_name(h, str(label))
-        if name in names:
+        name = _decode_name(h, str(label))
+        if name in names or name in empty:
             raise InputError(f"{label}: duplicate record name {name!r}; names must be unique")
-        raise InputError(f"{fai} does not match {label} (record {name!r} is not in the index: the file changed "
-                         f"after indexing); {fix}")
+        if has_sequence:
+            raise InputError(f"{fai} does not match {label} (record {name!r} is not in the index: the file "
+                             f"changed after indexing); {fix}")
+        empty.add(name)
