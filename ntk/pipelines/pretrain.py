@@ -18,7 +18,8 @@ from torch import nn
 
 from ..errors import NtkError
 from ..io.intervals import Interval, parse_region, read_bed
-from ..model.checkpoint import check_fits_in_memory, load_model
+from ..model.checkpoint import load_model
+from ..model.preflight import check_fits_in_memory
 from ..model.config import PRESETS, NTConfig, preset_config
 from ..model.heads import LMHead
 from ..model.nt import NucleotideTransformer
