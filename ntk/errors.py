@@ -11,3 +11,12 @@ class CheckpointError(NtkError):
 
 class InputError(NtkError):
     """An input file (FASTA, BED, VCF, ...) that is malformed or inconsistent with another input."""
+
+
+class Interrupted(BaseException):
+    """SIGTERM/SIGINT/SIGHUP received: raised in the main thread so that every ``with``/``finally`` removes its
+    temporary outputs on the way out; the CLI then exits with 128 + the signal number."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum

@@ -80,7 +80,7 @@ def register(app: typer.Typer) -> None:
         quiet: QuietOpt = False,
         force: ForceOpt = False,
     ):
-        from ..io.atomic import check_writable_target
+        from ..io.atomic import check_writable_target, refuse_inputs_as_outputs
         from ..io.fasta import IndexedFasta
         from ..io.intervals import parse_region, read_bed, read_chr_map
         from ..model import load_model
@@ -121,6 +121,8 @@ def register(app: typer.Typer) -> None:
             if sys.stdout.isatty():
                 raise NtkError("-o -: Parquet is binary; redirect stdout to a file or give -o FILE")
         else:
+            refuse_inputs_as_outputs([output, npy_rows_path(output) if fmt == "npy" else None],
+                                     [input, reference, regions, chr_map])
             check_writable_target(output, force)
             if fmt == "npy":
                 check_writable_target(npy_rows_path(output), force)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import sys
 from typing import Annotated
 
@@ -10,7 +11,8 @@ import typer
 from rich.markup import escape
 
 from .. import __version__
-from ..errors import NtkError
+from ..errors import Interrupted, NtkError
+from ..io.atomic import is_closed_pipe
 from .common import console
 
 app = typer.Typer(
@@ -47,31 +49,91 @@ def _register() -> None:
 _register()
 
 
-def main() -> None:
+_STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP")
+
+
+def _signal_name(signum: int) -> str:
     try:
-        app(standalone_mode=False)
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def _install_signal_handlers() -> dict:
+    """SIGTERM (what SLURM and `kill` send), SIGINT (Ctrl-C) and SIGHUP raise :class:`Interrupted` in the main
+    thread, so that temporary outputs are removed on the way out (``--resume`` state is kept); a second signal
+    during that cleanup exits at once (the next run on the same output removes what is left). A SIGINT that the
+    process inherited as ignored (background jobs, nohup) stays ignored."""
+    def second(signum, frame):
+        os._exit(128 + signum)
+
+    def first(signum, frame):
+        for name in _STOP_SIGNALS:
+            s = getattr(signal, name, None)
+            if s is not None and signal.getsignal(s) is first:
+                signal.signal(s, second)
+        raise Interrupted(signum)
+
+    old = {}
+    for name in _STOP_SIGNALS:
+        s = getattr(signal, name, None)
+        if s is None or signal.getsignal(s) is signal.SIG_IGN:
+            continue
+        old[s] = signal.signal(s, first)
+    return old
+
+
+def _error(message: str, code: int) -> None:
+    console.print(f"[bold red]ntk: error:[/bold red] {escape(message)}", soft_wrap=True)  # no markup in messages
+    _drop_stdout()
+    sys.exit(code)
+
+
+def _drop_stdout() -> None:
+    """Leave stdout so that flushing it at exit cannot fail again (full disk, closed pipe) with a second message."""
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+
+
+def main() -> None:
+    previous = _install_signal_handlers()
+    try:
+        # the command runs here rather than through typer's own main(), which turns Ctrl-C into a silent exit
+        # code and a closed stdout into exit 1: every exit rule of ntk is in this function
+        command = typer.main.get_command(app)
+        with command.make_context("ntk", sys.argv[1:]) as ctx:
+            command.invoke(ctx)
     except NtkError as e:
-        console.print(f"[bold red]ntk: error:[/bold red] {escape(str(e))}", soft_wrap=True)  # no markup in messages
-        sys.exit(2)
+        signum = getattr(e, "signum", None)  # training stopped by a signal after saving a checkpoint
+        _error(str(e), 128 + signum if signum else 2)
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except typer.Abort:
-        console.print("aborted")
-        sys.exit(130)
+        _error("stopped by SIGINT", 130)
+    except Interrupted as e:
+        _error(f"stopped by {_signal_name(e.signum)}: temporary outputs removed (with --resume, finished chunks are "
+               "kept: start the same command again to continue)", 128 + e.signum)
     except KeyboardInterrupt:
-        console.print("interrupted")
-        sys.exit(130)
+        _error("stopped by SIGINT", 130)
     except BrokenPipeError:
         _closed_pipe()
     except Exception as e:  # usage errors from click (typer may vendor its own copy of click)
-        if isinstance(e, OSError) and (e.errno == errno.EPIPE or "Broken pipe" in str(e)):  # polars/pysam writers
+        if is_closed_pipe(e):  # polars/pysam writers
             _closed_pipe()
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):  # any output: the disk is full
+            _error(f"{e.filename + ': ' if e.filename else ''}{e.strerror} (no output was written)", 2)
         if _is_click(e, "ClickException"):
             e.show()
             sys.exit(e.exit_code)
         if _is_click(e, "Exit"):
             sys.exit(e.exit_code)
         raise
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 def _closed_pipe() -> None:

@@ -112,7 +112,20 @@ def download(name: Annotated[str, typer.Argument(help="Preset name, e.g. nt-v2-5
         import huggingface_hub
     except ImportError:
         raise NtkError("`ntk models download` needs the huggingface_hub package (pip install huggingface_hub)") from None
-    path = huggingface_hub.snapshot_download(repo, allow_patterns=["config.json", "*.safetensors", "*.json", "*.bin"])
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    from ..model.checkpoint import hf_cache_dir
+
+    try:
+        path = huggingface_hub.snapshot_download(repo, allow_patterns=["config.json", "*.safetensors", "*.json",
+                                                                       "*.bin"])
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as e:
+        # no network, a proxy or the hub refusing: say so, and how to put the checkpoint in place by hand
+        reason = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        raise NtkError(f"cannot download {repo} from the Hugging Face hub ({reason}); on a machine with network "
+                       f"run `ntk models download {name}` and copy {hf_cache_dir()}/models--"
+                       f"{repo.replace('/', '--')} here, or download config.json and the weights into a directory "
+                       "and pass it with --model DIR") from None
     console.print(f"{name}: {path}")
 
 

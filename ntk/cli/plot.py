@@ -21,12 +21,14 @@ def register(app: typer.Typer) -> None:
         """Draw the per-nucleotide probabilities of a region (one panel per feature) with the annotation below."""
         import pyBigWig
 
-        from ..io.atomic import check_writable_target
+        from ..io.atomic import check_writable_target, refuse_inputs_as_outputs
         from ..io.intervals import parse_region
         from ..pipelines.plot import plot_region
 
-        check_writable_target(output, force)
         from pathlib import Path
+
+        refuse_inputs_as_outputs([output], [*Path(segment_dir).glob("*.bw"), annotation])
+        check_writable_target(output, force)
 
         tracks = sorted(Path(segment_dir).glob("*.bw"))
         lengths = {}

@@ -96,7 +96,6 @@ def register(app: typer.Typer) -> None:
         """
         from ..pipelines.pretrain import PretrainOptions, pretrain
         from ..train.distributed import env_world_size
-        from ..train.loop import TrainingInterrupted
         from .common import parse_batch_size
 
         opts = PretrainOptions(
@@ -108,11 +107,7 @@ def register(app: typer.Typer) -> None:
             eval_every=eval_every, log_every=log_every, keep_checkpoints=keep_checkpoints, stop_after=stop_after,
             resume=resume, force=force, device=device, precision=precision, grad_checkpointing=grad_checkpointing,
             threads=threads, quiet=quiet)
-        try:
-            s = pretrain(corpora, output, opts)
-        except TrainingInterrupted as e:
-            console.print(f"ntk pretrain: {e}")
-            raise typer.Exit(130) from None
+        s = pretrain(corpora, output, opts)  # TrainingInterrupted: one line, exit 128 + signal (cli/main.py)
         import os
 
         if quiet or int(os.environ.get("RANK", "0")) != 0:

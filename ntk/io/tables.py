@@ -23,7 +23,7 @@ from typing import Mapping
 import numpy as np
 import polars as pl
 
-from .atomic import AtomicOutput, atomic_path
+from .atomic import AtomicOutput, atomic_path, temp_dir, writing, temp_file, temp_prefix
 
 
 def _metadata(metadata: Mapping[str, object] | None) -> dict[str, str] | None:
@@ -33,9 +33,9 @@ def _metadata(metadata: Mapping[str, object] | None) -> dict[str, str] | None:
 
 
 def _copy_to_stdout(path: Path) -> None:
-    with open(path, "rb") as f:
+    with open(path, "rb") as f, writing("stdout"):
         shutil.copyfileobj(f, sys.stdout.buffer, 1 << 22)
-    sys.stdout.buffer.flush()
+        sys.stdout.buffer.flush()
 
 
 def write_parquet(df: pl.DataFrame, path: str | os.PathLike, metadata: Mapping[str, object] | None = None,
@@ -69,10 +69,10 @@ class ParquetStreamWriter(AtomicOutput):
         self.schema = pl.Schema(schema)
         self.metadata = _metadata(metadata)
         self.row_group_size = row_group_size
-        parent = Path(".") if self.path == "-" else Path(self.path).parent
-        parent.mkdir(parents=True, exist_ok=True)
-        prefix = "ntk-parts-" if self.path == "-" else f".{Path(self.path).name}.parts-"
-        self._dir = Path(tempfile.mkdtemp(prefix=prefix, dir=None if self.path == "-" else parent))
+        if self.path == "-":
+            self._dir = Path(tempfile.mkdtemp(prefix=temp_prefix("stdout", "parts"), dir=tempfile.gettempdir()))
+        else:
+            self._dir = temp_dir(self.path, "parts")
         self._parts: list[Path] = []
         self.rows = 0
         self._closed = False
@@ -125,10 +125,8 @@ class NpyStreamWriter(AtomicOutput):
         self.path = Path(path)
         self.row_shape = tuple(int(x) for x in row_shape)
         self.dtype = np.dtype(dtype)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, raw = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".raw", dir=self.path.parent)
-        self._raw_path = Path(raw)
-        self._raw = os.fdopen(fd, "wb")
+        self._raw_path = temp_file(self.path, "raw", ".raw")
+        self._raw = open(self._raw_path, "wb")
         self.rows = 0
         self._closed = False
 

@@ -355,7 +355,10 @@ class BedGraphWriter:
     the same float32."""
 
     def __init__(self, stream: BinaryIO):
+        from .atomic import stream_label
+
         self._out = stream
+        self._label = stream_label(stream)
 
     def add(self, chrom: str, start: int, values: np.ndarray) -> None:
         import polars as pl
@@ -372,7 +375,13 @@ class BedGraphWriter:
             "end": ends + start,
             "value": v[starts],
         })
-        df.write_csv(self._out, separator="\t", include_header=False)
+        from .atomic import writing
+
+        with writing(self._label):
+            df.write_csv(self._out, separator="\t", include_header=False)
 
     def flush(self) -> None:
-        self._out.flush()
+        from .atomic import writing
+
+        with writing(self._label):
+            self._out.flush()

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
 from ..errors import InputError, NtkError
-from .atomic import AtomicOutput, atomic_path, check_writable_target
+from .atomic import AtomicOutput, atomic_path, check_writable_target, writing
 
 # kinds of ALT allele
 SEQUENCE, SYMBOLIC, STAR = "sequence", "symbolic", "star"
@@ -65,6 +65,13 @@ class VcfReader:
         self.label = "<stdin>" if self.path == "-" else self.path
         if self.path != "-" and not Path(self.path).is_file():
             raise InputError(f"{self.path}: VCF file not found")
+        if self.path != "-":
+            with open(self.path, "rb") as fh:
+                magic = fh.read(18)
+            if magic[:2] == b"\x1f\x8b" and not (len(magic) >= 14 and magic[3] & 4 and magic[12:14] == b"BC"):
+                raise InputError(f"{self.path}: compressed with plain gzip, not bgzip-compressed: recompress with "
+                                 f"`zcat {self.path} | bgzip > OUT.vcf.gz` (or stream it: `zcat {self.path} | ntk "
+                                 "... -`)")
         try:
             self._vf = pysam.VariantFile(self.path)
         except (OSError, ValueError) as e:
@@ -157,6 +164,7 @@ class VcfWriter(AtomicOutput):
         self._stack = contextlib.ExitStack()
         self.index_path: Path | None = None
         self.indexed = mode == "wz"
+        self._label = "stdout" if self.path == "-" else self.path
         if self.path == "-":
             self._tmp = "-"
             self._fh = sys.stdout.buffer
@@ -176,7 +184,8 @@ class VcfWriter(AtomicOutput):
 
     def _write_header(self) -> None:
         if self._header_text is not None:
-            self._fh.write(self._header_text.encode())
+            with writing(self._label):
+                self._fh.write(self._header_text.encode())
             self._header_text = None
 
     @staticmethod
@@ -202,7 +211,8 @@ class VcfWriter(AtomicOutput):
                     info.append(f"{key}={','.join(self._format(v) for v in val)}")
             cols[7] = ";".join(info) if info else "."
             line = "\t".join(cols) + "\n"
-        self._fh.write(line.encode())
+        with writing(self._label):
+            self._fh.write(line.encode())
         self.n_written += 1
 
     def close(self) -> bool:
@@ -215,9 +225,11 @@ class VcfWriter(AtomicOutput):
         self._write_header()
         self._closed = True
         if self.path == "-":
-            self._fh.flush()
+            with writing(self._label):
+                self._fh.flush()
             return True
-        self._fh.close()
+        with writing(self._label):
+            self._fh.close()
         ok = True
         if self.indexed:
             idx = Path(self.path + ".tbi")

@@ -126,24 +126,41 @@ def _load_file(path: Path) -> dict[str, torch.Tensor]:
     return obj
 
 
-def load_state_dict(directory: Path) -> dict[str, torch.Tensor]:
+def weight_files(directory: Path) -> list[Path]:
+    """The weight files of a checkpoint: the shards named by a shard index (each one inside ``directory``, after
+    symlinks: an absolute name or one that leads outside is refused), else the single weights file."""
     for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         index = directory / index_name
         if index.is_file():
             try:
                 weight_map = json.loads(index.read_text())["weight_map"]
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                shards = sorted(set(weight_map.values()))
+            except (json.JSONDecodeError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
                 raise CheckpointError(f"{index}: malformed shard index ({e})") from None
-            sd: dict[str, torch.Tensor] = {}
-            for shard in sorted(set(weight_map.values())):
-                if not (directory / shard).is_file():
+            root = directory.resolve()
+            files = []
+            for shard in shards:
+                if not isinstance(shard, str) or not shard:
+                    raise CheckpointError(f"{index}: shard name {shard!r} is not a file name")
+                path = directory / shard
+                if Path(shard).is_absolute() or not path.resolve().is_relative_to(root):
+                    raise CheckpointError(f"{index}: shard {shard!r} lies outside the checkpoint directory "
+                                          f"(absolute path, '..' or a symlink out); refusing to read it")
+                if not path.is_file():
                     raise CheckpointError(f"{index}: shard {shard} is missing")
-                sd.update(_load_file(directory / shard))
-            return sd
+                files.append(path)
+            return files
     for name in ("model.safetensors", "pytorch_model.bin"):
         if (directory / name).is_file():
-            return _load_file(directory / name)
+            return [directory / name]
     raise CheckpointError(f"{directory}: no weights (model.safetensors, pytorch_model.bin or a shard index)")
+
+
+def load_state_dict(directory: Path) -> dict[str, torch.Tensor]:
+    sd: dict[str, torch.Tensor] = {}
+    for path in weight_files(directory):
+        sd.update(_load_file(path))
+    return sd
 
 
 def _normalise_keys(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -169,27 +186,34 @@ def build_model(cfg: NTConfig, sd_keys: set[str] | None = None) -> NucleotideTra
     return NucleotideTransformer(cfg, lm_head=lm, seq_head_labels=labels)
 
 
-def load_into(model: NucleotideTransformer, sd: dict[str, torch.Tensor], where: str) -> None:
-    want = model.state_dict()
-    sd = _normalise_keys(sd)
-    missing = [k for k in want if k not in sd]
+def _mismatch(want: dict[str, tuple], have: dict[str, tuple], cfg: NTConfig) -> str:
+    """What differs between the tensor shapes a config builds (``want``) and a checkpoint's (``have``)."""
+    missing = [k for k in want if k not in have]
     unexpected, mismatched = [], []
-    for k, v in sd.items():
+    for k, shape in have.items():
         if k not in want:
             if k.endswith(_IGNORABLE_SUFFIXES) or k.startswith(_IGNORABLE_PREFIXES):
                 continue
-            if k == "esm.embeddings.position_embeddings.weight" and model.config.rotary:
+            if k == "esm.embeddings.position_embeddings.weight" and cfg.rotary:
                 continue  # v2 checkpoints carry an unused learned position table
             unexpected.append(k)
-        elif tuple(v.shape) != tuple(want[k].shape):
-            mismatched.append(f"{k} {tuple(v.shape)} != expected {tuple(want[k].shape)}")
-    if missing or unexpected or mismatched:
-        parts = []
-        for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)):
-            if items:
-                shown = ", ".join(items[:4]) + (f" (+{len(items) - 4} more)" if len(items) > 4 else "")
-                parts.append(f"{len(items)} {label}: {shown}")
-        raise CheckpointError(f"{where}: weights do not match config.json: " + "; ".join(parts))
+        elif tuple(shape) != tuple(want[k]):
+            mismatched.append(f"{k} {tuple(shape)} != expected {tuple(want[k])}")
+    parts = []
+    for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)):
+        if items:
+            shown = ", ".join(items[:4]) + (f" (+{len(items) - 4} more)" if len(items) > 4 else "")
+            parts.append(f"{len(items)} {label}: {shown}")
+    return "; ".join(parts)
+
+
+def load_into(model: NucleotideTransformer, sd: dict[str, torch.Tensor], where: str) -> None:
+    want = model.state_dict()
+    sd = _normalise_keys(sd)
+    problems = _mismatch({k: tuple(v.shape) for k, v in want.items()}, {k: tuple(v.shape) for k, v in sd.items()},
+                         model.config)
+    if problems:
+        raise CheckpointError(f"{where}: weights do not match config.json: " + problems)
     model.load_state_dict({k: sd[k] for k in want}, strict=True)
 
 
@@ -209,6 +233,9 @@ def load_model(path_or_name=None, device="cpu", dtype=torch.float32) -> Nucleoti
         from .chatnt import load_chatnt
         return load_chatnt(directory, device=device, dtype=dtype)
     cfg = NTConfig.from_json(directory / "config.json")
+    from .preflight import check_before_loading, check_fits_in_memory
+
+    check_before_loading(directory, cfg)  # config vs tensor shapes, and memory, before allocating anything
     sd = _normalise_keys(load_state_dict(directory))
     model = build_model(cfg, set(sd))
     adapter = cfg.extra.get(ADAPTER_KEY)
@@ -223,6 +250,8 @@ def load_model(path_or_name=None, device="cpu", dtype=torch.float32) -> Nucleoti
         cfg.extra.pop(ADAPTER_KEY)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
+    if dev.type == "cuda":  # the weights must fit in the accelerator's free memory too
+        check_fits_in_memory(cfg, str(directory / "config.json"), torch.finfo(dt).bits // 8, device=dev, model=model)
     model = model.to(device=dev, dtype=dt).eval()
     model.source = str(directory)
     model.requires_grad_(False)
@@ -260,6 +289,12 @@ def zero_shot_not_informative(model: NucleotideTransformer) -> str | None:
     return None
 
 
+def _host() -> str:
+    import socket
+
+    return re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())[:40]
+
+
 def save_model(model: NucleotideTransformer, directory: str | os.PathLike, extra_files: dict[str, str] | None = None,
                dtype: torch.dtype | None = None) -> Path:
     """Write ``config.json`` + ``model.safetensors`` atomically (temp dir + rename) in the HF layout."""
@@ -267,7 +302,8 @@ def save_model(model: NucleotideTransformer, directory: str | os.PathLike, extra
 
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    # owner-tagged name (see io/atomic.py): a later run removes it if this process dies before the rename
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.ntk-tmp-{os.getpid()}@{_host()}-", dir=directory.parent))
     try:
         cfg = model.config
         cfg.to_json(tmp / "config.json")
@@ -276,8 +312,9 @@ def save_model(model: NucleotideTransformer, directory: str | os.PathLike, extra
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
         if directory.exists():
-            old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
-            directory.rename(old)
+            old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.ntk-old-{os.getpid()}@{_host()}-",
+                                        dir=directory.parent))
+            directory.rename(old / directory.name)
             tmp.rename(directory)
             shutil.rmtree(old, ignore_errors=True)
         else:

@@ -108,6 +108,7 @@ class NTConfig:
         if "add_bias_fnn" not in d:
             # stock ESM (v1/AgroNT) has biased GELU FFN; rotary NT checkpoints without the key are SwiGLU
             known["add_bias_fnn"] = d.get("position_embedding_type", "absolute") != "rotary"
+        _check_types(known)
         cfg = cls(**known, extra=extra)
         cfg.validate()
         return cfg
@@ -146,6 +147,11 @@ class NTConfig:
             raise ValueError(f"unknown architecture: model_type {self.model_type!r} (expected 'esm')")
         if self.position_embedding_type not in ("absolute", "rotary"):
             raise ValueError(f"unknown position_embedding_type {self.position_embedding_type!r}")
+        for name in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"field {name!r}: must be a positive integer, got {getattr(self, name)}")
+        if self.max_position_embeddings < 3:
+            raise ValueError(f"field 'max_position_embeddings': must be >= 3, got {self.max_position_embeddings}")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError("hidden_size must be divisible by num_attention_heads")
         if self.vocab_size not in (4105, 4107):
@@ -154,6 +160,37 @@ class NTConfig:
             raise ValueError("rotary positions need an even head dimension")
         if self.emb_layer_norm_before:
             raise ValueError("emb_layer_norm_before=true is not used by any NT checkpoint and is not supported")
+
+
+def _type_ok(value: Any, annotation: str) -> bool:
+    for alt in (a.strip() for a in annotation.split("|")):
+        if alt == "None" and value is None:
+            return True
+        if alt == "int" and isinstance(value, int) and not isinstance(value, bool):
+            return True
+        if alt == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True
+        if alt == "bool" and isinstance(value, bool):
+            return True
+        if alt == "str" and isinstance(value, str):
+            return True
+        if alt == "list[str]" and isinstance(value, list) and all(isinstance(x, str) for x in value):
+            return True
+        if alt.startswith("dict[") and isinstance(value, dict):
+            return True
+    return False
+
+
+def _check_types(known: dict[str, Any]) -> None:
+    """Every known config.json field must have its declared JSON type (a string where a size is expected would
+    otherwise fail somewhere deep in the model code)."""
+    types = {f.name: str(f.type) for f in dataclasses.fields(NTConfig)}
+    for name, value in known.items():
+        want = types[name]
+        if not _type_ok(value, want):
+            shown = json.dumps(value)[:60]
+            readable = want.replace("list[str]", "list of strings").replace("dict[str, str]", "object")
+            raise ValueError(f"field {name!r}: expected {readable.replace(' | ', ' or ')}, got {shown}")
 
 
 # ------------------------------------------------------------------------------------------------

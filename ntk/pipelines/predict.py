@@ -26,7 +26,7 @@ import torch
 
 from .. import __version__
 from ..errors import CheckpointError, InputError
-from ..io.atomic import check_writable_target
+from ..io.atomic import check_writable_target, refuse_inputs_as_outputs
 from ..io.fasta import IndexedFasta, iter_fasta, normalise_sequence
 from ..io.intervals import read_bed
 from ..io.labels import input_kind
@@ -231,6 +231,7 @@ def predict(model_path: str | Path, path: str | None, output: str, *, sequence_c
 
     set_threads(threads)
     if output != "-":
+        refuse_inputs_as_outputs([output], [path, regions, reference])
         check_writable_target(output, force)
     model, ckpt = load_predictor(model_path, device, precision)
     tok, max_tokens, pad = model.tokenizer, model.config.max_tokens, model.config.pad_token_id

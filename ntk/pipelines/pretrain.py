@@ -19,6 +19,7 @@ from torch import nn
 from ..errors import NtkError
 from ..io.intervals import Interval, parse_region, read_bed
 from ..model.checkpoint import load_model
+from ..model.preflight import check_fits_in_memory
 from ..model.config import PRESETS, NTConfig, preset_config
 from ..model.heads import LMHead
 from ..model.nt import NucleotideTransformer
@@ -129,7 +130,10 @@ def build_model(opts: PretrainOptions, resume_from: Path | None) -> NucleotideTr
         model.config.architectures = ["EsmForMaskedLM"]
         model.config.num_labels = model.config.problem_type = model.config.id2label = None
         return model
-    model = NucleotideTransformer(new_model_config(opts.config or "tiny"), lm_head=True)
+    cfg = new_model_config(opts.config or "tiny")
+    # weights, gradients and two Adam moments in fp32: refuse before allocating a model that cannot fit
+    check_fits_in_memory(cfg, f"--config {opts.config or 'tiny'}", 16, device="cpu", lm_head=True)
+    model = NucleotideTransformer(cfg, lm_head=True)
     init_weights(model)
     return model
 

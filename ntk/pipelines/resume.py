@@ -28,7 +28,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import InputError
-from ..io.atomic import atomic_path
+from ..io.atomic import atomic_path, clean_leftovers
 
 JOURNAL = "journal.json"
 CHUNK_BP = 1 << 22  # positions per chunk (4 Mbp: ~4 min of SegmentNT on one GPU, a few MB of float32 per feature)
@@ -64,6 +64,7 @@ class Journal:
             self.dir.mkdir(parents=True, exist_ok=True)
             with atomic_path(journal) as tmp:
                 tmp.write_text(json.dumps(self.identity, indent=2, sort_keys=True) + "\n")
+        clean_leftovers(self.dir)  # half-written chunks of a run that was killed (owner process gone)
         self.done = {int(f.name[6:14]) for f in self.dir.glob("chunk-*.npz")}
         self.reused = len(self.done)
         self._cur: int | None = None

@@ -28,10 +28,11 @@ an insertion of ``d`` extra nt drops ``d // 2`` nt from the left end and the res
 deletion of ``d`` nt extends the window by ``d // 2`` reference nt on the left and the rest on the right (taking
 from the other side at a contig/run end). Edits longer than ``W / 4`` nt are ``unsupported``.
 
-Statuses (``NTK_STATUS``): ``ok`` (at least one score), ``ref_mismatch`` (REF differs from the FASTA, nothing
-scored), ``symbolic`` (``<DEL>``, breakends), ``unsupported`` (``*`` allele, non-nucleotide ALT, edit longer
-than ``W/4``, or no requested score applies, e.g. ``llr`` alone on an indel), ``no_context`` (contig shorter
-than one token; for SegmentNT-type models also no N-free window of full length around the variant).
+Statuses (``NTK_STATUS``): ``ok`` (at least one score), ``ref_mismatch`` (REF differs from the FASTA or lies
+outside the contig, e.g. POS 0; nothing scored), ``symbolic`` (``<DEL>``, breakends), ``unsupported`` (``*``
+allele, non-nucleotide ALT, edit longer than ``W/4``, or no requested score applies, e.g. ``llr`` alone on an
+indel), ``no_context`` (contig shorter than one token; for SegmentNT-type models also no N-free window of full
+length around the variant).
 
 Streaming: records are read in chunks; each chunk is sorted by position so that variants in the same window
 share its reference pass (a small cache carries windows across chunks); alternate and masked sequences are
@@ -52,7 +53,7 @@ import torch
 
 from .. import __version__
 from ..errors import InputError, NtkError
-from ..io.atomic import check_writable_target
+from ..io.atomic import check_writable_target, refuse_inputs_as_outputs
 from ..io.fasta import IndexedFasta, acgt_runs, normalise_sequence
 from ..io.intervals import Interval, check_contig_naming, parse_region, read_bed, read_chr_map, suggest_contig
 from ..io.tables import ParquetStreamWriter
@@ -398,7 +399,7 @@ class VariantScorer:
         except InputError:
             job.status = "ref_mismatch"
             return
-        if ref_end > L or not job.ref:
+        if job.pos < 0 or ref_end > L or not job.ref:  # POS 0 (a telomere in VCF) or REF past the contig end
             job.status = "ref_mismatch"
             return
         try:
@@ -677,6 +678,8 @@ def score_variants(vcf: str, reference: str | IndexedFasta, *, model=None,
         raise NtkError("--table needs a file name (the VCF is the stream output)")
     if segment_radius < 0:
         raise NtkError("--segment-radius must be >= 0")
+    refuse_inputs_as_outputs([output, table], [vcf, reference.path if isinstance(reference, IndexedFasta) else
+                                               reference, regions_file, chr_map if isinstance(chr_map, str) else None])
     fasta = reference if isinstance(reference, IndexedFasta) else IndexedFasta(reference)
     if isinstance(chr_map, str):
         chr_map = read_chr_map(chr_map)

@@ -38,7 +38,7 @@ import torch
 
 from .. import __version__
 from ..errors import InputError, NtkError
-from ..io.atomic import atomic_dir
+from ..io.atomic import atomic_dir, refuse_inputs_as_outputs
 from ..io.fasta import IndexedFasta, acgt_runs
 from ..io.intervals import Interval, merge_overlapping, parse_region, read_bed, read_chr_map
 from ..io.segments import SegmentsBedWriter
@@ -416,6 +416,7 @@ def segment_genome(
         raise NtkError(f"--min-length {min_length}: must be >= 1")
     if blend not in BLEND_MODES:
         raise NtkError(f"--blend {blend!r}: expected one of {', '.join(BLEND_MODES)}")
+    refuse_inputs_as_outputs([out_dir], [fasta, regions_file, chr_map])
     fa = IndexedFasta(fasta)
     units = plan_units(fa, regions, regions_file, read_chr_map(chr_map))
 

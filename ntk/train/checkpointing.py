@@ -21,7 +21,6 @@ import os
 import random
 import re
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -103,11 +102,11 @@ def prepare_run_dir(run_dir: str | os.PathLike, kind: str, resume: bool, force: 
 
 
 def write_json_atomic(path: Path, obj) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
+    from ..io.atomic import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
         json.dump(obj, f, indent=2, default=str)
         f.write("\n")
-    os.replace(tmp, path)
 
 
 # -- checkpoints -----------------------------------------------------------------------------------
@@ -135,7 +134,9 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, model: torch.nn.Modul
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:08d}"
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=root))
+    from ..io.atomic import temp_dir
+
+    staging = temp_dir(final)
     try:
         inner = save_model(model, staging / "model")
         torch.save(state, inner / STATE_FILE)

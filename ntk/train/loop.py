@@ -61,7 +61,7 @@ import torch.distributed as dist
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from ..errors import NtkError
+from ..errors import Interrupted, NtkError
 from ..model.checkpoint import save_model
 from . import distributed as D
 from .checkpointing import load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -76,9 +76,11 @@ EvalFn = Callable[[torch.nn.Module], "dict[str, float]"]
 class TrainingInterrupted(NtkError):
     """SIGINT/SIGTERM during training: a checkpoint was saved at ``step``."""
 
-    def __init__(self, step: int, checkpoint: Path | None):
-        self.step, self.checkpoint = step, checkpoint
-        super().__init__(f"interrupted at step {step}; checkpoint saved in {checkpoint} (continue with --resume)")
+    def __init__(self, step: int, checkpoint: Path | None, signum: int = signal.SIGINT):
+        self.step, self.checkpoint, self.signum = step, checkpoint, int(signum)
+        name = signal.Signals(self.signum).name if self.signum in signal.Signals._value2member_map_ else self.signum
+        super().__init__(f"stopped by {name} at step {step}; checkpoint saved in {checkpoint} (continue with "
+                         "--resume)")
 
 
 @dataclass
@@ -403,8 +405,8 @@ class Trainer:
 
         def handler(signum, frame):
             if self._stop_signal:  # second Ctrl-C: give up at once
-                raise KeyboardInterrupt
-            self._stop_signal = True
+                raise Interrupted(signum)
+            self._stop_signal = signum
 
         for s in (signal.SIGINT, signal.SIGTERM):
             if s == signal.SIGINT and signal.getsignal(s) is signal.SIG_IGN:
@@ -544,7 +546,7 @@ class Trainer:
             self._after_eval(self.evaluate())
         ckpt = self._save() if self.step != last_saved else self.run_dir / "checkpoints" / f"step-{self.step:08d}"
         if stopped == "interrupted":
-            raise TrainingInterrupted(self.step, ckpt)
+            raise TrainingInterrupted(self.step, ckpt, self._stop_signal or signal.SIGTERM)
         final = None
         if self.step >= cfg.steps or stopped in ("early_stop", "end_of_data"):
             final = self.run_dir / "final"
