@@ -452,7 +452,7 @@ def _run_one(base, enc: EncodedLabels, ids, sp: Split, opts: FinetuneOptions, ru
     batches = SequenceBatches([ids[i] for i in sp.train], enc.y[sp.train], opts.batch_size, pad, seed=opts.seed)
 
     def loss_fn(m, batch):
-        out = m(batch["input_ids"], batch["attention_mask"]).logits
+        out = m(batch["input_ids"], batch["attention_mask"], heads="classifier").logits
         loss = task_loss(pt, out, batch["labels"], std_t.to(out.device) if std_t is not None else None)
         metrics = {"n_sequences": batch["labels"].shape[0]}
         if pt == "single_label_classification":

@@ -583,7 +583,7 @@ def _run(fa: IndexedFasta, m, units: list[Interval], window: int, crop: int, rc_
                 t = time.perf_counter()
                 ids = ids.to(dev, non_blocking=pin)
                 rescale = m.config.rescaling_for_tokens(ids.shape[1])
-                probs = m(ids, rescaling_factor=rescale).segment_probabilities.index_select(2, fidx)
+                probs = m(ids, rescaling_factor=rescale, heads="segment").segment_probabilities.index_select(2, fidx)
                 if rc_average:
                     n = len(batch)
                     probs = (probs[:n] + probs[n:].flip(1)) * 0.5
