@@ -174,11 +174,16 @@ class Intermediate(nn.Module):
         self.glu = cfg.glu
 
     def forward(self, x):
-        x = self.dense(x)
         if self.glu:
-            gate, up = x.chunk(2, dim=-1)
+            if not torch.is_grad_enabled() and type(self.dense) is nn.Linear:
+                # inference: gate and up from two matmuls into contiguous buffers, SiLU and product in place
+                # (no strided halves, no third [tokens, FFN] buffer)
+                w = self.dense.weight
+                n = w.shape[0] // 2
+                return F.silu(F.linear(x, w[:n]), inplace=True).mul_(F.linear(x, w[n:]))
+            gate, up = self.dense(x).chunk(2, dim=-1)
             return F.silu(gate) * up
-        return F.gelu(x)  # exact (erf) GELU
+        return F.gelu(self.dense(x))  # exact (erf) GELU
 
 
 class Output(nn.Module):
