@@ -110,3 +110,38 @@ def test_segment_run_json_records_precision(tmp_path, golden_dir, one_torch_thre
                    threads=1)
     auto = json.loads((tmp_path / "a" / "run.json").read_text())["runtime"]["precision"]
     assert auto["reason"].startswith("auto") and auto["dtype"] == choose_precision("auto", CPU, "segment").name
+
+
+def test_bf16_segment_accuracy_within_documented_bounds(tmp_path, golden_dir, sample_dir, one_torch_thread):
+    """What `--precision auto` relies on for segment (runtime.CPU_BF16_BOUNDS, bench/bf16_accuracy.py): bf16 vs
+    fp32 end to end on real yeast sequence with the golden SegmentNT. Holds with or without native bf16 (without,
+    torch converts through fp32: same rounding of weights and activations, fp32 accumulation)."""
+    import gzip
+
+    import numpy as np
+    import pyBigWig
+
+    from ntk.model.runtime import CPU_BF16_BOUNDS
+    from ntk.pipelines.segment import segment_genome
+
+    with gzip.open(sample_dir / "genome.fa.gz", "rt") as f:
+        seq = "".join(line.strip() for line in f if not line.startswith(">"))[:30_000]
+    fa = tmp_path / "g.fa"
+    fa.write_text(">I\n" + seq + "\n")
+    probs = {}
+    for prec in ("fp32", "bf16"):
+        res = segment_genome(fa, tmp_path / prec, model=str(golden_dir / "segment_nt_tiny"), device="cpu",
+                             precision=prec, zoom_levels=0, threads=1)
+        assert json.loads((tmp_path / prec / "run.json").read_text())["runtime"]["dtype"] == \
+            {"fp32": "float32", "bf16": "bfloat16"}[prec]
+        cols = []
+        for feat in res.features:
+            with pyBigWig.open(str(tmp_path / prec / f"{feat}.bw")) as bw:
+                cols.append(np.asarray(bw.values("I", 0, len(seq)), dtype=np.float64))
+        probs[prec] = np.stack(cols, 1)
+    ok = ~np.isnan(probs["fp32"])
+    assert ok.mean() > 0.9
+    d = np.abs(probs["bf16"] - probs["fp32"])[ok]
+    flips = ((probs["fp32"] >= 0.5) != (probs["bf16"] >= 0.5))[ok]
+    assert 0 < d.max() <= CPU_BF16_BOUNDS["max_abs_dp"]  # > 0: the bf16 run really ran in bf16
+    assert flips.mean() <= CPU_BF16_BOUNDS["call_flip_fraction"]
