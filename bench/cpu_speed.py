@@ -9,6 +9,8 @@ two agree on an idle machine).
   heads      A: every head (the 4,107-way LM head included)      B: ``heads="segment"`` (what segment runs now)
   rotary     A: rotate-half with cat/neg per call, 3 q/k/v matmuls B: signed tables, one fused QKV matmul
   sigmoid    A: forward with softmax over the 2 classes [..., 1]  B: with sigmoid(l1 - l0)
+  in place   A: SwiGLU on the halves of one matmul, SiLU   B: two matmuls, SiLU and product in place; U-Net
+             into new buffers                                SiLU in place
   bf16       A: fp32                                              B: bf16 (slower without native bf16)
   compile    A: eager                                             B: torch.compile of each encoder block
              (only with --compile: the compile time is printed and usually dominates short runs)
@@ -45,6 +47,7 @@ sys.path.insert(0, str(ROOT))
 
 from ntk.model import load_model  # noqa: E402
 from ntk.model import encoder as enc  # noqa: E402
+from ntk.model import heads as heads_mod  # noqa: E402
 from ntk.model import nt as ntmod  # noqa: E402
 from ntk.model.nt import segment_probabilities  # noqa: E402
 from ntk.model.tokenizer import sequence_codes  # noqa: E402
@@ -83,6 +86,33 @@ def reference_attention_forward(self, x, key_mask, rope):
         k = (k * cos + _rotate_half(k) * sin).to(v.dtype)
     a = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
     return x + self.output.dense(a.transpose(1, 2).reshape(B, T, H))
+
+
+def reference_intermediate_forward(self, x):
+    x = self.dense(x)
+    if self.glu:
+        gate, up = x.chunk(2, dim=-1)
+        return F.silu(gate) * up
+    return F.gelu(x)
+
+
+def reference_unet_forward(self, x):
+    skips = []
+    for blk in self._downsample_blocks:
+        for conv in blk.conv_layers:
+            x = F.silu(conv(x))
+        skips.append(x)
+        x = F.avg_pool1d(x, kernel_size=2, stride=2)
+    for blk, skip in zip(self._upsample_blocks, reversed(skips)):
+        for conv in blk.conv_layers:
+            x = F.silu(conv(x))
+        x = torch.repeat_interleave(x, 2, dim=-1) + skip
+    convs = self.final_block.conv_layers
+    for i, conv in enumerate(convs):
+        x = conv(x)
+        if i < len(convs) - 1:
+            x = F.silu(x)
+    return x
 
 
 # -- timing --------------------------------------------------------------------------------------------------------
@@ -151,6 +181,16 @@ def model_rows(a) -> list[tuple[str, dict]]:
                 ntmod.segment_probabilities = segment_probabilities
         rows.append(("segment probabilities: sigmoid(l1 - l0) instead of softmax over 2",
                      paired(with_softmax, run(m, heads="segment"), a.repeats, a.iters)))
+
+        def old_inplace():
+            saved = enc.Intermediate.forward, heads_mod.UNet1D.forward
+            enc.Intermediate.forward, heads_mod.UNet1D.forward = reference_intermediate_forward, reference_unet_forward
+            try:
+                m(ids, rescaling_factor=r, heads="segment")
+            finally:
+                enc.Intermediate.forward, heads_mod.UNet1D.forward = saved
+        rows.append(("SwiGLU as two matmuls + in-place SiLU*up; U-Net SiLU in place",
+                     paired(old_inplace, run(m, heads="segment"), a.repeats, a.iters)))
 
         m16 = load_model(None, dtype=torch.bfloat16)
         rows.append(("bf16 instead of fp32 (this CPU)",
