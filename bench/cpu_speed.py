@@ -230,6 +230,7 @@ def e2e_rows(a, tmp: Path) -> list[tuple[str, dict]]:
     with gzip.open(SAMPLE, "rb") as f:
         genome.write_bytes(f.read())
     bindir = str(Path(sys.executable).parent)
+    region = [] if a.region == "all" else ["-r", a.region]
 
     def env(tree: Path) -> dict:
         e = dict(os.environ, PYTHONPATH=str(tree), PATH=bindir + os.pathsep + os.environ.get("PATH", ""))
@@ -237,7 +238,7 @@ def e2e_rows(a, tmp: Path) -> list[tuple[str, dict]]:
         return e
 
     def segment(tree: Path, extra: list[str], out: str) -> list[str]:
-        return [sys.executable, "-m", "ntk.cli.main", "segment", str(genome), "-r", a.region, "-o",
+        return [sys.executable, "-m", "ntk.cli.main", "segment", str(genome), *region, "-o",
                 str(tmp / out), "--force", "-q", *extra]
 
     def pair_runs(ca, ea, cb, eb) -> dict:
@@ -258,7 +259,7 @@ def e2e_rows(a, tmp: Path) -> list[tuple[str, dict]]:
         rows.append((f"`ntk segment` end to end, {label}: {a.base} -> this tree",
                      pair_runs(segment(before, extra, "a"), env(before), segment(ROOT, extra, "b"), env(ROOT))))
     torchrun = shutil.which("torchrun", path=bindir) or "torchrun"
-    two = [torchrun, "--nproc-per-node", "2", "--no-python", "ntk", "segment", str(genome), "-r", a.region,
+    two = [torchrun, "--nproc-per-node", "2", "--no-python", "ntk", "segment", str(genome), *region,
            "-o", str(tmp / "c"), "--force", "-q", "--threads", "1"]
     rows.append(("1 process x 2 threads -> 2 single-thread ranks (torchrun) + merge",
                  pair_runs(segment(ROOT, ["--threads", "2"], "d"), env(ROOT), two, env(ROOT))))
@@ -274,7 +275,7 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="also time torch.compile of the encoder blocks")
     ap.add_argument("--no-model", action="store_true", help="skip the model rows")
     ap.add_argument("--e2e", action="store_true", help="also run ntk segment end to end, before vs now")
-    ap.add_argument("--region", default="I:1-100000")
+    ap.add_argument("--region", default="I:1-100000", help="region of the yeast sample genome, or 'all' (817 kbp)")
     ap.add_argument("--e2e-repeats", type=int, default=3)
     ap.add_argument("--base", default=BASE, help="git commit of the 'before' code")
     a = ap.parse_args()
