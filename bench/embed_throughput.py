@@ -1,10 +1,11 @@
-"""`ntk embed` throughput: length bucketing vs padding every batch to the longest sequence.
+"""`ntk embed` throughput: length bucketing vs input-order batches padded per batch (as HF pads).
 
 A mixed-length set (uniform 100-6000 nt, random ACGT, fixed seed) is embedded twice with the same pipeline,
 model and token budget (batch size x padded length per forward pass):
 - ntk:       windows sorted by length, batches filled up to the token budget (what `ntk embed` does);
-- reference: input order, every batch padded to the longest sequence of the set (the fixed-size padding of
-  the reference JAX tokenizer / `padding="max_length"`), as many sequences per batch as the budget allows.
+- reference: batched as an HF inference loop does: input order, a fixed batch size (as many sequences as the
+  budget allows at the set's longest), each batch padded to its own longest sequence (dynamic padding,
+  `DataCollatorWithPadding` / `tokenizer(..., padding=True)` per batch).
 Runs alternate (--repeats, best of each counts). Prints sequences/s for both, their ratio (goal >= 2x), the
 padding fraction of each, and the largest difference between the two sets of embeddings (should be ~1e-7:
 bucketing does not change results). The token budget defaults to 8192, what `ntk embed` uses on CPU for
@@ -80,7 +81,7 @@ def main() -> None:
     print(f"set: {a.n} sequences, {lengths.min()}-{lengths.max()} nt (mean {lengths.mean():.0f}), "
           f"{s_ntk.tokens:,} tokens; model {a.layers} layers x {a.hidden} hidden, context 1024 tokens; "
           f"token budget {a.budget}")
-    for label, t, c, st in (("reference (pad to longest)", t_ref, c_ref, s_ref),
+    for label, t, c, st in (("reference (pad per batch) ", t_ref, c_ref, s_ref),
                             ("ntk (length-bucketed)     ", t_ntk, c_ntk, s_ntk)):
         print(f"{label}: {a.n / t:8.2f} seq/s  wall {t:7.2f} s  cpu {c:7.2f} s  {st.batches:3d} batches  "
               f"padding {st.padding_fraction:.1%}")

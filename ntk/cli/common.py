@@ -15,7 +15,8 @@ ModelOpt = Annotated[str | None, typer.Option(
     "--model", "-m", help="Checkpoint directory, preset name (found offline in the HF cache) or omitted for the "
     "embedded default model.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N | xla | mps")]
-PrecisionOpt = Annotated[str, typer.Option("--precision", help="auto | fp32 | bf16 | fp16 (auto: bf16 on GPU, fp32 on CPU)")]
+PrecisionOpt = Annotated[str, typer.Option("--precision", help="auto | fp32 | bf16 | fp16 (auto: bf16 on GPU; on a CPU fp32, "
+                                            "or bf16 for segment where the CPU has native bf16)")]
 BatchSizeOpt = Annotated[str, typer.Option("--batch-size", help="Sequences per forward pass, or 'auto' to fit a token budget")]
 ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="CPU threads for torch (default: torch's choice)")]
 ShardOpt = Annotated[str | None, typer.Option("--shard", help="I/N: process the I-th of N deterministic shards (1-based)")]

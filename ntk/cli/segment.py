@@ -99,6 +99,9 @@ def register(app: typer.Typer) -> None:
                             disable=quiet or not console.is_terminal, transient=True)  # only on a terminal
         task = progress.add_task("segment", total=None)
 
+        def say(line: str) -> None:  # start-up notes (precision and why) on stderr
+            console.print(line, markup=False, soft_wrap=True)
+
         def start(total: int) -> None:  # the bar appears once inputs and model are checked (errors stay one line)
             progress.update(task, total=total)
             progress.start()
@@ -111,7 +114,7 @@ def register(app: typer.Typer) -> None:
                 precision=precision, batch_size=parse_batch_size(batch_size), threads=threads, force=force,
                 progress=lambda bp: progress.advance(task, bp), on_start=start,
                 command=shlex.join(["ntk"] + sys.argv[1:]), shard=shard_ix, resume=resume,
-                resume_chunk_bp=resume_chunk_bp)
+                resume_chunk_bp=resume_chunk_bp, log=None if quiet else say)
         finally:
             progress.stop()
         if result.bp_scored == 0 and shard_ix is None:  # an empty shard is normal (more shards than batches)

@@ -50,6 +50,8 @@ class Embeddings(nn.Module):
             not_pad = (input_ids != self.pad_id).long()
             positions = torch.cumsum(not_pad, dim=1) * not_pad + self.pad_id
             x = x + self.position_embeddings(positions)
+        if bool(attention_mask.all()):  # nothing padded: skip a full pass over the activations
+            return x
         return x * attention_mask.unsqueeze(-1).to(x.dtype)
 
 
@@ -62,32 +64,53 @@ def rotary_inv_freq(head_dim: int, rescaling_factor: float | None, device=None) 
 
 
 class Rotary:
-    """cos/sin tables for rotate-half rotary embeddings, cached per (length, factor, device, dtype)."""
+    """Rotate-half rotary tables, cached per (length, factor, device, dtype).
+
+    Rotate-half on ``x = [x1, x2]`` (the two halves of a head) is ``[x1 cos - x2 sin, x2 cos + x1 sin]``. The
+    tables hold the half-width ``cos``, ``sin`` and the pre-negated ``-sin`` ([T, 1, head_dim/2], broadcasting over
+    ``[B, T, heads, head_dim/2]``) plus the full-width ``cos`` and signed ``[-sin, sin]`` for the autograd path, so
+    no call builds ``cat((-x2, x1))``."""
 
     def __init__(self, head_dim: int):
         self.head_dim = head_dim
         self._cache: dict = {}
 
-    def tables(self, T: int, factor: float | None, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    def tables(self, T: int, factor: float | None, device, dtype) -> RotaryTables:
         key = (T, factor, str(device), dtype)
         if key not in self._cache:
             if len(self._cache) > 16:
                 self._cache.clear()
             inv = rotary_inv_freq(self.head_dim, factor, device=device)
             t = torch.arange(T, dtype=torch.float32, device=device)
-            freqs = torch.outer(t, inv)
-            emb = torch.cat((freqs, freqs), dim=-1)
-            self._cache[key] = (emb.cos().to(dtype), emb.sin().to(dtype))
+            freqs = torch.outer(t, inv)[:, None, :]  # [T, 1, head_dim/2]
+            cos, sin = freqs.cos(), freqs.sin()
+            self._cache[key] = RotaryTables(cos.to(dtype), sin.to(dtype), (-sin).to(dtype),
+                                            torch.cat((cos, cos), -1).to(dtype), torch.cat((-sin, sin), -1).to(dtype))
         return self._cache[key]
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    a, b = x.chunk(2, dim=-1)
-    return torch.cat((-b, a), dim=-1)
+class RotaryTables(tuple):
+    """(cos, sin, -sin) half-width and (cos, [-sin, sin]) full-width tables, [T, 1, d/2] and [T, 1, d]."""
+
+    def __new__(cls, cos, sin, nsin, cos_full, sin_signed):
+        return super().__new__(cls, (cos, sin, nsin, cos_full, sin_signed))
 
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    return x * cos + _rotate_half(x) * sin
+def apply_rotary(x: torch.Tensor, tables: RotaryTables) -> torch.Tensor:
+    """Rotate-half rotary on ``x`` [B, T, heads, head_dim] (any strides): a new contiguous tensor.
+
+    Without autograd the two halves are written straight into the output (a multiply and a fused multiply-add
+    per half); with autograd, ``x cos + swap(x) [-sin, sin]`` (one flip, no negation)."""
+    cos, sin, nsin, cos_full, sin_signed = tables
+    h = x.shape[-1] // 2
+    if torch.is_grad_enabled() and x.requires_grad:
+        swapped = x.unflatten(-1, (2, h)).flip(-2).flatten(-2)
+        return x * cos_full + swapped * sin_signed
+    out = torch.empty(x.shape, dtype=torch.result_type(x, cos), device=x.device)
+    x1, x2, o1, o2 = x[..., :h], x[..., h:], out[..., :h], out[..., h:]
+    torch.mul(x1, cos, out=o1).addcmul_(x2, nsin)
+    torch.mul(x2, cos, out=o2).addcmul_(x1, sin)
+    return out
 
 
 class SelfAttention(nn.Module):
@@ -120,15 +143,23 @@ class Attention(nn.Module):
     def forward(self, x, key_mask, rope):
         B, T, H = x.shape
         sa = self.self
+        nh, hd = sa.n_heads, sa.head_dim
         h = self.LayerNorm(x)
-        q = sa.query(h).view(B, T, sa.n_heads, sa.head_dim).transpose(1, 2)
-        k = sa.key(h).view(B, T, sa.n_heads, sa.head_dim).transpose(1, 2)
-        v = sa.value(h).view(B, T, sa.n_heads, sa.head_dim).transpose(1, 2)
+        if all(type(lin) is nn.Linear for lin in (sa.query, sa.key, sa.value)):
+            # one [H -> 3H] matmul instead of three (the weights' concatenation costs 1/tokens of the matmul);
+            # q and k then rotate in one pass
+            w = torch.cat((sa.query.weight, sa.key.weight, sa.value.weight))
+            b = torch.cat((sa.query.bias, sa.key.bias, sa.value.bias))
+            qkv = F.linear(h, w, b).view(B, T, 3 * nh, hd)
+            qk, v = qkv[:, :, :2 * nh], qkv[:, :, 2 * nh:]
+        else:  # adapter layers (LoRA/IA3) keep their own forward
+            qk = torch.cat((sa.query(h), sa.key(h)), -1).view(B, T, 2 * nh, hd)
+            v = sa.value(h).view(B, T, nh, hd)
         if rope is not None:
-            cos, sin = rope
             # the tables follow the residual stream's dtype; under autocast q/k/v are lower precision, and not
             # every autocast backend (XLA) casts SDPA's inputs to one dtype
-            q, k = apply_rotary(q, cos, sin).to(v.dtype), apply_rotary(k, cos, sin).to(v.dtype)
+            qk = apply_rotary(qk, rope).to(v.dtype)
+        q, k, v = qk[:, :, :nh].transpose(1, 2), qk[:, :, nh:].transpose(1, 2), v.transpose(1, 2)
         drop = sa.dropout if self.training else 0.0
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, dropout_p=drop)
         a = a.transpose(1, 2).reshape(B, T, H)
@@ -143,11 +174,16 @@ class Intermediate(nn.Module):
         self.glu = cfg.glu
 
     def forward(self, x):
-        x = self.dense(x)
         if self.glu:
-            gate, up = x.chunk(2, dim=-1)
+            if not torch.is_grad_enabled() and type(self.dense) is nn.Linear:
+                # inference: gate and up from two matmuls into contiguous buffers, SiLU and product in place
+                # (no strided halves, no third [tokens, FFN] buffer)
+                w = self.dense.weight
+                n = w.shape[0] // 2
+                return F.silu(F.linear(x, w[:n]), inplace=True).mul_(F.linear(x, w[n:]))
+            gate, up = self.dense(x).chunk(2, dim=-1)
             return F.silu(gate) * up
-        return F.gelu(x)  # exact (erf) GELU
+        return F.gelu(self.dense(x))  # exact (erf) GELU
 
 
 class Output(nn.Module):

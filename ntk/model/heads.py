@@ -57,21 +57,22 @@ class UNet1D(nn.Module):
         self.num_layers = num_layers
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x [B, C, L]
+        inplace = not torch.is_grad_enabled()  # inference: SiLU overwrites the conv output (no extra buffer)
         skips = []
         for blk in self._downsample_blocks:
             for conv in blk.conv_layers:
-                x = F.silu(conv(x))
+                x = F.silu(conv(x), inplace=inplace)
             skips.append(x)
             x = F.avg_pool1d(x, kernel_size=2, stride=2)
         for blk, skip in zip(self._upsample_blocks, reversed(skips)):
             for conv in blk.conv_layers:
-                x = F.silu(conv(x))
+                x = F.silu(conv(x), inplace=inplace)
             x = torch.repeat_interleave(x, 2, dim=-1) + skip
         convs = self.final_block.conv_layers
         for i, conv in enumerate(convs):
             x = conv(x)
             if i < len(convs) - 1:
-                x = F.silu(x)
+                x = F.silu(x, inplace=inplace)
         return x
 
 

@@ -13,6 +13,7 @@ from .heads import LMHead, SequenceHead, UNet1D
 from .tokenizer import NucleotideTokenizer, TokenBatch
 
 NUC_PER_TOKEN = 6
+HEADS = ("lm", "segment", "classifier")  # names accepted by ``forward(heads=...)``
 
 
 @dataclass
@@ -27,11 +28,37 @@ class ModelOutput:
         return getattr(self, key)
 
 
+def segment_probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """``softmax(logits)[..., 1]`` of two-class logits [..., 2], float32, computed as ``sigmoid(l1 - l0)``: the
+    same value, without a softmax over a dimension of 2 (a slow kernel on CPUs)."""
+    logits = logits.float()
+    return torch.sigmoid(logits[..., 1] - logits[..., 0])
+
+
+def wanted_heads(heads) -> frozenset[str]:
+    """``forward``'s ``heads`` argument as a set of names: True -> all of :data:`HEADS`, False/None -> none."""
+    if heads is True:
+        return frozenset(HEADS)
+    if heads is False or heads is None:
+        return frozenset()
+    names = frozenset([heads] if isinstance(heads, str) else heads)
+    unknown = sorted(names - set(HEADS))
+    if unknown:
+        raise ValueError(f"unknown head {unknown[0]!r} (heads: {', '.join(HEADS)}, or True/False)")
+    return names
+
+
 class NucleotideTransformer(nn.Module):
-    """``m(input_ids, attention_mask=None, output_hidden_states=False)`` -> :class:`ModelOutput`.
+    """``m(input_ids, attention_mask=None, output_hidden_states=False, heads=True)`` -> :class:`ModelOutput`.
 
     ``hidden_states`` follows HF: ``[0]`` embedding output, ``[i]`` output of block i, ``[L]`` after the final
     LayerNorm (= ``last_hidden_state``).
+
+    ``heads`` says which heads run: ``True`` (default) every head the model has, ``False`` none (trunk only:
+    ``last_hidden_state``/``hidden_states``), or a name or collection of names from :data:`HEADS` (``"lm"`` ->
+    ``logits``, ``"segment"`` -> ``segment_logits``/``segment_probabilities``, ``"classifier"`` -> ``logits``).
+    Heads whose output is not read cost real time: the 4,107-way LM head is about as expensive as a small trunk.
+    A named head the model does not have leaves its field ``None``.
     """
 
     def __init__(self, cfg: NTConfig, lm_head: bool | None = None, seq_head_labels: int | None = None):
@@ -85,19 +112,18 @@ class NucleotideTransformer(nn.Module):
 
     # -- forward ----------------------------------------------------------------------------------
     def forward(self, input_ids, attention_mask=None, output_hidden_states: bool = False,
-                rescaling_factor: float | None = None, heads: bool = True) -> ModelOutput:
+                rescaling_factor: float | None = None, heads=True) -> ModelOutput:
+        want = wanted_heads(heads)
         input_ids, attention_mask = self._as_ids(input_ids, attention_mask)
         x, hidden = self.esm(input_ids, attention_mask, output_hidden_states=output_hidden_states,
                              rescaling_factor=rescaling_factor)
         out = ModelOutput(last_hidden_state=x, hidden_states=tuple(hidden) if hidden is not None else None)
-        if not heads:
-            return out
-        if self.lm_head is not None:
+        if self.lm_head is not None and "lm" in want:
             out.logits = self.lm_head(x)
-        if self.unet is not None:
+        if self.unet is not None and "segment" in want:
             out.segment_logits = self.segment_head(x)
-            out.segment_probabilities = torch.softmax(out.segment_logits.float(), dim=-1)[..., 1]
-        if self.classifier is not None:
+            out.segment_probabilities = segment_probabilities(out.segment_logits)
+        if self.classifier is not None and "classifier" in want:
             out.logits = self.classifier(x, attention_mask)
         return out
 

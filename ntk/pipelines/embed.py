@@ -278,8 +278,9 @@ class Embedder:
     """Turns a stream of :class:`EmbedInput` into a stream of :class:`EmbedBlock` (input order).
 
     ``batch_size``: windows per forward pass (None = fill ``token_budget``, itself chosen from the device when
-    None). ``bucket=False`` is the reference for benchmarks: input order, every batch padded to the longest
-    window of the chunk."""
+    None). ``bucket=False`` is the reference for benchmarks, batched as an HF loop does: input order, a fixed
+    number of windows per batch (``batch_size``, else as many as the budget allows at the chunk's longest window),
+    each batch padded to its own longest window (dynamic padding, ``DataCollatorWithPadding``)."""
 
     def __init__(self, model, layers=None, pool: str = "mean", rc_average: bool = False,
                  batch_size: int | None = None, token_budget: int | None = None, crop: int | None = None,
@@ -436,9 +437,9 @@ class Embedder:
             for batch in by_token_budget(items, lambda w: w.n_tokens, budget, self.batch_size):
                 self._run_batch(batch)
         else:
-            longest = max(w.n_tokens for w in chunk)
-            for batch in by_token_budget(chunk, lambda w: longest, budget, self.batch_size):
-                self._run_batch(batch, pad_to=longest)
+            size = self.batch_size or max(1, int(budget // max(w.n_tokens for w in chunk)))
+            for i in range(0, len(chunk), size):
+                self._run_batch(chunk[i:i + size])  # padded to this batch's longest window
 
     # -- output rows ----------------------------------------------------------------------------
     def _pooled(self, rec: _Record) -> np.ndarray:

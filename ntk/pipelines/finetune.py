@@ -547,7 +547,7 @@ def _run_one(base, enc: EncodedLabels, ids, sp: Split, opts: FinetuneOptions, ru
                               shift_augment=opts.shift_augment, max_tokens=base.config.max_tokens)
 
     def loss_fn(m, batch):
-        out = m(batch["input_ids"], batch["attention_mask"]).logits
+        out = m(batch["input_ids"], batch["attention_mask"], heads="classifier").logits
         loss = task_loss(pt, out, batch["labels"], std_t.to(out.device) if std_t is not None else None)
         metrics = {"n_sequences": batch["labels"].shape[0]}
         if pt == "single_label_classification":

@@ -164,7 +164,7 @@ def finetune_segment(inp: SegmentTaskInput, run_dir: str | Path, opts: FinetuneO
     weights = positive_weights(inp.pos_weight, ann, fa, train_contigs)
 
     def loss_fn(m, batch):
-        logits = m(batch["input_ids"]).segment_logits
+        logits = m(batch["input_ids"], heads="segment").segment_logits
         if weights is None:
             loss = F.cross_entropy(logits.float().reshape(-1, 2), batch["targets"].reshape(-1).long())
         else:
@@ -186,7 +186,7 @@ def finetune_segment(inp: SegmentTaskInput, run_dir: str | Path, opts: FinetuneO
                 n += t.size
 
             for sel, batch in WindowBatches(fa, ann, windows, model.tokenizer, opts.batch_size, train=False):
-                logits = m(batch["input_ids"].to(dev)).segment_logits.float().cpu()
+                logits = m(batch["input_ids"].to(dev), heads="segment").segment_logits.float().cpu()
                 proba = torch.softmax(logits, -1)[..., 1].numpy()
                 for k, i in enumerate(sel):
                     s0 = int(windows.start[i])

@@ -42,7 +42,8 @@ def sequence_outputs(model, ids: list[np.ndarray], batch_size: int, pad_id: int)
     out = None
     dev = model.device
     for pos, batch in eval_batches(ids, None, batch_size, pad_id):
-        o = model(batch["input_ids"].to(dev), batch["attention_mask"].to(dev)).logits.float().cpu().numpy()
+        o = model(batch["input_ids"].to(dev), batch["attention_mask"].to(dev), heads="classifier").logits
+        o = o.float().cpu().numpy()
         if out is None:
             out = np.empty((len(ids), o.shape[1]), dtype=np.float32)
         out[pos] = o

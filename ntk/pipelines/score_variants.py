@@ -60,6 +60,7 @@ from ..io.tables import ParquetStreamWriter
 from ..io.vcf import STAR, SYMBOLIC, InfoField, VcfReader, VcfWriter, split_alts
 from ..model import load_model
 from ..model.checkpoint import zero_shot_not_informative
+from ..model.nt import segment_probabilities
 from ..model.runtime import resolve_device, resolve_dtype, set_threads
 from ..model.tokenizer import reverse_complement
 from .batching import auto_token_budget, by_token_budget
@@ -275,7 +276,7 @@ class PassRunner:
         seg_rows = [i for i, p in enumerate(batch) if p.probs_range is not None]
         if seg_rows:
             logits = m.segment_head(x[seg_rows])
-            probs = torch.softmax(logits.float(), dim=-1)[..., 1].cpu().numpy()  # [b, W, F]
+            probs = segment_probabilities(logits).cpu().numpy()  # [b, W, F]
             for k, i in enumerate(seg_rows):
                 p = batch[i]
                 pr = probs[k][::-1] if p.reverse else probs[k]

@@ -393,6 +393,7 @@ def segment_genome(
     shard: tuple[int, int] | None = None,
     resume: bool = False,
     resume_chunk_bp: int | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> SegmentResult:
     """Segment ``fasta`` with a SegmentNT-type ``model`` (checkpoint dir, preset, or a loaded model) into
     ``out_dir`` (``<feature>.bw``, ``segments.bed.gz`` + ``.tbi``, ``run.json``), and/or stream one feature as
@@ -403,9 +404,10 @@ def segment_genome(
     the part manifest ``shard.json`` (join the parts with ``ntk merge``). ``resume=True`` keeps finished chunks
     of ``resume_chunk_bp`` positions beside ``out_dir`` and, when started again, computes only the others.
     ``blend``: how neighbouring windows' predictions are joined across their overlap (``linear``, ``cosine``,
-    or ``none``: cut at the middle of the overlap); a position covered by one window only gets its value."""
+    or ``none``: cut at the middle of the overlap); a position covered by one window only gets its value.
+    ``log(line)`` gets start-up notes (the compute precision and why)."""
     from ..model import load_model
-    from ..model.runtime import resolve_device, resolve_dtype, set_threads
+    from ..model.runtime import Precision, choose_precision, resolve_device, set_threads
 
     t0 = time.perf_counter()
     if out_dir is None and bedgraph is None:
@@ -425,8 +427,10 @@ def segment_genome(
     if isinstance(model, torch.nn.Module):
         m = model
         dev = m.device
+        prec = Precision(m.dtype, "given model")
     else:
-        m = load_model(model, device=dev, dtype=resolve_dtype(precision, dev))
+        prec = choose_precision(precision, dev, task="segment")
+        m = load_model(model, device=dev, dtype=prec.dtype)
     m.eval()
     if not m.config.is_segmentation:
         raise NtkError(f"model {model if isinstance(model, (str, os.PathLike)) else m.config.family!s} has no "
@@ -475,6 +479,8 @@ def segment_genome(
         journal = Journal(partial_dir(out_dir), ident, resume_chunk_bp or CHUNK_BP)
 
     def run(tmp_dir: Path | None) -> None:
+        if log is not None:  # once the inputs are checked: a bad input stays a one-line error
+            log(f"precision: {prec.name} ({prec.reason})")
         outputs = TrackOutputs(tmp_dir, chrom_sizes, feats, threshold, min_length, bg_index, stream, zoom_levels)
         try:
             _run(fa, m, units, window, crop, rc_average, feat_idx, budget, batch_size, outputs, result, progress,
@@ -495,6 +501,7 @@ def segment_genome(
         result.timings.update(load_model=t_load, total=time.perf_counter() - t0)
         result.run_info = _run_info(fasta, model, m, dev, result, regions, regions_file, rc_average, threshold,
                                     min_length, bedgraph, zoom_levels, command)
+        result.run_info["runtime"]["precision"] = prec.as_json()
         if tmp_dir is not None:
             (tmp_dir / "run.json").write_text(json.dumps(result.run_info, indent=2) + "\n")
         if tmp_dir is not None and shard is not None:
@@ -584,7 +591,7 @@ def _run(fa: IndexedFasta, m, units: list[Interval], window: int, crop: int, rc_
                 t = time.perf_counter()
                 ids = ids.to(dev, non_blocking=pin)
                 rescale = m.config.rescaling_for_tokens(ids.shape[1])
-                probs = m(ids, rescaling_factor=rescale).segment_probabilities.index_select(2, fidx)
+                probs = m(ids, rescaling_factor=rescale, heads="segment").segment_probabilities.index_select(2, fidx)
                 if rc_average:
                     n = len(batch)
                     probs = (probs[:n] + probs[n:].flip(1)) * 0.5
