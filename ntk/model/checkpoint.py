@@ -232,8 +232,10 @@ def load_model(path_or_name=None, device="cpu", dtype=torch.float32) -> Nucleoti
     if _is_chatnt(directory):  # ChatNT: its own config and weights layout (model/chatnt.py)
         from .chatnt import load_chatnt
         return load_chatnt(directory, device=device, dtype=dtype)
+    if _model_type(directory) == "ntv3":
+        return _finish(_load_ntv3(directory), directory, device, dtype)
     cfg = NTConfig.from_json(directory / "config.json")
-    from .preflight import check_before_loading, check_fits_in_memory
+    from .preflight import check_before_loading
 
     check_before_loading(directory, cfg)  # config vs tensor shapes, and memory, before allocating anything
     sd = _normalise_keys(load_state_dict(directory))
@@ -248,9 +250,16 @@ def load_model(path_or_name=None, device="cpu", dtype=torch.float32) -> Nucleoti
     if adapter:
         merge_adapters(model)
         cfg.extra.pop(ADAPTER_KEY)
+    return _finish(model, directory, device, dtype, cfg)
+
+
+def _finish(model, directory: Path, device, dtype, cfg: NTConfig | None = None):
+    """To the device/dtype, eval mode, no gradients; ``cfg`` (NT models): the accelerator memory preflight."""
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
-    if dev.type == "cuda":  # the weights must fit in the accelerator's free memory too
+    if dev.type == "cuda" and cfg is not None:  # the weights must fit in the accelerator's free memory too
+        from .preflight import check_fits_in_memory
+
         check_fits_in_memory(cfg, str(directory / "config.json"), torch.finfo(dt).bits // 8, device=dev, model=model)
     model = model.to(device=dev, dtype=dt).eval()
     model.source = str(directory)
@@ -293,6 +302,25 @@ def _host() -> str:
     import socket
 
     return re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())[:40]
+
+
+def _model_type(directory: Path) -> str | None:
+    try:
+        d = json.loads((directory / "config.json").read_text())
+    except (OSError, ValueError):
+        return None  # NTConfig.from_json reports it
+    return d.get("model_type") if isinstance(d, dict) else None
+
+
+def _load_ntv3(directory: Path):
+    from .ntv3 import build_from_state_dict
+    from .ntv3_config import NTv3Config
+
+    cfg = NTv3Config.from_json(directory / "config.json")
+    try:
+        return build_from_state_dict(cfg, load_state_dict(directory), str(directory))
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
 
 
 def save_model(model: NucleotideTransformer, directory: str | os.PathLike, extra_files: dict[str, str] | None = None,
