@@ -39,9 +39,9 @@ def _root(version: Annotated[bool | None, typer.Option("--version", callback=_ve
 
 
 def _register() -> None:
-    from . import chat, embed, finetune, merge, models, plot, pretrain, score_variants, segment
+    from . import chat, embed, finetune, merge, models, plot, pretrain, score_variants, segment, tracks
 
-    for mod in (segment, embed, score_variants, pretrain, finetune, merge, plot, chat):
+    for mod in (segment, tracks, embed, score_variants, pretrain, finetune, merge, plot, chat):
         mod.register(app)
     app.add_typer(models.app, name="models", help="List presets and local models, inspect a checkpoint.")
 

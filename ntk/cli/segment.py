@@ -10,11 +10,12 @@ import typer
 from .common import (BatchSizeOpt, ChrMapOpt, DeviceOpt, ForceOpt, ModelOpt, PrecisionOpt, QuietOpt, RegionOpt,
                      RegionsFileOpt, ShardOpt, ThreadsOpt, console, parse_batch_size, parse_shard)
 
-HELP = """Segment a genome with a SegmentNT model: per-nucleotide probability of each feature.
+HELP = """Segment a genome with a SegmentNT model or an NTv3 post-trained model (BED-element head, --species):
+per-nucleotide probability of each feature.
 
 Writes OUTDIR/<feature>.bw (float32 BigWig), OUTDIR/segments.bed.gz (+ .tbi: intervals with probability >=
---threshold for >= --min-length nt) and OUTDIR/run.json. N runs and IUPAC codes get no value; windows never
-contain N and are never padded.
+--threshold for >= --min-length nt) and OUTDIR/run.json. N runs and IUPAC codes get no value. SegmentNT windows
+never contain N and are never padded; NTv3 windows may contain N (short N gaps, contig ends).
 """
 
 
@@ -29,6 +30,78 @@ def _bp_rate_column():
     return BpRate()
 
 
+NO_VALUE = "N and IUPAC codes get no value; for SegmentNT also ACGT runs shorter than 24 nt"
+
+
+def run_genome_job(name: str, fn, genome: str, output: str | None, shard: str | None, bedgraph: str | None,
+                   force: bool, device: str, quiet: bool, kwargs: dict):
+    """Run a genome-tiling job (``segment_genome`` or ``tracks_genome``) with a progress bar, or, under torchrun,
+    this rank's shard (returns None). Shared by ``ntk segment`` and ``ntk tracks``."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ..errors import NtkError
+    from ..pipelines.distributed import run_ranks, world_size
+
+    shard_ix = parse_shard(shard)
+    command = shlex.join(["ntk"] + sys.argv[1:])
+    if world_size() > 1:  # torchrun: this rank runs shard RANK+1/WORLD_SIZE, rank 0 merges
+        if shard_ix is not None or bedgraph is not None or output is None:
+            raise NtkError("under torchrun give -o OUTDIR, without --shard or --bedgraph (each rank takes one "
+                           "shard; rank 0 merges)")
+        run_ranks(output, force, device, quiet,
+                  lambda part, sh, dev, q: fn(genome, part, device=dev, force=True, shard=sh, command=command,
+                                              **kwargs))
+        return None
+    progress = Progress(TextColumn(name), BarColumn(), MofNCompleteColumn(), TextColumn("bp"),
+                        _bp_rate_column(), TimeElapsedColumn(), console=console,
+                        disable=quiet or not console.is_terminal, transient=True)  # only on a terminal
+    task = progress.add_task(name, total=None)
+
+    def start(total: int) -> None:  # the bar appears once inputs and model are checked (errors stay one line)
+        progress.update(task, total=total)
+        progress.start()
+
+    def say(line: str) -> None:  # start-up notes (precision and why) on stderr
+        console.print(line, markup=False, soft_wrap=True)
+
+    try:
+        return fn(genome, output, device=device, force=force, bedgraph=bedgraph, shard=shard_ix, command=command,
+                  progress=lambda bp: progress.advance(task, bp), on_start=start, log=None if quiet else say,
+                  **kwargs)
+    finally:
+        progress.stop()
+
+
+SpeciesOpt = Annotated[Optional[str], typer.Option(
+    "--species", help="NTv3 post-trained models: the species to condition on (one of the model's; `ntk models info "
+    "MODEL` lists them)")]
+
+
+def summarize(title: str, result, quiet: bool, what: str) -> None:
+    """Warning when nothing was scored, then (unless quiet) the summary table on stderr."""
+    from rich.table import Table
+
+    if result.bp_scored == 0 and result.shard is None:  # an empty shard is normal (more shards than batches)
+        console.print(f"[yellow]warning:[/yellow] no position was scored ({NO_VALUE})")
+    if quiet:
+        return
+    t = result.timings
+    table = Table(title=title, show_header=False, box=None)
+    table.add_row("regions", f"{len(result.units)} ({result.bp_total:,} bp)")
+    table.add_row("scored", f"{result.bp_scored:,} bp ({NO_VALUE})")
+    table.add_row("windows", f"{result.n_windows:,} x {result.window} nt (crop {result.crop})")
+    shown = result.features if len(result.features) <= 20 else result.features[:20] + [f"... ({len(result.features)})"]
+    table.add_row(what, ", ".join(shown))
+    if result.out_dir is not None:
+        if result.n_segments or what == "features":
+            table.add_row("segments", f"{result.n_segments:,}")
+        table.add_row("output", str(result.out_dir))
+    total = t.get("total", 0.0)
+    table.add_row("time", f"{total:.1f} s (model {t.get('model', 0.0):.1f} s), "
+                  f"{result.bp_scored / max(total, 1e-9):,.0f} bp/s")
+    console.print(table)
+
+
 def register(app: typer.Typer) -> None:
     @app.command("segment", help=HELP)
     def segment(
@@ -41,13 +114,14 @@ def register(app: typer.Typer) -> None:
         features: Annotated[Optional[str], typer.Option(
             "--features", help="Comma-separated subset of the model's features (default: all)")] = None,
         window: Annotated[Optional[int], typer.Option(
-            "--window", help="Window length in nt, a multiple of 24 (default: the model's trained length, 30 kb "
-            "for SegmentNT)")] = None,
+            "--window", help="Window length in nt: a multiple of 24 for SegmentNT (default: the model's trained "
+            "length, 30 kb), of 2^num_downsamples for NTv3 (default 1 Mb, 128 for the released models)")] = None,
         crop: Annotated[Optional[int], typer.Option(
-            "--crop", help="half the overlap of neighbouring windows, in nt (default: window/8)")] = None,
+            "--crop", help="SegmentNT: half the overlap of neighbouring windows, in nt (default: window/8); NTv3: "
+            "fixed by the model (keep_target_center_fraction)")] = None,
         blend: Annotated[str, typer.Option(
             "--blend", help="Join neighbouring windows across their overlap: linear (ramp), cosine (ramp) or "
-            "none (cut at the middle)")] = "linear",
+            "none (cut at the middle); NTv3 windows are always cut")] = "linear",
         rc_average: Annotated[bool, typer.Option(
             "--rc-average", help="Average forward and reverse-complement predictions")] = False,
         threshold: Annotated[float, typer.Option("--threshold", help="Probability threshold for segments")] = 0.5,
@@ -67,71 +141,23 @@ def register(app: typer.Typer) -> None:
             "is started again after a kill, compute only the unfinished ones")] = False,
         resume_chunk_bp: Annotated[Optional[int], typer.Option(
             "--resume-chunk-bp", hidden=True, help="Positions per --resume chunk (default 4 Mbp)")] = None,
+        species: SpeciesOpt = None,
         quiet: QuietOpt = False,
         force: ForceOpt = False,
     ):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-        from rich.table import Table
-
         from ..errors import NtkError
         from ..pipelines.segment import segment_genome
-
-        from ..pipelines.distributed import run_ranks, world_size
 
         feats = [f.strip() for f in features.split(",") if f.strip()] if features else None
         if output is None and bedgraph is None:
             raise NtkError("give an output directory with -o/--output (or --bedgraph FEATURE to stream to stdout)")
-        shard_ix = parse_shard(shard)
-        if world_size() > 1:  # torchrun: this rank runs shard RANK+1/WORLD_SIZE, rank 0 merges
-            if shard_ix is not None or bedgraph is not None or output is None:
-                raise NtkError("under torchrun give -o OUTDIR, without --shard or --bedgraph (each rank takes one "
-                               "shard; rank 0 merges)")
-            return run_ranks(
-                output, force, device, quiet,
-                lambda part, sh, dev, q: segment_genome(
-                    genome, part, model=model, regions=region or (), regions_file=regions, chr_map=chr_map,
-                    features=feats, window=window, crop=crop, rc_average=rc_average, blend=blend, threshold=threshold,
-                    min_length=min_length, zoom_levels=zoom_levels, device=dev, precision=precision,
-                    batch_size=parse_batch_size(batch_size), threads=threads, force=True, shard=sh, resume=resume,
-                    resume_chunk_bp=resume_chunk_bp, command=shlex.join(["ntk"] + sys.argv[1:])))
-        progress = Progress(TextColumn("segment"), BarColumn(), MofNCompleteColumn(), TextColumn("bp"),
-                            _bp_rate_column(), TimeElapsedColumn(), console=console,
-                            disable=quiet or not console.is_terminal, transient=True)  # only on a terminal
-        task = progress.add_task("segment", total=None)
-
-        def say(line: str) -> None:  # start-up notes (precision and why) on stderr
-            console.print(line, markup=False, soft_wrap=True)
-
-        def start(total: int) -> None:  # the bar appears once inputs and model are checked (errors stay one line)
-            progress.update(task, total=total)
-            progress.start()
-
-        try:
-            result = segment_genome(
-                genome, output, model=model, regions=region or (), regions_file=regions, chr_map=chr_map,
-                features=feats, window=window, crop=crop, rc_average=rc_average, blend=blend, threshold=threshold,
-                min_length=min_length, bedgraph=bedgraph, zoom_levels=zoom_levels, device=device,
-                precision=precision, batch_size=parse_batch_size(batch_size), threads=threads, force=force,
-                progress=lambda bp: progress.advance(task, bp), on_start=start,
-                command=shlex.join(["ntk"] + sys.argv[1:]), shard=shard_ix, resume=resume,
-                resume_chunk_bp=resume_chunk_bp, log=None if quiet else say)
-        finally:
-            progress.stop()
-        if result.bp_scored == 0 and shard_ix is None:  # an empty shard is normal (more shards than batches)
-            console.print("[yellow]warning:[/yellow] no position was scored: the regions hold no ACGT run of 24 nt "
-                          "or more (N, IUPAC codes and shorter runs get no value)")
-        if quiet:
+        result = run_genome_job(
+            "segment", segment_genome, genome, output, shard, bedgraph, force, device, quiet,
+            dict(model=model, regions=region or (), regions_file=regions, chr_map=chr_map, features=feats,
+                 window=window, crop=crop, rc_average=rc_average, blend=blend, threshold=threshold,
+                 min_length=min_length, zoom_levels=zoom_levels, precision=precision,
+                 batch_size=parse_batch_size(batch_size), threads=threads, resume=resume,
+                 resume_chunk_bp=resume_chunk_bp, species=species))
+        if result is None:  # a torchrun rank
             return
-        t = result.timings
-        table = Table(title="ntk segment", show_header=False, box=None)
-        table.add_row("regions", f"{len(result.units)} ({result.bp_total:,} bp)")
-        table.add_row("scored", f"{result.bp_scored:,} bp (N runs and runs < 24 nt get no value)")
-        table.add_row("windows", f"{result.n_windows:,} x {result.window} nt (crop {result.crop})")
-        table.add_row("features", ", ".join(result.features))
-        if result.out_dir is not None:
-            table.add_row("segments", f"{result.n_segments:,}")
-            table.add_row("output", str(result.out_dir))
-        total = t.get("total", 0.0)
-        table.add_row("time", f"{total:.1f} s (model {t.get('model', 0.0):.1f} s), "
-                      f"{result.bp_scored / max(total, 1e-9):,.0f} bp/s")
-        console.print(table)
+        summarize("ntk segment", result, quiet, "features")

@@ -85,7 +85,7 @@ def _merge_segment(parts: list[str], manifests: list[dict], out: Path, force: bo
     written = 0
     with atomic_dir(out, force=force) as tmp:
         outputs = TrackOutputs(tmp, chrom_sizes, feats, opts["threshold"], opts["min_length"],
-                               zoom_levels=opts["zoom_levels"])
+                               zoom_levels=opts["zoom_levels"], segments=opts.get("segments", True))
         try:
             for part, m in zip(parts, manifests):
                 bws = []

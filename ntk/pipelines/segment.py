@@ -1,15 +1,20 @@
-"""Genome-wide SegmentNT segmentation: FASTA -> per-nucleotide probability BigWigs, thresholded segments BED.
+"""Genome-wide segmentation (SegmentNT, NTv3 BED head) and NTv3 functional tracks (``ntk tracks``, BigWig head):
+FASTA -> per-nucleotide BigWigs (+ thresholded segments BED for segmentation).
+
+What differs between model families (window unit, tiling, N handling, tokens, centre crop, which head) is asked
+of ``pipelines/family.py``; the flow below is the same for all.
 
 The flow, streaming contig by contig (memory does not grow with the genome):
 
 1. **Work units** (:func:`plan_units`): whole contigs, or the merged ``-r``/``-R`` regions, in FASTA order. A
    deterministic list, so that a run can later be split into shards.
-2. **Runs and windows** (:func:`iter_windows`): each unit is read in blocks to find its ACGT runs (N and IUPAC
-   codes split runs; SegmentNT never sees N), and each run is tiled by ``pipelines/windows.tile`` with windows
-   of a multiple of 24 nt (6 nt per token x 4 for the two U-Net pooling levels). Windows are never padded;
-   each position is owned by one window (the central part of each window, except at run ends), and near the
+2. **Runs and windows** (``Family.jobs``): each unit is read in blocks to find its ACGT runs. SegmentNT: N and
+   IUPAC codes split runs (SegmentNT never sees N), and each run is tiled by ``pipelines/windows.tile`` with
+   windows of a multiple of 24 nt (6 nt per token x 4 for the two U-Net pooling levels), never padded; each
+   position is owned by one window (the central part of each window, except at run ends), and near the
    boundary between neighbouring windows the two windows' predictions are blended (``blend``: a linear ramp
    across their overlap by default; see ``pipelines/windows``), so that no step shows where windows meet.
+   NTv3: see ``pipelines/family.py`` (kept centres abut: cut, nothing to blend).
 3. **Batches** (:func:`iter_batches`): consecutive windows of equal length, within a token budget.
 4. A producer thread reads and tokenizes batches (pinned memory on CUDA), the main thread runs the model under
    ``torch.inference_mode()`` with the reference rotary rescaling for the window length, and a writer thread
@@ -39,19 +44,18 @@ import torch
 from .. import __version__
 from ..errors import InputError, NtkError
 from ..io.atomic import atomic_dir, refuse_inputs_as_outputs
-from ..io.fasta import IndexedFasta, acgt_runs
+from ..io.fasta import IndexedFasta
 from ..io.intervals import Interval, merge_overlapping, parse_region, read_bed, read_chr_map
 from ..io.segments import SegmentsBedWriter
 from ..io.tracks import BedGraphWriter, BigWigWriter
-from ..model.tokenizer import reverse_complement_codes, sequence_codes
 from .batching import auto_token_budget, by_token_budget
+from .family import SEGMENT_NT_UNIT, Family, Job, NTv3Family, SegmentNTFamily, family_of, scan_runs  # noqa: F401
 from .resume import CHUNK_BP, Journal, partial_dir
 from .shards import DIR_MANIFEST, bp_range, make_manifest, write_manifest
-from .windows import BLEND_MODES, Blender, Window, tile
+from .windows import BLEND_MODES, Blender, Window
 
 NT_PER_TOKEN = 6
-UNIT = 24  # window lengths are multiples of 6 nt x 2**2 (two U-Net pooling levels)
-READ_BLOCK = 1 << 20  # nt read at a time when scanning a unit for ACGT runs
+UNIT = SEGMENT_NT_UNIT  # SegmentNT window lengths are multiples of 6 nt x 2**2 (two U-Net pooling levels)
 CHUNK = 1 << 18  # nt per contiguous chunk handed to the writers
 
 
@@ -71,46 +75,21 @@ def plan_units(fasta: IndexedFasta, regions: Sequence[str] = (), regions_file: s
     return merge_overlapping(iv, fasta.names)
 
 
-def scan_runs(fasta: IndexedFasta, unit: Interval, min_length: int = UNIT) -> Iterator[tuple[int, int]]:
-    """ACGT runs of at least ``min_length`` nt inside ``unit``, reading it in blocks (absolute coordinates)."""
-    cur: tuple[int, int] | None = None
-    for b in range(unit.start, unit.end, READ_BLOCK):
-        e = min(b + READ_BLOCK, unit.end)
-        for s, t in acgt_runs(fasta.fetch(unit.chrom, b, e), offset=b):
-            if cur is not None and s == cur[1]:  # a run that crosses the block boundary
-                cur = (cur[0], t)
-                continue
-            if cur is not None and cur[1] - cur[0] >= min_length:
-                yield cur
-            cur = (s, t)
-    if cur is not None and cur[1] - cur[0] >= min_length:
-        yield cur
+def iter_windows(fasta: IndexedFasta, units: Sequence[Interval], window: int, crop: int,
+                 family: Family | None = None) -> Iterator[Job]:
+    """The windows of the work units, in order (SegmentNT tiling unless a ``family`` is given)."""
+    fam = family if family is not None else SegmentNTFamily(None)
+    return fam.jobs(fasta, units, window, crop)
 
 
-@dataclass(frozen=True)
-class Job:
-    """One window to run: which work unit it belongs to, the window (kept part included), and the position of
-    its first kept nucleotide in the work units laid end to end (what shards and resume chunks are cut by)."""
-    unit: int
-    window: Window
-    gpos: int = 0
-
-
-def iter_windows(fasta: IndexedFasta, units: Sequence[Interval], window: int, crop: int) -> Iterator[Job]:
-    offset = 0
-    for i, u in enumerate(units):
-        base, offset = offset, offset + u.length
-        for s, e in scan_runs(fasta, u):
-            for w in tile(s, e, window, crop, unit=UNIT, chrom=u.chrom):
-                yield Job(i, w, base + w.keep_start - u.start)
-
-
-def iter_batches(jobs: Iterable[Job], token_budget: int, max_items: int | None, copies: int = 1) -> Iterator[list[Job]]:
-    """Consecutive jobs of equal window length (SegmentNT windows are never padded), within the token budget
-    (``copies`` = 2 when the reverse complement runs in the same forward pass)."""
+def iter_batches(jobs: Iterable[Job], token_budget: int, max_items: int | None, copies: int = 1,
+                 tokens: Callable[[int], int] | None = None) -> Iterator[list[Job]]:
+    """Consecutive jobs of equal window length (windows are never padded), within the token budget
+    (``copies`` = 2 when the reverse complement runs in the same forward pass; ``tokens(window_length)``: tokens
+    of a window, SegmentNT's by default)."""
+    tokens = tokens or (lambda n: n // NT_PER_TOKEN + 1)
     for _, group in itertools.groupby(jobs, key=lambda j: j.window.length):
-        yield from by_token_budget(group, lambda j: copies * (j.window.length // NT_PER_TOKEN + 1), token_budget,
-                                   max_items)
+        yield from by_token_budget(group, lambda j: copies * tokens(j.window.length), token_budget, max_items)
 
 
 def select_batches(batches: Iterable[list[Job]], bp_range: tuple[int, int] | None = None,
@@ -154,7 +133,7 @@ class TrackOutputs:
 
     def __init__(self, out_dir: Path | None, chrom_sizes: list[tuple[str, int]], features: list[str],
                  threshold: float, min_length: int, bedgraph_index: int | None = None,
-                 bedgraph_stream: BinaryIO | None = None, zoom_levels: int = 10):
+                 bedgraph_stream: BinaryIO | None = None, zoom_levels: int = 10, segments: bool = True):
         self.features = features
         self.bigwigs: list[BigWigWriter] = []
         self.segments: SegmentsBedWriter | None = None
@@ -162,7 +141,8 @@ class TrackOutputs:
         self.bedgraph_index = bedgraph_index
         if out_dir is not None:
             self.bigwigs = [BigWigWriter(out_dir / f"{f}.bw", chrom_sizes, zoom_levels) for f in features]
-            self.segments = SegmentsBedWriter(out_dir / "segments.bed.gz", features, threshold, min_length)
+            if segments:
+                self.segments = SegmentsBedWriter(out_dir / "segments.bed.gz", features, threshold, min_length)
         workers = min(len(self.bigwigs), (os.cpu_count() or 1) - 2)  # cores left after the model and the reader
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="ntk-bigwig") if workers > 1 else None
         self._parts: list[np.ndarray] = []
@@ -347,21 +327,15 @@ def note_span(spans: list[list], chrom: str, start: int, end: int) -> None:
 
 
 def default_window(model) -> int:
-    """The window the segmentation head was trained on (``segment_window`` in config.json, written by
-    ``ntk finetune segment``), else the model's trained length in nt ((max_tokens - 1) * 6), rounded down to a
-    multiple of 24."""
-    trained = model.config.extra.get("segment_window")
-    if isinstance(trained, int) and trained >= UNIT and trained % UNIT == 0:
-        return trained
-    return max(UNIT, ((model.config.max_tokens - 1) * NT_PER_TOKEN) // UNIT * UNIT)
+    """The window the model's per-base head was trained on (``segment_window`` in config.json, written by
+    ``ntk finetune segment``), else the family's default (SegmentNT: the trained length in nt, (max_tokens - 1)
+    * 6 rounded down to a multiple of 24; NTv3: 1 Mb)."""
+    return family_of(model).default_window()
 
 
 def check_window(window: int, crop: int) -> None:
-    if window < UNIT or window % UNIT:
-        raise NtkError(f"--window {window}: must be a positive multiple of {UNIT} nt (6 nt per token x 4 for the "
-                       "U-Net pooling levels)")
-    if crop < 0 or 2 * crop >= window:
-        raise NtkError(f"--crop {crop}: must be >= 0 and less than half the window ({window} nt)")
+    """SegmentNT window rules (``Family.resolve`` checks every family)."""
+    SegmentNTFamily(None).resolve(window, crop)
 
 
 def segment_genome(
@@ -394,6 +368,8 @@ def segment_genome(
     resume: bool = False,
     resume_chunk_bp: int | None = None,
     log: Callable[[str], None] | None = None,
+    species: str | None = None,
+    head: str = "bed",
 ) -> SegmentResult:
     """Segment ``fasta`` with a SegmentNT-type ``model`` (checkpoint dir, preset, or a loaded model) into
     ``out_dir`` (``<feature>.bw``, ``segments.bed.gz`` + ``.tbi``, ``run.json``), and/or stream one feature as
@@ -405,7 +381,11 @@ def segment_genome(
     of ``resume_chunk_bp`` positions beside ``out_dir`` and, when started again, computes only the others.
     ``blend``: how neighbouring windows' predictions are joined across their overlap (``linear``, ``cosine``,
     or ``none``: cut at the middle of the overlap); a position covered by one window only gets its value.
-    ``log(line)`` gets start-up notes (the compute precision and why)."""
+    ``log(line)`` gets start-up notes (the compute precision and why).
+
+    NTv3 post-trained models need ``species`` (one of the model's). ``head="bigwig"`` (what ``ntk tracks``
+    runs, see ``pipelines/tracks.py``) writes the BigWig-track head instead: ``features`` are then track ids,
+    one float32 BigWig each, and no segments BED. NTv3 windows are cut (their heads predict only the centre)."""
     from ..model import load_model
     from ..model.runtime import Precision, choose_precision, resolve_device, set_threads
 
@@ -432,26 +412,40 @@ def segment_genome(
         prec = choose_precision(precision, dev, task="segment")
         m = load_model(model, device=dev, dtype=prec.dtype)
     m.eval()
-    if not m.config.is_segmentation:
+    fam = family_of(m)
+    is_ntv3 = isinstance(fam, NTv3Family)
+    if head == "bed" and not is_ntv3 and not m.config.is_segmentation:
         raise NtkError(f"model {model if isinstance(model, (str, os.PathLike)) else m.config.family!s} has no "
-                       "segmentation head (not a SegmentNT-type checkpoint); use a SegmentNT model with ntk segment")
-    all_features = list(m.config.features or [])
+                       "segmentation head (not a SegmentNT-type checkpoint); use a SegmentNT or NTv3 post-trained "
+                       "model with ntk segment")
+    all_features = fam.head_names(head)
+    species_id = None
+    if is_ntv3:
+        species_id = _species_id(m, species)
+        if head == "bigwig":
+            all_features = m.config.tracks_for(species)
+            if not all_features:
+                raise NtkError(f"--species {species}: this model has no BigWig tracks for it (species with tracks: "
+                               f"{', '.join(s for s in m.species if m.config.tracks_for(s))})")
+    elif species is not None:
+        raise NtkError("--species: only NTv3 post-trained models are conditioned on a species")
+    what = "track" if head == "bigwig" else "feature"
     feats = list(features) if features else all_features
     unknown = [f for f in feats if f not in all_features]
     if unknown:
-        raise NtkError(f"--features: unknown feature {unknown[0]!r}; this model has: {', '.join(all_features)}")
+        shown = ", ".join(all_features[:20]) + (f" ... ({len(all_features)} in all)" if len(all_features) > 20 else "")
+        raise NtkError(f"--{what}s: unknown {what} {unknown[0]!r}; this model has: {shown}")
     feat_idx = [all_features.index(f) for f in feats]
     bg_index = None
     if bedgraph is not None:
         if bedgraph not in feats:
             raise NtkError(f"--bedgraph {bedgraph!r}: not among the features written ({', '.join(feats)})")
         bg_index = feats.index(bedgraph)
-    window = default_window(m) if window is None else int(window)
-    crop = window // 8 if crop is None else int(crop)
-    check_window(window, crop)
+    window, crop = fam.resolve(window, crop)
     t_load = time.perf_counter() - t0
 
-    budget = auto_token_budget(dev.type, m.config.hidden_size, m.config.num_hidden_layers)
+    width = m.config.conv_init_embed_dim if is_ntv3 else m.config.hidden_size  # per-token activation width
+    budget = auto_token_budget(dev.type, width, m.config.num_hidden_layers)
     result = SegmentResult(Path(out_dir) if out_dir is not None else None, feats, units, window, crop, blend)
     result.bp_total = sum(u.length for u in units)
     result.bp_range = (0, result.bp_total)
@@ -468,23 +462,27 @@ def segment_genome(
     options = {"regions": list(regions) or None, "features": feats, "window": window, "crop": crop,
                "rc_average": rc_average, "blend": blend, "threshold": threshold, "min_length": min_length,
                "zoom_levels": zoom_levels}
+    if is_ntv3:  # only NTv3 runs carry these, so SegmentNT manifests and journals stay as they were
+        options.update(species=species, head=head, segments=head == "bed")
+    kind = "tracks" if head == "bigwig" else "segment"
     inputs = {"fasta": fasta, "regions_file": regions_file, "chr_map": chr_map}
     journal = None
     if resume:
         o = Path(out_dir)
         if o.exists() and (not o.is_dir() or any(o.iterdir())) and not force:
             raise NtkError(f"{o}: output directory is not empty (use --force to overwrite); nothing to resume")
-        ident = make_manifest("segment", "segment-dir", shard or (1, 1), inputs, m.config.fingerprint(), options)
+        ident = make_manifest(kind, "segment-dir", shard or (1, 1), inputs, m.config.fingerprint(), options)
         ident.pop("ntk_version")
         journal = Journal(partial_dir(out_dir), ident, resume_chunk_bp or CHUNK_BP)
 
     def run(tmp_dir: Path | None) -> None:
         if log is not None:  # once the inputs are checked: a bad input stays a one-line error
             log(f"precision: {prec.name} ({prec.reason})")
-        outputs = TrackOutputs(tmp_dir, chrom_sizes, feats, threshold, min_length, bg_index, stream, zoom_levels)
+        outputs = TrackOutputs(tmp_dir, chrom_sizes, feats, threshold, min_length, bg_index, stream, zoom_levels,
+                               segments=head == "bed")
         try:
             _run(fa, m, units, window, crop, rc_average, feat_idx, budget, batch_size, outputs, result, progress,
-                 on_start, journal, blend)
+                 on_start, journal, blend, fam, head, species_id)
             if journal is not None:
                 def add(chrom: str, start: int, values: np.ndarray) -> None:
                     outputs.add(chrom, start, values)
@@ -500,12 +498,12 @@ def segment_genome(
         result.n_segments = outputs.segments.n_segments if outputs.segments is not None else 0
         result.timings.update(load_model=t_load, total=time.perf_counter() - t0)
         result.run_info = _run_info(fasta, model, m, dev, result, regions, regions_file, rc_average, threshold,
-                                    min_length, bedgraph, zoom_levels, command)
+                                    min_length, bedgraph, zoom_levels, command, species, head)
         result.run_info["runtime"]["precision"] = prec.as_json()
         if tmp_dir is not None:
             (tmp_dir / "run.json").write_text(json.dumps(result.run_info, indent=2) + "\n")
         if tmp_dir is not None and shard is not None:
-            write_manifest(make_manifest("segment", "segment-dir", shard, inputs, m.config.fingerprint(), options,
+            write_manifest(make_manifest(kind, "segment-dir", shard, inputs, m.config.fingerprint(), options,
                                          {"chrom_sizes": chrom_sizes, "spans": result.spans,
                                           "run": result.run_info}), tmp_dir / DIR_MANIFEST)
 
@@ -525,22 +523,20 @@ def segment_genome(
 def _run(fa: IndexedFasta, m, units: list[Interval], window: int, crop: int, rc_average: bool,
          feat_idx: list[int], budget: int, max_items: int | None, outputs: TrackOutputs, result: SegmentResult,
          progress: Callable[[int], None] | None, on_start: Callable[[int], None] | None,
-         journal: Journal | None = None, blend: str = "linear") -> None:
+         journal: Journal | None = None, blend: str = "linear", fam: Family | None = None, head: str = "bed",
+         species_id: int | None = None) -> None:
     dev = m.device
     pin = dev.type == "cuda"
-    tok = m.tokenizer
+    fam = fam if fam is not None else family_of(m)
     fidx = torch.as_tensor(feat_idx, device=dev)
     stop = threading.Event()
 
     def encode(item: tuple[list[Job], bool]):
         batch, own = item
-        codes = np.stack([sequence_codes(fa.fetch(j.window.chrom, j.window.start, j.window.end)) for j in batch])
-        if rc_average:  # reverse complements ride in the same forward pass, after the forward strands
-            codes = np.concatenate([codes, np.stack([reverse_complement_codes(c) for c in codes])])
-        ids = torch.from_numpy(np.stack([tok.tokenize_codes(c)[0] for c in codes]).astype(np.int64))
+        ids, valid = fam.encode(fa, batch, rc_average)
         if pin:
             ids = ids.pin_memory()
-        return batch, own, ids
+        return batch, own, ids, valid
 
     # progress: positions (units laid end to end, N gaps included) are done when the window keeping them is written
     lo, hi = result.bp_range
@@ -571,15 +567,39 @@ def _run(fa: IndexedFasta, m, units: list[Interval], window: int, crop: int, rc_
             for done in blender.flush():
                 emit(*done)
             return
-        batch, own, probs = item
-        for j, p in zip(batch, probs):
-            for done in blender.push(j.window, p, (j, own, batch[0].gpos)):
-                emit(*done)
+        batch, own, probs, offset, valid = item
+        if offset == 0 and valid is None:  # SegmentNT: whole windows, blended across their overlaps
+            for j, p in zip(batch, probs):
+                for done in blender.push(j.window, p, (j, own, batch[0].gpos)):
+                    emit(*done)
+            return
+        if not own:
+            return
+        # NTv3: values cover the heads' centre only and kept centres abut (cut); N positions get no value
+        for k, (j, p) in enumerate(zip(batch, probs)):
+            w = j.window
+            a, b = w.keep_start - w.start, w.keep_end - w.start
+            kept = p[a - offset: b - offset]
+            pieces = [(0, b - a)]
+            if valid is not None:
+                ok = valid[k, a:b]
+                if not ok.all():
+                    d = np.diff(np.concatenate(([0], ok.view(np.int8), [0])))
+                    pieces = list(zip(np.flatnonzero(d == 1).tolist(), np.flatnonzero(d == -1).tolist()))
+            for u, v in pieces:
+                if journal is not None:
+                    journal.add(batch[0].gpos, w.chrom, w.keep_start + u, kept[u:v])
+                else:
+                    outputs.add(w.chrom, w.keep_start + u, kept[u:v])
+            if journal is None and pieces:
+                note_span(spans, w.chrom, w.keep_start, w.keep_end)
+            advance_to(min(j.gpos + w.keep_end - w.keep_start, hi))
 
     if on_start is not None:
         on_start(hi - lo)
-    jobs = iter_windows(fa, units, window, crop)
-    batches = ((b, True) for b in iter_batches(jobs, budget, max_items, copies=2 if rc_average else 1))
+    jobs = fam.jobs(fa, units, window, crop)
+    batches = ((b, True) for b in iter_batches(jobs, budget, max_items, copies=2 if rc_average else 1,
+                                               tokens=fam.tokens))
     if result.shard is not None or journal is not None:
         batches = select_batches((b for b, _ in batches), result.bp_range if result.shard else None,
                                  journal.is_done if journal is not None else None)
@@ -587,18 +607,14 @@ def _run(fa: IndexedFasta, m, units: list[Interval], window: int, crop: int, rc_
     t_model = 0.0
     try:
         with torch.inference_mode():
-            for batch, own, ids in _background(map(encode, batches), maxsize=3, stop=stop):
+            for batch, own, ids, valid in _background(map(encode, batches), maxsize=3, stop=stop):
                 t = time.perf_counter()
                 ids = ids.to(dev, non_blocking=pin)
-                rescale = m.config.rescaling_for_tokens(ids.shape[1])
-                probs = m(ids, rescaling_factor=rescale, heads="segment").segment_probabilities.index_select(2, fidx)
-                if rc_average:
-                    n = len(batch)
-                    probs = (probs[:n] + probs[n:].flip(1)) * 0.5
+                probs, offset = fam.predict(ids, head, fidx, len(batch), rc_average, species_id)
                 probs = probs.float().cpu().numpy()
                 t_model += time.perf_counter() - t
                 result.n_windows += len(batch) if own else 0  # neighbours run only to blend are not counted
-                writer.submit((batch, own, probs))
+                writer.submit((batch, own, probs, offset, None if valid is None else valid.numpy()))
             writer.submit(None)
     except BaseException:
         stop.set()  # the reader stops, the writer drops what is queued
@@ -612,8 +628,36 @@ def _run(fa: IndexedFasta, m, units: list[Interval], window: int, crop: int, rc_
     result.timings["model"] = t_model
 
 
+def _species_id(m, species: str | None) -> int:
+    if not m.config.is_post_trained:
+        raise NtkError("this NTv3 model is pre-trained only (MLM head): ntk segment and ntk tracks need a "
+                       "post-trained NTv3 model (BED-element and BigWig-track heads)")
+    if species is None:
+        raise NtkError(f"--species is required for this NTv3 model; choose one of: {', '.join(m.species)}")
+    if species not in m.species:
+        raise NtkError(f"--species {species!r}: not a species of this model; choose one of: {', '.join(m.species)}")
+    return m.species_id(species)
+
+
+def _model_info(m, species: str | None, head: str) -> dict:
+    """Family-specific model facts for run.json (NTv3: species, the track metadata of a tracks run)."""
+    if not isinstance(family_of(m), NTv3Family):
+        return {"features": list(m.config.features or []), "max_tokens": m.config.max_tokens}
+    cfg = m.config
+    info = {"species": species, "species_id": m.species_id(species), "bed_elements": list(cfg.features),
+            "keep_target_center_fraction": cfg.keep_target_center_fraction, "window_unit": cfg.window_unit}
+    if head == "bigwig":
+        tracks = cfg.tracks_for(species)
+        info["tracks"] = {"species": species, "count": len(tracks), "ids": tracks,
+                          "head": f"core.bigwig_head.species_heads.{m.species.index(species)}",
+                          "transform": "softplus (the model's output, float32)"}
+    return info
+
+
 def _run_info(fasta, model_arg, m, dev, result: SegmentResult, regions, regions_file, rc_average, threshold,
-              min_length, bedgraph, zoom_levels, command) -> dict:
+              min_length, bedgraph, zoom_levels, command, species=None, head="bed") -> dict:
+    outputs = [f"{f}.bw" for f in result.features] + (["segments.bed.gz", "segments.bed.gz.tbi"] if head == "bed"
+                                                        else []) + ["run.json"]
     return {
         "ntk_version": __version__,
         "command": command,
@@ -622,14 +666,14 @@ def _run_info(fasta, model_arg, m, dev, result: SegmentResult, regions, regions_
             "source": str(model_arg) if isinstance(model_arg, (str, os.PathLike)) else None,
             "family": m.config.family,
             "fingerprint": m.config.fingerprint(),
-            "features": list(m.config.features or []),
-            "max_tokens": m.config.max_tokens,
+            **_model_info(m, species, head),
         },
         "options": {
             "regions": list(regions) or None, "regions_file": regions_file, "features": result.features,
             "window": result.window, "crop": result.crop, "blend": result.blend, "rc_average": rc_average,
             "threshold": threshold,
             "min_length": min_length, "bedgraph": bedgraph, "zoom_levels": zoom_levels,
+            **({"species": species, "head": head} if species is not None else {}),
         },
         "runtime": {"device": str(dev), "dtype": str(m.dtype).replace("torch.", ""), "torch": torch.__version__,
                     "numpy": np.__version__, "threads": torch.get_num_threads()},
@@ -640,7 +684,6 @@ def _run_info(fasta, model_arg, m, dev, result: SegmentResult, regions, regions_
         "bp_scored": result.bp_scored,
         "n_windows": result.n_windows,
         "n_segments": result.n_segments,
-        "outputs": ([f"{f}.bw" for f in result.features] + ["segments.bed.gz", "segments.bed.gz.tbi", "run.json"])
-        if result.out_dir is not None else [],
+        "outputs": outputs if result.out_dir is not None else [],
         "timings_s": {k: round(v, 3) for k, v in result.timings.items()},
     }

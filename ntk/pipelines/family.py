@@ -1,0 +1,271 @@
+"""What the genome-scale pipelines ask of a model family: window unit and tiling, tokens per base, the centre
+crop the heads predict on, which head gives per-base values, how a window is encoded.
+
+Two families run through ``segment``/``tracks``:
+
+- **SegmentNT** (6-mer tokens + CLS, U-Net head over tokens): windows lie inside ACGT runs (N is never fed),
+  are multiples of 24 nt and are never padded; the whole window is predicted and ``--crop`` nt are dropped at
+  each side where neighbouring windows overlap (``pipelines/windows.tile``).
+- **NTv3** (one token per base, U-Net over bases, heads on the central ``keep_target_center_fraction`` of the
+  window): window lengths are multiples of ``2**num_downsamples``; the kept centre of a window of W nt is
+  ``[m, W - m)`` with ``m = W - (s + n)``, ``n = int(W * f)``, ``s = (W - n) // 2`` (the HF crop, made
+  symmetric so that ``--rc-average`` averages the same positions); windows are laid so that kept centres abut
+  and cover every position of a *span*, extending past the span (and past contig ends, where the window is
+  filled with ``N``) by the margin. A span is an ACGT run, joined with the next one across an N gap shorter
+  than one window's kept centre (so N inside a window is allowed: NTv3 has an N token and was trained with N);
+  longer N gaps are skipped. Positions that are N (or IUPAC codes) in the FASTA get no value, as for
+  SegmentNT. A span shorter than a full window's centre gets the shortest window whose centre covers it.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..errors import NtkError
+from ..io.fasta import IndexedFasta, acgt_runs
+from ..io.intervals import Interval
+from ..model.tokenizer import N_CODE, reverse_complement_codes, sequence_codes
+from .windows import Window, tile
+
+SEGMENT_NT_UNIT = 24  # 6 nt per token x 2**2 (two U-Net pooling levels)
+NT_PER_TOKEN = 6
+READ_BLOCK = 1 << 20
+NTV3_DEFAULT_WINDOW = 1 << 20  # the released NTv3 models' 1 Mb context
+
+
+@dataclass(frozen=True)
+class Job:
+    """One window to run: which work unit it belongs to, the window (kept part included), and the position of
+    its first kept nucleotide in the work units laid end to end (what shards and resume chunks are cut by)."""
+    unit: int
+    window: Window
+    gpos: int = 0
+
+
+def scan_runs(fasta: IndexedFasta, unit: Interval, min_length: int = SEGMENT_NT_UNIT) -> Iterator[tuple[int, int]]:
+    """ACGT runs of at least ``min_length`` nt inside ``unit``, reading it in blocks (absolute coordinates)."""
+    cur: tuple[int, int] | None = None
+    for b in range(unit.start, unit.end, READ_BLOCK):
+        e = min(b + READ_BLOCK, unit.end)
+        for s, t in acgt_runs(fasta.fetch(unit.chrom, b, e), offset=b):
+            if cur is not None and s == cur[1]:  # a run that crosses the block boundary
+                cur = (cur[0], t)
+                continue
+            if cur is not None and cur[1] - cur[0] >= min_length:
+                yield cur
+            cur = (s, t)
+    if cur is not None and cur[1] - cur[0] >= min_length:
+        yield cur
+
+
+def fetch_codes(fa: IndexedFasta, chrom: str, start: int, end: int) -> np.ndarray:
+    """Codes of ``chrom[start:end]``; positions outside the contig are N."""
+    n = fa.lengths[chrom]
+    a, b = max(start, 0), min(end, n)
+    codes = sequence_codes(fa.fetch(chrom, a, b)) if b > a else np.zeros(0, np.uint8)
+    if a > start or b < end:
+        codes = np.concatenate([np.full(a - start, N_CODE, np.uint8), codes, np.full(end - max(b, start), N_CODE,
+                                                                                     np.uint8)])
+    return codes
+
+
+class Family:
+    """Interface; see the module docstring."""
+    name = "?"
+    unit = 1
+    fixed_crop = False
+
+    def __init__(self, model):
+        self.m = model
+
+    def default_window(self) -> int:
+        raise NotImplementedError
+
+    def resolve(self, window: int | None, crop: int | None) -> tuple[int, int]:
+        raise NotImplementedError
+
+    def jobs(self, fa: IndexedFasta, units: Sequence[Interval], window: int, crop: int) -> Iterator[Job]:
+        raise NotImplementedError
+
+    def tokens(self, window_length: int) -> int:
+        raise NotImplementedError
+
+    def encode(self, fa: IndexedFasta, batch: list[Job], rc_average: bool):
+        """-> (ids LongTensor [B or 2B, T], valid bool [B, W] or None: which window positions may get a value)."""
+        raise NotImplementedError
+
+    def predict(self, ids: torch.Tensor, head: str, select: torch.Tensor, n_fwd: int, rc_average: bool,
+                species_id: int | None) -> tuple[torch.Tensor, int]:
+        """-> (values [B, K, F_selected] float, offset of values[0] within the window)."""
+        raise NotImplementedError
+
+    def head_names(self, head: str) -> list[str]:
+        raise NotImplementedError
+
+
+class SegmentNTFamily(Family):
+    name = "segment_nt"
+    unit = SEGMENT_NT_UNIT
+
+    def default_window(self) -> int:
+        """The window the head was trained on (``segment_window`` in config.json, written by ``ntk finetune
+        segment``), else the trained length in nt ((max_tokens - 1) * 6), rounded down to a multiple of 24."""
+        cfg = self.m.config
+        trained = cfg.extra.get("segment_window")
+        if isinstance(trained, int) and trained >= self.unit and trained % self.unit == 0:
+            return trained
+        return max(self.unit, ((cfg.max_tokens - 1) * NT_PER_TOKEN) // self.unit * self.unit)
+
+    def resolve(self, window, crop):
+        window = self.default_window() if window is None else int(window)
+        crop = window // 8 if crop is None else int(crop)
+        if window < self.unit or window % self.unit:
+            raise NtkError(f"--window {window}: must be a positive multiple of {self.unit} nt (6 nt per token x 4 "
+                           "for the U-Net pooling levels)")
+        if crop < 0 or 2 * crop >= window:
+            raise NtkError(f"--crop {crop}: must be >= 0 and less than half the window ({window} nt)")
+        return window, crop
+
+    def jobs(self, fa, units, window, crop):
+        offset = 0
+        for i, u in enumerate(units):
+            base, offset = offset, offset + u.length
+            for s, e in scan_runs(fa, u):
+                for w in tile(s, e, window, crop, unit=self.unit, chrom=u.chrom):
+                    yield Job(i, w, base + w.keep_start - u.start)
+
+    def tokens(self, window_length):
+        return window_length // NT_PER_TOKEN + 1
+
+    def encode(self, fa, batch, rc_average):
+        tok = self.m.tokenizer
+        codes = np.stack([sequence_codes(fa.fetch(j.window.chrom, j.window.start, j.window.end)) for j in batch])
+        if rc_average:  # reverse complements ride in the same forward pass, after the forward strands
+            codes = np.concatenate([codes, np.stack([reverse_complement_codes(c) for c in codes])])
+        return torch.from_numpy(np.stack([tok.tokenize_codes(c)[0] for c in codes]).astype(np.int64)), None
+
+    def predict(self, ids, head, select, n_fwd, rc_average, species_id):
+        m = self.m
+        rescale = m.config.rescaling_for_tokens(ids.shape[1])
+        probs = m(ids, rescaling_factor=rescale, heads="segment").segment_probabilities.index_select(2, select)
+        if rc_average:
+            probs = (probs[:n_fwd] + probs[n_fwd:].flip(1)) * 0.5
+        return probs, 0
+
+    def head_names(self, head):
+        if head != "bed":
+            raise NtkError("this model has no BigWig-track head (ntk tracks needs an NTv3 post-trained model)")
+        return list(self.m.config.features or [])
+
+
+class NTv3Family(Family):
+    name = "ntv3"
+    fixed_crop = True
+
+    def __init__(self, model):
+        super().__init__(model)
+        self.unit = model.config.window_unit
+
+    def margin(self, W: int) -> int:
+        s, e = self.m.crop_bounds(W)
+        return max(s, W - e)
+
+    def kept(self, W: int) -> int:
+        return W - 2 * self.margin(W)
+
+    def default_window(self) -> int:
+        trained = self.m.config.extra.get("segment_window")
+        if isinstance(trained, int) and trained >= self.unit and trained % self.unit == 0:
+            return trained
+        return max(self.unit, NTV3_DEFAULT_WINDOW // self.unit * self.unit)
+
+    def resolve(self, window, crop):
+        if crop is not None:
+            raise NtkError("--crop: NTv3 heads predict on a fixed centre of each window (keep_target_center_fraction "
+                           f"{self.m.config.keep_target_center_fraction}); the crop follows from --window")
+        window = self.default_window() if window is None else int(window)
+        if window < self.unit or window % self.unit:
+            raise NtkError(f"--window {window}: must be a positive multiple of {self.unit} nt (2^num_downsamples "
+                           "for this NTv3 model)")
+        if self.kept(window) < 1:
+            raise NtkError(f"--window {window}: too short, its kept centre is empty")
+        return window, self.margin(window)
+
+    def spans(self, fa, u: Interval, gap: int) -> Iterator[tuple[int, int]]:
+        cur = None
+        for s, e in scan_runs(fa, u, min_length=1):
+            if cur is not None and s - cur[1] < gap:
+                cur = (cur[0], e)
+                continue
+            if cur is not None:
+                yield cur
+            cur = (s, e)
+        if cur is not None:
+            yield cur
+
+    def fit_window(self, length: int, window: int) -> int:
+        """The shortest window (multiple of the unit, at most ``window``) whose kept centre holds ``length``."""
+        if self.kept(window) <= length:
+            return window
+        f = self.m.config.keep_target_center_fraction or 1.0
+        W = max(self.unit, int(length / f) // self.unit * self.unit - 2 * self.unit)
+        while self.kept(W) < length:
+            W += self.unit
+        return min(W, window)
+
+    def jobs(self, fa, units, window, crop):
+        offset = 0
+        K_full = self.kept(window)
+        for i, u in enumerate(units):
+            base, offset = offset, offset + u.length
+            for s, e in self.spans(fa, u, K_full):
+                W = self.fit_window(e - s, window)
+                mg, K = self.margin(W), self.kept(W)
+                for a in range(s, e, K):
+                    w = Window(u.chrom, a - mg, a - mg + W, a, min(a + K, e))
+                    yield Job(i, w, base + w.keep_start - u.start)
+
+    def tokens(self, window_length):
+        return window_length
+
+    def encode(self, fa, batch, rc_average):
+        codes = np.stack([fetch_codes(fa, j.window.chrom, j.window.start, j.window.end) for j in batch])
+        valid = torch.from_numpy(codes != N_CODE)
+        if rc_average:
+            codes = np.concatenate([codes, np.stack([reverse_complement_codes(c) for c in codes])])
+        return torch.from_numpy(self.m.tokenizer.tokenize_codes(codes.reshape(-1))[0].reshape(codes.shape)), valid
+
+    def predict(self, ids, head, select, n_fwd, rc_average, species_id):
+        m = self.m
+        W = ids.shape[1]
+        s, e = m.crop_bounds(W)
+        mg, K = self.margin(W), self.kept(W)
+        out = m(ids, species_ids=species_id)
+        vals = out.bed_probabilities if head == "bed" else out.bigwig_tracks_logits.float()
+        vals = vals.index_select(2, select)
+        fwd = vals[:n_fwd, mg - s: mg - s + K]
+        if rc_average:  # the reverse strand's crop covers forward positions [W - e, W - s)
+            rc = vals[n_fwd:].flip(1)
+            lo = mg - (W - e)
+            fwd = (fwd + rc[:, lo: lo + K]) * 0.5
+        return fwd, mg
+
+    def head_names(self, head):
+        cfg = self.m.config
+        if not cfg.is_post_trained:
+            raise NtkError("this NTv3 model is pre-trained only (MLM head): ntk segment and ntk tracks need a "
+                           "post-trained NTv3 model (BED-element and BigWig-track heads)")
+        if head == "bed":
+            if not cfg.bed_elements_names:
+                raise NtkError("this NTv3 model has no BED-element head")
+            return list(cfg.bed_elements_names)
+        return []  # BigWig tracks depend on the species: see tracks_for
+
+
+def family_of(model) -> Family:
+    from ..model.ntv3 import NTv3
+
+    return NTv3Family(model) if isinstance(model, NTv3) else SegmentNTFamily(model)
