@@ -59,7 +59,8 @@ def register(app: typer.Typer) -> None:
         chr_map: ChrMapOpt = None,
         layer: Annotated[Optional[list[str]], typer.Option(
             "--layer", help="Hidden state to embed: 0..L (HF indexing, L = after the final layer norm), negative "
-            "from the end; default -1. Repeat or comma-separate for several (one column per layer)")] = None,
+            "from the end; default -1. Repeat or comma-separate for several (one column per layer). NTv3: default "
+            "'final' (the per-base embedding); 0..L = Transformer outputs")] = None,
         pool: Annotated[str, typer.Option("--pool", help="mean (over the record's tokens; CLS and padding "
                                           "excluded) | max | cls | none (one row per token)")] = "mean",
         rc_average: Annotated[bool, typer.Option("--rc-average", help="Average with the embedding of the "
@@ -67,6 +68,11 @@ def register(app: typer.Typer) -> None:
         fmt: Annotated[str, typer.Option("--format", help="parquet | npy (dense float32 matrix + OUT.rows.tsv)")
                        ] = "parquet",
         model: ModelOpt = None,
+        species: Annotated[Optional[str], typer.Option(
+            "--species", help="NTv3 post-trained models: the species to condition on")] = None,
+        window: Annotated[Optional[int], typer.Option(
+            "--window", help="NTv3: window in nt for long records (multiple of 2^num_downsamples; default 1 Mb)")
+        ] = None,
         device: DeviceOpt = "auto",
         precision: PrecisionOpt = "auto",
         batch_size: BatchSizeOpt = "auto",
@@ -85,8 +91,8 @@ def register(app: typer.Typer) -> None:
         from ..io.intervals import parse_region, read_bed, read_chr_map
         from ..model import load_model
         from ..model.runtime import set_threads
-        from ..pipelines.embed import (FORMATS, POOLINGS, embed_shard, fasta_inputs, normalise_layers,
-                                       npy_rows_path, region_inputs, write_embeddings)
+        from ..pipelines.embed import (FORMATS, POOLINGS, Embedder, embed_shard, fasta_inputs, npy_rows_path,
+                                       region_inputs, write_embeddings)
 
         if pool not in POOLINGS:
             raise NtkError(f"--pool {pool!r}: expected one of {', '.join(POOLINGS)}")
@@ -169,7 +175,8 @@ def register(app: typer.Typer) -> None:
             source = {"input": input}
 
         set_threads(threads)
-        options = {"layers": layer, "pool": pool, "rc_average": rc_average, "regions": region or None}
+        options = {"layers": layer, "pool": pool, "rc_average": rc_average, "regions": region or None,
+                   "species": species, "window": window}
 
         def run_shard(out, sh: tuple[int, int], dev: str, q: bool):
             m = load_model(model, device=dev, dtype=precision)
@@ -186,14 +193,14 @@ def register(app: typer.Typer) -> None:
                               f"{stats.tokens:,} tokens, {stats.seconds:.1f} s -> {output}")
             return
         m = load_model(model, device=device, dtype=precision)
-        normalise_layers(layer, m.config.num_hidden_layers)  # fail before any output starts
+        Embedder(m, layers=layer, pool=pool, species=species, window=window)  # fail before any output starts
         label = model or getattr(m, "source", "")
         progress, update = _progress(quiet, total)
         journal = {"sources": source, "options": {"regions": region or None}} if resume else None
         with progress:
             stats = write_embeddings(m, records, output, fmt=fmt, model_label=label, progress=update,
                                      layers=layer, pool=pool, rc_average=rc_average, batch_size=bs,
-                                     chunk_tokens=chunk_tokens, resume=journal)
+                                     chunk_tokens=chunk_tokens, resume=journal, species=species, window=window)
         if stats.records == 0:
             console.print("ntk embed: warning: no records to embed (the output has no rows)")
         if not quiet:

@@ -22,6 +22,18 @@ Rules (documented in the README, section ``ntk embed``):
 - Empty records (``status = empty``) and records without any A/C/G/T (``status = all_n``) produce a row with a
   null embedding; they never reach the model.
 
+NTv3 (one token per base, no CLS; ``species`` required for post-trained models):
+
+- the default embedding is the model's final per-base embedding (``layers`` ``"final"``, the up-sampling
+  tower's output); ``layers`` 0..L pick Transformer outputs instead (0 = Transformer input, i = block i, -1 =
+  last), which have one vector per block of ``2**num_downsamples`` bases: each base takes its block's vector
+  (pooling then weights a block by its kept bases; ``pool="none"`` repeats it per base). Layers of different
+  widths cannot be combined in one run.
+- records are tiled in bases with the same rule (windows of 1 Mb by default, or ``window``), a window shorter
+  than a multiple of ``2**num_downsamples`` is padded with ``N`` at its end, to the next multiple only (batches
+  hold windows of one padded length, so a record's embedding never depends on what it is batched with);
+  padding is never pooled. ``cls`` pooling does not exist (no CLS token).
+
 Throughput: windows are collected in bounded chunks (a token budget, so memory stays flat for any input size,
 including single records of chromosome size), sorted by length within the chunk, grouped into batches by a
 token budget (batch size x padded length) and run; rows come back in input order.
@@ -52,6 +64,7 @@ from .windows import Blender, Window, tile
 BLEND = "linear"  # how per-token rows of neighbouring windows are joined (pipelines/windows.py)
 
 POOLINGS = ("mean", "max", "cls", "none")
+NTV3_FINAL = "final"  # NTv3: the final per-base embedding (default layer)
 FORMATS = ("parquet", "npy")
 STATUS_OK, STATUS_EMPTY, STATUS_ALL_N = "ok", "empty", "all_n"
 CROP_FRACTION = 1 / 8  # of the window, on each side: windows overlap by a quarter
@@ -284,7 +297,8 @@ class Embedder:
 
     def __init__(self, model, layers=None, pool: str = "mean", rc_average: bool = False,
                  batch_size: int | None = None, token_budget: int | None = None, crop: int | None = None,
-                 chunk_tokens: int | None = None, bucket: bool = True, tokenize_block: int = 1 << 20):
+                 chunk_tokens: int | None = None, bucket: bool = True, tokenize_block: int = 1 << 20,
+                 species: str | None = None, window: int | None = None):
         if pool not in POOLINGS:
             raise NtkError(f"--pool {pool!r}: expected one of {', '.join(POOLINGS)}")
         if rc_average and pool == "none":
@@ -292,20 +306,39 @@ class Embedder:
                            "use --pool mean|max|cls")
         self.model = model
         cfg = model.config
-        self.layers = normalise_layers(layers, cfg.num_hidden_layers)
+        self.ntv3 = _is_ntv3(model)
+        self.species_id = None
+        if self.ntv3:
+            self.layers, self.hidden_size = ntv3_layers(layers, cfg)
+            if pool == "cls":
+                raise NtkError("--pool cls: NTv3 has no CLS token; use --pool mean|max|none")
+            self.species_id = ntv3_species_id(model, species)
+            self.unit = cfg.window_unit
+            from .family import NTV3_DEFAULT_WINDOW
+            w = NTV3_DEFAULT_WINDOW if window is None else int(window)
+            if w < self.unit or w % self.unit:
+                raise NtkError(f"--window {w}: must be a positive multiple of {self.unit} (2^num_downsamples)")
+            self.window = w
+        else:
+            if species is not None:
+                raise NtkError("--species: only NTv3 post-trained models are conditioned on a species")
+            self.layers = normalise_layers(layers, cfg.num_hidden_layers)
+            self.hidden_size = cfg.hidden_size
+            self.window = cfg.max_tokens - 1  # DNA tokens per window (CLS is the +1)
+            if window is not None:
+                self.window = min(self.window, int(window))
         self.pool = pool
         self.rc_average = rc_average
         self.tokenizer: NucleotideTokenizer = model.tokenizer
-        self.window = cfg.max_tokens - 1  # DNA tokens per window (CLS is the +1)
         if self.window < 1:
             raise NtkError(f"model context of {cfg.max_tokens} tokens is too small")
         self.crop = int(self.window * CROP_FRACTION) if crop is None else int(crop)
         if not 0 <= 2 * self.crop < self.window:
             raise NtkError(f"crop {self.crop} must be >= 0 and less than half the window ({self.window} tokens)")
         self.batch_size = batch_size
-        self.token_budget = token_budget or auto_token_budget(model.device.type, cfg.hidden_size,
+        self.token_budget = token_budget or auto_token_budget(model.device.type, self.hidden_size,
                                                               cfg.num_hidden_layers)
-        width = len(self.layers) * cfg.hidden_size
+        width = len(self.layers) * self.hidden_size
         if chunk_tokens is None:
             chunk_tokens = max(self.token_budget * 8, 1 << 17)
             if pool == "none":  # the chunk's per-token rows are held until written: ~256 MB of float32
@@ -314,14 +347,13 @@ class Embedder:
         self.max_pending = 1 << 15
         self.bucket = bucket
         self.tokenize_block = tokenize_block
-        self.hidden_size = cfg.hidden_size
         self.stats = EmbedStats()
 
     @property
     def embedding_columns(self) -> list[str]:
         if len(self.layers) == 1:
             return ["embedding"]
-        return [f"embedding_layer{i}" for i in self.layers]
+        return [f"embedding_{i}" if i == NTV3_FINAL else f"embedding_layer{i}" for i in self.layers]
 
     # -- records and windows --------------------------------------------------------------------
     def _start_record(self, inp: EmbedInput) -> tuple[_Record, list[_Window]]:
@@ -343,7 +375,8 @@ class Embedder:
         if status == STATUS_OK:
             strands = [codes, reverse_complement_codes(codes)] if self.rc_average else [codes]
             for c in strands:
-                v = _View(*tokenize_long(self.tokenizer, c, self.tokenize_block))
+                v = _View(*(self._tokenize_ntv3(c) if self.ntv3 else tokenize_long(self.tokenizer, c,
+                                                                                     self.tokenize_block)))
                 views.append(v)
                 tiles = tile(0, len(v.ids), self.window, self.crop, unit=1)
                 v.n_win = len(tiles)
@@ -359,11 +392,21 @@ class Embedder:
         st.windows += len(windows)
         return rec, windows
 
+    def _tokenize_ntv3(self, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ids, starts, _ = self.tokenizer.tokenize_codes(codes)
+        return ids, starts
+
     # -- model ----------------------------------------------------------------------------------
     @torch.inference_mode()
     def _hidden(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """[B, T, n_layers, H] float32."""
         m = self.model
+        if self.ntv3:
+            want_hidden = any(i != NTV3_FINAL for i in self.layers)
+            out = m(ids, species_ids=self.species_id, output_hidden_states=want_hidden, heads=False)
+            cols = [out.embedding if i == NTV3_FINAL else out.hidden_states[i].repeat_interleave(self.unit, dim=1)
+                    for i in self.layers]
+            return torch.stack([c.float() for c in cols], dim=2)
         if len(self.layers) == 1:
             return m.embed(ids, mask, layer=self.layers[0]).float().unsqueeze(2)
         out = m(ids, attention_mask=mask, output_hidden_states=True, heads=False)
@@ -373,12 +416,18 @@ class Embedder:
         B = len(batch)
         T = max(w.n_tokens for w in batch) if pad_to is None else pad_to
         tok = self.tokenizer
-        ids = np.full((B, T), tok.pad_id, dtype=np.int64)
-        ids[:, 0] = tok.cls_id
+        off = 1  # CLS first
+        if self.ntv3:  # no CLS; padded with N (never pooled) up to a multiple of the window unit
+            off = 0
+            T = -(-(T - 1) // self.unit) * self.unit
+            ids = np.full((B, T), tok.n_id, dtype=np.int64)
+        else:
+            ids = np.full((B, T), tok.pad_id, dtype=np.int64)
+            ids[:, 0] = tok.cls_id
         keep = np.zeros((B, T), dtype=bool)
         for i, w in enumerate(batch):
-            ids[i, 1:w.n_tokens] = w.view.ids[w.start:w.end]
-            keep[i, 1 + w.keep_start - w.start:1 + w.keep_end - w.start] = True
+            ids[i, off:off + w.end - w.start] = w.view.ids[w.start:w.end]
+            keep[i, off + w.keep_start - w.start:off + w.keep_end - w.start] = True
         dev = self.model.device
         ids_t = torch.from_numpy(ids).to(dev)
         mask_t = ids_t != tok.pad_id
@@ -432,6 +481,12 @@ class Embedder:
         if not chunk:
             return
         budget = self.token_budget if self.batch_size is None else math.inf
+        if self.ntv3:  # N padding changes the output: batch only windows of the same padded length
+            items = sorted(chunk, key=lambda w: -w.n_tokens)
+            for _, group in itertools.groupby(items, key=lambda w: -(-(w.n_tokens - 1) // self.unit)):
+                for batch in by_token_budget(group, lambda w: w.n_tokens, budget, self.batch_size):
+                    self._run_batch(batch)
+            return
         if self.bucket:
             items = sorted(chunk, key=lambda w: -w.n_tokens)  # longest first: memory peaks show up at once
             for batch in by_token_budget(items, lambda w: w.n_tokens, budget, self.batch_size):
@@ -476,7 +531,8 @@ class Embedder:
                 v.count += n
                 ids = v.ids[first:first + n]
                 ns = v.starts[first:first + n]
-                tok = (np.arange(first, first + n), ns, ns + np.where(ids < self.tokenizer.single_offset, 6, 1))
+                width = 1 if self.ntv3 else np.where(ids < self.tokenizer.single_offset, 6, 1)
+                tok = (np.arange(first, first + n), ns, ns + width)
             if n:
                 for k, val in zip(RECORD_SCHEMA, (*rec.meta, rec.length, rec.n_tokens, rec.status)):
                     records[k].append(val)
@@ -588,6 +644,57 @@ class Embedder:
 # ------------------------------------------------------------------------------------------------
 # public entry points
 
+def _is_ntv3(model) -> bool:
+    from ..model.ntv3 import NTv3
+
+    return isinstance(model, NTv3)
+
+
+def ntv3_layers(layers, cfg) -> tuple[list, int]:
+    """NTv3 ``--layer`` values -> (layers, width): ``final`` (default) or Transformer outputs 0..L (negatives
+    from the end, -1 = last block)."""
+    if layers is None:
+        layers = [NTV3_FINAL]
+    if isinstance(layers, (int, str)):
+        layers = [layers]
+    out: list = []
+    for item in layers:
+        for part in str(item).split(","):
+            part = part.strip()
+            if not part:
+                continue
+            if part in (NTV3_FINAL, "embedding"):
+                v = NTV3_FINAL
+            else:
+                try:
+                    v = normalise_layers(part, cfg.num_layers)[0]
+                except NtkError as e:
+                    raise NtkError(f"{e} (NTv3: 'final' = the per-base embedding, the default; 0..{cfg.num_layers} "
+                                   "= Transformer outputs)") from None
+            if v not in out:
+                out.append(v)
+    if not out:
+        raise NtkError("--layer: no layer given")
+    widths = {cfg.conv_init_embed_dim if v == NTV3_FINAL else cfg.embed_dim for v in out}
+    if len(widths) > 1:
+        raise NtkError(f"--layer: the final per-base embedding ({cfg.conv_init_embed_dim} wide) and Transformer "
+                       f"layers ({cfg.embed_dim} wide) cannot be combined in one run; run them separately")
+    return out, widths.pop()
+
+
+def ntv3_species_id(model, species: str | None) -> int | None:
+    """The species id for a post-trained NTv3 model (NtkError listing the choices); None for pre-trained."""
+    if not model.config.is_post_trained:
+        if species is not None:
+            raise NtkError("--species: this NTv3 model is pre-trained (not conditioned on a species)")
+        return None
+    if species is None or species not in model.species:
+        what = "--species is required for this NTv3 post-trained model" if species is None else \
+            f"--species {species!r}: not a species of this model"
+        raise NtkError(f"{what}; choose one of: {', '.join(model.species)}")
+    return model.species_id(species)
+
+
 def iter_embeddings(model, inputs: Iterable, **options) -> Iterator[EmbedBlock]:
     """Stream :class:`EmbedBlock` for ``inputs`` (EmbedInput, strings, or (name, sequence) pairs)."""
     return Embedder(model, **options).run(inputs)
@@ -627,11 +734,13 @@ def output_metadata(emb: Embedder, model_label: str | None = None) -> dict[str, 
         "layers": ",".join(str(i) for i in emb.layers),
         "num_hidden_layers": str(cfg.num_hidden_layers),
         "embedding_columns": ",".join(emb.embedding_columns),
-        "embedding_dim": str(cfg.hidden_size),
+        "embedding_dim": str(emb.hidden_size),
         "pooling": emb.pool,
         "rc_average": str(emb.rc_average).lower(),
-        "window_tokens": str(emb.window + 1),
+        "window_tokens": str(emb.window if emb.ntv3 else emb.window + 1),
         "crop_tokens": str(emb.crop),
+        **({"species": emb.model.species[emb.species_id - (cfg.num_species_special_tokens or 6)]}
+           if emb.species_id is not None else {}),
     }
 
 
@@ -697,6 +806,8 @@ def _embed_journal(emb: Embedder, output: str | Path, fmt: str, resume: dict):
         raise NtkError("--resume reads the same input again when restarted: give a file, not stdin")
     opts = {**(resume.get("options") or {}), "layers": emb.layers, "pool": emb.pool, "rc_average": emb.rc_average,
             "crop": emb.crop, "format": fmt}
+    if emb.ntv3:
+        opts.update(species_id=emb.species_id, window=emb.window)
     ident = make_manifest("embed", fmt, resume.get("shard") or (1, 1), sources, emb.model.config.fingerprint(),
                           opts)
     ident.pop("ntk_version")
@@ -748,6 +859,7 @@ def embed_shard(model, make_inputs: Callable[[], Iterable], output: str | Path, 
     from .shards import make_manifest, manifest_path, write_manifest
 
     run_opts = {k: options[k] for k in ("layers", "pool", "rc_average")}
+    run_opts.update({k: options[k] for k in ("species", "window") if options.get(k) is not None})
     run_opts["chunk_tokens"] = chunk_tokens
     planner = Embedder(model, batch_size=batch_size, **run_opts)
     lo, hi = planner.plan_shard(make_inputs(), shard)
