@@ -36,16 +36,20 @@ def register(app: typer.Typer) -> None:
         table: Annotated[Optional[str], typer.Option(
             "--table", help="Parquet table, one row per (record, ALT): chrom pos id ref alt status <scores>")] = None,
         model: ModelOpt = None,
+        species: Annotated[Optional[str], typer.Option(
+            "--species", help="NTv3 post-trained models: the species to condition on")] = None,
         scores: Annotated[Optional[str], typer.Option(
             "--scores", help="Comma-separated: cosine,l2,l1,dot (embedding distances), llr (masked LM), segment "
-            "(SegmentNT). Default: the embedding distances, + llr with an LM head, + segment for SegmentNT")] = None,
+            "(SegmentNT), tracks,elements (NTv3 post-trained). Default: the embedding distances, + llr with an LM "
+            "head, + segment for SegmentNT")] = None,
         window: Annotated[Optional[int], typer.Option(
             "--window", help="Window length in nt (default: the model's context, (max tokens - 1) x 6; a multiple "
-            "of 24 for SegmentNT)")] = None,
+            "of 24 for SegmentNT; NTv3: 32768, a multiple of 2^num_downsamples, centred on each variant)")] = None,
         rc_average: Annotated[bool, typer.Option(
             "--rc-average", help="Score both strands and average")] = False,
         segment_radius: Annotated[int, typer.Option(
-            "--segment-radius", help="segment score: largest |delta p| within this many nt of the variant")] = 500,
+            "--segment-radius", help="segment (and NTv3 tracks/elements) scores: positions within this many nt of "
+            "the variant")] = 500,
         region: RegionOpt = None,
         regions: RegionsFileOpt = None,
         chr_map: ChrMapOpt = None,
@@ -76,7 +80,7 @@ def register(app: typer.Typer) -> None:
                 chr_map=chr_map, device=dev, precision=precision, batch_size=parse_batch_size(batch_size),
                 threads=threads, shard=sh, force=force or tab != table, progress=not q,
                 command=shlex.join(["ntk"] + sys.argv[1:]), log=None if q else console.print, chunk_size=chunk_size,
-                resume=resume)
+                resume=resume, species=species)
 
         if world_size() > 1:  # torchrun: this rank scores shard RANK+1/WORLD_SIZE, rank 0 merges
             if shard is not None or (output is not None and table is not None) or output == "-" or vcf == "-":

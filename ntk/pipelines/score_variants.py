@@ -378,6 +378,30 @@ class VariantScorer:
             names += [f"segment_{f}" for f in self.features]
         return names
 
+    # hooks for model families with more outputs (NTv3: per-track values summarised in INFO, long table)
+    def vcf_value_names(self) -> list[str]:
+        """The values written as one INFO field each (``Number=A``)."""
+        return self.value_names()
+
+    def extra_info(self) -> list[InfoField]:
+        return []
+
+    def extra_info_values(self, names: list[str], rec_jobs: list) -> dict:
+        return {}
+
+    def table_schema(self, names: list[str]) -> dict:
+        return {"chrom": pl.Utf8, "pos": pl.Int64, "id": pl.Utf8, "ref": pl.Utf8, "alt": pl.Utf8,
+                "status": pl.Utf8, **{nm: pl.Float64 for nm in names}}
+
+    def table_rows(self, base: tuple, names: list[str], vals: list) -> list[tuple]:
+        return [(*base, *vals)]
+
+    def describe(self, name: str, rc_average: bool) -> str:
+        return _describe(name, self.window, rc_average, self.segment_radius)
+
+    def model_line(self) -> str:
+        return ""
+
     @staticmethod
     def info_id(name: str) -> str:
         if name.startswith("segment_"):
@@ -661,7 +685,8 @@ def score_variants(vcf: str, reference: str | IndexedFasta, *, model=None,
                    batch_size: int | None = None, token_budget: int | None = None, threads: int | None = None,
                    shard: tuple[int, int] | None = None, force: bool = False, progress: bool = False,
                    command: str | None = None, chunk_size: int = 4096,
-                   log: Callable[[str], None] | None = None, resume: bool = False) -> ScoreSummary:
+                   log: Callable[[str], None] | None = None, resume: bool = False,
+                   species: str | None = None) -> ScoreSummary:
     """Score every ALT of every record of ``vcf`` (path or ``-``) against ``reference`` with ``model`` (a loaded
     :class:`ntk.NucleotideTransformer`, a checkpoint directory or a preset name); write the annotated VCF to
     ``output`` (``-`` = stdout, ``None`` = none) and/or the per-(record, ALT) table to ``table`` (Parquet).
@@ -671,7 +696,9 @@ def score_variants(vcf: str, reference: str | IndexedFasta, *, model=None,
     ``resume=True`` keeps the scores of every finished chunk of ``chunk_size`` records in
     ``.OUTPUT.ntk-partial/`` (beside ``output``, or ``table`` when the VCF goes to stdout) and, when the same
     run is started again after a kill, scores only the unfinished chunks (``summary.resume``: chunks reused and
-    computed); the partial directory is removed once the outputs are written."""
+    computed); the partial directory is removed once the outputs are written.
+
+    NTv3 models (``species`` for post-trained ones): see ``pipelines/score_variants_ntv3.py``."""
     t0 = time.perf_counter()
     if output is None and table is None:
         raise NtkError("nothing to write: give -o (VCF, '-' for stdout) and/or --table")
@@ -714,39 +741,48 @@ def score_variants(vcf: str, reference: str | IndexedFasta, *, model=None,
         if not isinstance(model, torch.nn.Module):
             dev = resolve_device(device)
             model = load_model(model, device=dev, dtype=resolve_dtype(precision, dev))
-        score_names = parse_scores(scores, model)
-        W = check_window(model, window)
+        order_rank = {c: i for i, c in enumerate(fasta.names)}
+        from .score_variants_ntv3 import is_ntv3, ntv3_scorer
+        if is_ntv3(model):
+            scorer = ntv3_scorer(model, fasta, scores, window, rc_average, segment_radius, token_budget, batch_size,
+                                 species)
+            W = scorer.window
+        else:
+            if species is not None:
+                raise NtkError("--species: only NTv3 post-trained models are conditioned on a species")
+            score_names = parse_scores(scores, model)
+            W = check_window(model, window)
+            scorer = VariantScorer(model, fasta, score_names, W, rc_average, segment_radius, token_budget,
+                                   batch_size)
         why = zero_shot_not_informative(model)
         if why and log is not None:
             log(f"warning: this model's zero-shot scores are not informative ({why}): on held-out yeast they do not "
                 "separate coding from intergenic or stop-gain from synonymous SNVs; use a released model (--model)")
-        order_rank = {c: i for i, c in enumerate(fasta.names)}
-        scorer = VariantScorer(model, fasta, score_names, W, rc_average, segment_radius, token_budget, batch_size)
         names = scorer.value_names()
         summary = ScoreSummary(scores=names, window=W)
 
-        info = [InfoField(scorer.info_id(nm), "A", "Float", _describe(nm, W, rc_average, segment_radius))
-                for nm in names]
+        info = [InfoField(scorer.info_id(nm), "A", "Float", scorer.describe(nm, rc_average))
+                for nm in scorer.vcf_value_names()]
+        info += scorer.extra_info()
         info.append(InfoField(STATUS_INFO, "A", "String",
                               "ntk score-variants status per ALT: " + ", ".join(STATUSES)))
         source = getattr(model, "source", "?")
         extra = [f"##ntkVersion={__version__}",
                  f"##ntkCommand={command or 'ntk.pipelines.score_variants.score_variants'}",
                  f"##ntkModel={source}; fingerprint={model.config.fingerprint()}; window={W}; "
-                 f"rc_average={str(rc_average).lower()}"]
+                 f"rc_average={str(rc_average).lower()}{scorer.model_line()}"]
         if table is not None:
             check_writable_target(table, force)
         if output is not None:
             writer = VcfWriter(output, reader.header, info, extra, force=force)
         if table is not None:
-            schema = {"chrom": pl.Utf8, "pos": pl.Int64, "id": pl.Utf8, "ref": pl.Utf8, "alt": pl.Utf8,
-                      "status": pl.Utf8, **{nm: pl.Float64 for nm in names}}
+            schema = scorer.table_schema(names)
             table_writer = ParquetStreamWriter(table, schema, metadata={
                 "ntk_version": __version__, "ntk_command": command or "", "model": source,
                 "model_fingerprint": model.config.fingerprint(), "window": W, "rc_average": rc_average})
         opts = {"scores": names, "window": W, "rc_average": rc_average, "segment_radius": segment_radius,
                 "regions": list(regions) or None, "chr_map": sorted(chr_map.items()) if chr_map else None,
-                "chunk_size": chunk_size}
+                "chunk_size": chunk_size, **({"species": species} if species is not None else {})}
         inputs = {"vcf": vcf, "reference": fasta.path, "regions_file": regions_file}
         journal = None
         if resume:
@@ -839,13 +875,16 @@ def _write_chunk(chunk: list, results: list, scorer: VariantScorer, writer: VcfW
         if writer is not None:
             values: dict = {}
             if rec_jobs:
-                for i, nm in enumerate(names):
+                for nm in scorer.vcf_value_names():
+                    i = names.index(nm)
                     vals = tuple(v[i] for _, _, v in rec_jobs)
                     values[scorer.info_id(nm)] = vals if any(v is not None for v in vals) else None
+                values.update(scorer.extra_info_values(names, rec_jobs))
                 values[STATUS_INFO] = tuple(status for _, status, _ in rec_jobs)
             writer.write(rec, values)
         for alt_index, status, vals in rec_jobs:
-            rows.append((rec.chrom, rec.pos, rec.id, rec.ref, rec.alts[alt_index], status, *vals))
+            rows.extend(scorer.table_rows((rec.chrom, rec.pos, rec.id, rec.ref, rec.alts[alt_index], status), names,
+                                          vals))
     return rows
 
 
