@@ -168,3 +168,19 @@ def test_tokenizer():
     assert (tok.encode("ACG", pad_token="<pad>").input_ids[0, 3:] == 1).all()
     with pytest.raises(ValueError, match="invalid nucleotide"):
         tok.encode("ACGU")
+
+
+def test_presets_and_models_cli(golden_dir, tmp_path, monkeypatch):
+    from conftest import run_ntk
+
+    monkeypatch.setenv("COLUMNS", "250")  # rich wraps tables at the terminal width
+    p = run_ntk("models", "list")
+    assert p.returncode == 0 and "InstaDeepAI/NTv3_650M_post" in p.stderr and "ntv3-8m-pre" in p.stderr
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    with pytest.raises(CheckpointError, match="ntv3-100m-post.*not in the local HF cache.*ntk models download"):
+        ntk.load_model("ntv3-100m-post")
+    p = run_ntk("models", "info", golden_dir / "ntv3_post_tiny")
+    assert p.returncode == 0 and "human, mouse, arabidopsis" in p.stderr and "window unit" in p.stderr
+    # the HF post-trained model_type spelling is accepted too
+    d = _copy(golden_dir, tmp_path, "ntv3_post_tiny", model_type="ntv3_posttrained")
+    assert ntk.load_model(d).config.is_post_trained

@@ -15,6 +15,7 @@ from ..model.checkpoint import (
     resolve_model_path,
 )
 from ..model.config import PRESETS, NTConfig, preset_config
+from ..model.ntv3_config import NTV3_PRESETS
 from .common import console
 
 app = typer.Typer(no_args_is_help=True)
@@ -49,9 +50,18 @@ def list_models():
         cfg = preset_config(name)
         local = "-" if repo is None else (str(find_in_hf_cache(repo)) if find_in_hf_cache(repo) else "no")
         t.add_row(name, repo or "(training config)", cfg.family, _fmt(count_parameters(cfg)), local)
+    for name, (repo, size, kind, _) in NTV3_PRESETS.items():
+        hit = find_in_hf_cache(repo)
+        t.add_row(name, repo, f"ntv3 {kind}", f"~{size}", str(hit) if hit else "no")
     chat = _chatnt_row(t)
     console.print(t)
     console.print(chat, soft_wrap=True, markup=False)
+    n = Table(title="NTv3 presets: what ntk runs with each (sizes nominal, from the release names)")
+    for c in ("name", "supports"):
+        n.add_column(c)
+    for name, (_, _, _, supports) in NTV3_PRESETS.items():
+        n.add_row(name, supports)
+    console.print(n)
 
 
 def _chatnt_row(t: Table) -> str:
@@ -91,6 +101,22 @@ def info(model: Annotated[str, typer.Argument(help="Checkpoint directory or pres
         console.print(t)
         return
     t = Table(show_header=False, title=str(path))
+    if cfg.family.startswith("ntv3"):
+        rows = [("family", cfg.family), ("parameters", f"{m.num_parameters():,}"),
+                ("transformer", f"{cfg.num_layers} layers, width {cfg.embed_dim}, {cfg.attention_heads} heads x "
+                                f"{cfg.key_size}, FFN {cfg.ffn_embed_dim} (SwiGLU)"),
+                ("U-Net", f"{cfg.num_downsamples} levels, widths {cfg.filter_list}, {cfg.deconv_upsample_type}"),
+                ("window unit", f"{cfg.window_unit} nt (windows are multiples of it)"),
+                ("compute dtypes (HF code)", ", ".join(f"{k}={v}" for k, v in cfg.hf_compute_dtypes.items()))]
+        if cfg.is_post_trained:
+            rows += [("species", ", ".join(cfg.species)),
+                     ("tracks per species", ", ".join(f"{s_}: {len(cfg.tracks_for(s_))}" for s_ in cfg.species)),
+                     ("BED elements", ", ".join(cfg.features) or "-"),
+                     ("heads' centre", f"{cfg.keep_target_center_fraction} of the window")]
+        for k, v in rows:
+            t.add_row(k, str(v))
+        console.print(t)
+        return
     rows = [("family", cfg.family), ("parameters", f"{m.num_parameters():,}"),
             ("layers", cfg.num_hidden_layers), ("hidden", cfg.hidden_size), ("heads", cfg.num_attention_heads),
             ("ffn", f"{cfg.intermediate_size} ({'SwiGLU' if cfg.glu else 'GELU'})"),
@@ -105,9 +131,12 @@ def info(model: Annotated[str, typer.Argument(help="Checkpoint directory or pres
 @app.command("download")
 def download(name: Annotated[str, typer.Argument(help="Preset name, e.g. nt-v2-50m")]):
     """Fetch a released checkpoint into the HF cache (the only ntk command that uses the network)."""
-    if name not in PRESETS or PRESETS[name][0] is None:
+    if name in NTV3_PRESETS:
+        repo = NTV3_PRESETS[name][0]
+    elif name not in PRESETS or PRESETS[name][0] is None:
         raise NtkError(f"unknown preset {name!r}")
-    repo = PRESETS[name][0]
+    else:
+        repo = PRESETS[name][0]
     try:
         import huggingface_hub
     except ImportError:

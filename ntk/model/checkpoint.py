@@ -21,6 +21,8 @@ import torch
 from ..errors import CheckpointError
 from .adapters import ADAPTER_KEY, apply_adapters, merge_adapters
 from .config import PRESETS, NTConfig
+from .ntv3_config import MODEL_TYPES as NTV3_MODEL_TYPES
+from .ntv3_config import NTV3_PRESETS
 from .nt import NucleotideTransformer
 from .runtime import resolve_device, resolve_dtype
 
@@ -81,9 +83,9 @@ def resolve_model_path(path_or_name: str | os.PathLike | None) -> Path:
                               "download it on a machine with network, convert it with `ntk models convert chatnt "
                               "SNAPSHOT/jax_params DIR` and pass -m DIR")
     looks_like_path = s.startswith(("/", ".", "~")) or s.count("/") > 1
-    if s not in PRESETS and looks_like_path:
+    if s not in PRESETS and s not in NTV3_PRESETS and looks_like_path:
         raise CheckpointError(f"model {s!r}: no such checkpoint directory")
-    repo = PRESETS[s][0] if s in PRESETS else (s if "/" in s else None)
+    repo = PRESETS[s][0] if s in PRESETS else NTV3_PRESETS[s][0] if s in NTV3_PRESETS else (s if "/" in s else None)
     if s in PRESETS and repo is None:
         raise CheckpointError(f"preset {s!r} is a training configuration without released weights; "
                               f"use it with `ntk pretrain --config {s}`")
@@ -95,7 +97,7 @@ def resolve_model_path(path_or_name: str | os.PathLike | None) -> Path:
             f"model {s!r} ({repo}) is not in the local HF cache ({hf_cache_dir()}); ntk never downloads at run "
             f"time: run `ntk models download {s}` on a machine with network, or pass --model DIR")
     raise CheckpointError(f"model {s!r}: no such directory, preset or cached HF repo "
-                          f"(presets: {', '.join(k for k, v in PRESETS.items() if v[0])})")
+                          f"(presets: {', '.join([k for k, v in PRESETS.items() if v[0]] + list(NTV3_PRESETS))})")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -232,7 +234,7 @@ def load_model(path_or_name=None, device="cpu", dtype=torch.float32) -> Nucleoti
     if _is_chatnt(directory):  # ChatNT: its own config and weights layout (model/chatnt.py)
         from .chatnt import load_chatnt
         return load_chatnt(directory, device=device, dtype=dtype)
-    if _model_type(directory) == "ntv3":
+    if _model_type(directory) in NTV3_MODEL_TYPES:
         return _finish(_load_ntv3(directory), directory, device, dtype)
     cfg = NTConfig.from_json(directory / "config.json")
     from .preflight import check_before_loading

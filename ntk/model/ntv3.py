@@ -482,10 +482,6 @@ class NTv3(nn.Module):
 # ---------------------------------------------------------------------------------------------------
 # loading
 
-def is_ntv3_config(d: dict) -> bool:
-    return isinstance(d, dict) and d.get("model_type") == "ntv3"
-
-
 def build_from_state_dict(cfg: NTv3Config, sd: dict[str, torch.Tensor], where: str) -> NTv3:
     """Build the model for ``cfg`` and load ``sd`` strictly (rotary ``inv_freq`` buffers ignored); raises
     ValueError naming missing / unexpected / mis-shaped tensors."""

@@ -56,6 +56,22 @@ _DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16",
                 "float16": "float16", "fp16": "float16"}
 
 
+# initial-release NTv3 checkpoints on HF (InstaDeepAI/, gated: accept the licence on the hub, then
+# `ntk models download NAME`): name -> (repo, nominal size, kind, what ntk runs with it)
+NTV3_PRESETS: dict[str, tuple[str, str, str, str]] = {
+    "ntv3-8m-pre": ("InstaDeepAI/NTv3_8M_pre", "8M", "pre-trained (MLM)", "embed, score-variants (llr, distances), finetune"),
+    "ntv3-100m-pre": ("InstaDeepAI/NTv3_100M_pre", "100M", "pre-trained (MLM)",
+                      "embed, score-variants (llr, distances), finetune"),
+    "ntv3-650m-pre": ("InstaDeepAI/NTv3_650M_pre", "650M", "pre-trained (MLM)",
+                      "embed, score-variants (llr, distances), finetune"),
+    "ntv3-100m-post": ("InstaDeepAI/NTv3_100M_post", "100M", "post-trained (species; tracks + elements)",
+                       "segment, tracks, embed, score-variants (+ tracks, elements), finetune"),
+    "ntv3-650m-post": ("InstaDeepAI/NTv3_650M_post", "650M", "post-trained (species; tracks + elements)",
+                       "segment, tracks, embed, score-variants (+ tracks, elements), finetune"),
+}
+MODEL_TYPES = ("ntv3", "ntv3_pretrained", "ntv3_posttrained")
+
+
 def filter_list(conv_init_embed_dim: int, embed_dim: int, num_downsamples: int) -> list[int]:
     """Channel widths of the U-Net levels: ``linspace`` from the stem width to the Transformer width, truncated
     to integers (as the reference does: 16 -> 24 over 3 levels gives 16, 18, 21, 24)."""
@@ -212,8 +228,8 @@ class NTv3Config:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
 
     def validate(self) -> None:
-        if self.model_type != "ntv3":
-            raise ValueError(f"model_type {self.model_type!r} is not 'ntv3'")
+        if self.model_type not in MODEL_TYPES:
+            raise ValueError(f"model_type {self.model_type!r} is not an NTv3 type ({', '.join(MODEL_TYPES)})")
         if self.alphabet_size != 11:
             raise ValueError(f"alphabet_size {self.alphabet_size}: NTv3 uses the 11-token single-base vocabulary")
         if self.num_hidden_layers_head != 0:
