@@ -109,3 +109,11 @@ def test_cli(tmp_path, post):
     assert meta["species"] == "arabidopsis" and meta["layers"] == "final" and meta["embedding_dim"] == "24"
     p = run_ntk("embed", fa, "-m", POST, "-o", tmp_path / "f.parquet")
     assert p.returncode == 2 and "--species is required" in p.stderr and not (tmp_path / "f.parquet").exists()
+
+
+def test_training_commands_refuse_ntv3_in_one_line(tmp_path):
+    fa = tmp_path / "lab.fa"
+    fa.write_text("".join(f">r{i} label={i % 2}\nACGTACGTAAAC\n" for i in range(20)))
+    p = run_ntk("finetune", "classify", fa, "-m", PRE, "-o", tmp_path / "run", "--steps", "1", "--device", "cpu")
+    assert p.returncode == 2 and "NTv3" in p.stderr and "not supported yet" in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1 and not (tmp_path / "run" / "best").exists()

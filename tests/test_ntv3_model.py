@@ -175,12 +175,14 @@ def test_presets_and_models_cli(golden_dir, tmp_path, monkeypatch):
 
     monkeypatch.setenv("COLUMNS", "250")  # rich wraps tables at the terminal width
     p = run_ntk("models", "list")
-    assert p.returncode == 0 and "InstaDeepAI/NTv3_650M_post" in p.stderr and "ntv3-8m-pre" in p.stderr
+    shown = p.stdout + p.stderr
+    assert p.returncode == 0 and "InstaDeepAI/NTv3_650M_post" in shown and "ntv3-8m-pre" in shown
     monkeypatch.setenv("HF_HOME", str(tmp_path))
     with pytest.raises(CheckpointError, match="ntv3-100m-post.*not in the local HF cache.*ntk models download"):
         ntk.load_model("ntv3-100m-post")
     p = run_ntk("models", "info", golden_dir / "ntv3_post_tiny")
-    assert p.returncode == 0 and "human, mouse, arabidopsis" in p.stderr and "window unit" in p.stderr
+    shown = p.stdout + p.stderr
+    assert p.returncode == 0 and "human, mouse, arabidopsis" in shown and "window unit" in shown
     # the HF post-trained model_type spelling is accepted too
     d = _copy(golden_dir, tmp_path, "ntv3_post_tiny", model_type="ntv3_posttrained")
     assert ntk.load_model(d).config.is_post_trained

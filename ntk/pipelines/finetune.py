@@ -96,6 +96,13 @@ class FinetuneOptions:
 
 
 # -- model -----------------------------------------------------------------------------------------
+def refuse_ntv3(model, what: str) -> None:
+    """NTv3 bases are not wired into training yet (issue #17, step 5): say so in one line."""
+    if model.config.family.startswith("ntv3"):
+        raise NtkError(f"{what} with an NTv3 model is not supported yet in this version of ntk (NTv3 runs in "
+                       "segment, tracks, embed and score-variants); use an NT v1/v2 or SegmentNT base")
+
+
 def _copy_config(cfg: NTConfig) -> NTConfig:
     return NTConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
 
@@ -481,6 +488,7 @@ def finetune_sequences(task: str, inp: SequenceTaskInput, run_dir: str | Path, o
             raise InputError(f"the validation split is empty ({sp.how}): early stopping and the best checkpoint "
                              "need validation data (raise --val-fraction or give --val-chroms)")
     base = load_model(opts.model)
+    refuse_ntv3(base, f"ntk finetune {task}")
     ids = tokenize_all(base.tokenizer, data.sequences, base.config.max_tokens, data.where, data.source)
     monitor_name(enc.problem_type, opts.monitor)  # a bad --monitor fails before anything is written
     if opts.baseline not in ("auto", "kmer", "none"):

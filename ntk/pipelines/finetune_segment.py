@@ -35,7 +35,8 @@ from ..model.runtime import set_threads
 from ..train.finetune_data import NT_UNIT, WindowBatches, genome_windows
 from ..train.metrics import SegmentationMetrics
 from .windows import Blender, Window
-from .finetune import (FinetuneOptions, build_task_model, check_single_process, clean_json, monitor_name, setup_method,
+from .finetune import (FinetuneOptions, build_task_model, check_single_process, clean_json, monitor_name, refuse_ntv3,
+                       setup_method,
                        start_run, train_and_report)
 
 
@@ -130,6 +131,7 @@ def finetune_segment(inp: SegmentTaskInput, run_dir: str | Path, opts: FinetuneO
         raise InputError("no annotated contig is left for training after --val-chroms/--test-chroms")
 
     base = load_model(opts.model)
+    refuse_ntv3(base, "ntk finetune segment")
     cfg = base.config
     window = inp.window or default_window(cfg.max_tokens)
     if window % NT_UNIT or window <= 0:

@@ -70,6 +70,9 @@ def load_predictor(path: str | Path, device: str = "auto", precision: str = "aut
     ckpt = resolve_checkpoint(path)
     model = load_model(ckpt, device=device, dtype=precision)
     cfg = model.config
+    if cfg.family.startswith("ntv3"):
+        raise CheckpointError(f"{ckpt}: an NTv3 model has no fine-tuned sequence head (use `ntk embed`, `ntk segment`"
+                              ", `ntk tracks` or `ntk score-variants` with it)")
     if model.classifier is None or not cfg.num_labels or not cfg.problem_type:
         what = "a SegmentNT-type model: use `ntk segment`" if cfg.is_segmentation else \
             "a base model without a fine-tuned sequence head: use `ntk embed`"

@@ -119,6 +119,9 @@ def build_model(opts: PretrainOptions, resume_from: Path | None) -> NucleotideTr
         return NucleotideTransformer(NTConfig.from_json(resume_from / "config.json"), lm_head=True)
     if opts.init_from:
         model = load_model(opts.init_from, device="cpu", dtype=torch.float32)
+        if model.config.family.startswith("ntv3"):
+            raise NtkError(f"--init-from {opts.init_from}: NTv3 models cannot be pretrained with ntk pretrain (it "
+                           "trains NT v1/v2 encoders)")
         if model.config.is_segmentation:
             raise NtkError(f"--init-from {opts.init_from}: a SegmentNT model cannot be pretrained with the masked-LM "
                            "objective (use an NT v1/v2 checkpoint)")
