@@ -228,3 +228,14 @@ def test_sigkill_then_resume(tmp_path):
     info = json.loads((out / "run.json").read_text())["resume"]
     assert info["chunks_reused"] >= done and info["chunks_reused"] + info["chunks_computed"] == -(-41500 // 2000)
     _same_outputs(tmp_path / "ref", out, ["m_track1", "m_track2"], [("a", 38500), ("b", 3000)])
+
+
+def test_open_file_limit_checked_up_front(tmp_path):
+    fa = tmp_path / "g.fa"
+    fa.write_text(">c\n" + "ACGT" * 10 + "\n")
+    code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_NOFILE, (66, resource.getrlimit("
+            "resource.RLIMIT_NOFILE)[1])); from ntk.cli.main import main; sys.argv = ['ntk'] + sys.argv[1:]; main()")
+    p = subprocess.run([sys.executable, "-c", code, "tracks", str(fa), "-m", str(POST), "--species", "human", "-o",
+                        str(tmp_path / "o"), "--window", "64"], capture_output=True, text=True)
+    assert p.returncode == 2 and "open-file limit (66)" in p.stderr and "--tracks" in p.stderr
+    assert not (tmp_path / "o").exists()

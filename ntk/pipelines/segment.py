@@ -146,13 +146,15 @@ class TrackOutputs:
         workers = min(len(self.bigwigs), (os.cpu_count() or 1) - 2)  # cores left after the model and the reader
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="ntk-bigwig") if workers > 1 else None
         self._parts: list[np.ndarray] = []
+        # positions per flushed chunk: fewer when there are many outputs (NTv3 tracks: hundreds per species)
+        self._chunk = max(1 << 12, CHUNK * 16 // max(16, len(features)))
         self._chrom: str | None = None
         self._start = self._end = 0
         self.bp_written = 0
 
     def add(self, chrom: str, start: int, values: np.ndarray) -> None:
         """Values [n, F] for positions start..start+n; calls come in genome order."""
-        if self._parts and (chrom != self._chrom or start != self._end or self._end - self._start >= CHUNK):
+        if self._parts and (chrom != self._chrom or start != self._end or self._end - self._start >= self._chunk):
             self.flush()
         if not self._parts:
             self._chrom, self._start, self._end = chrom, start, start
@@ -436,6 +438,8 @@ def segment_genome(
         shown = ", ".join(all_features[:20]) + (f" ... ({len(all_features)} in all)" if len(all_features) > 20 else "")
         raise NtkError(f"--{what}s: unknown {what} {unknown[0]!r}; this model has: {shown}")
     feat_idx = [all_features.index(f) for f in feats]
+    if out_dir is not None:
+        _check_open_files(len(feats), what)
     bg_index = None
     if bedgraph is not None:
         if bedgraph not in feats:
@@ -626,6 +630,16 @@ def _run(fa: IndexedFasta, m, units: list[Interval], window: int, crop: int, rc_
         journal.commit()
     advance_to(hi)
     result.timings["model"] = t_model
+
+
+def _check_open_files(n: int, what: str) -> None:
+    """One BigWig stays open per output: refuse up front when that exceeds the open-file limit."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and n > soft - 64:
+        raise NtkError(f"{n} {what}s means {n} BigWigs open at once, over the open-file limit ({soft}); select "
+                       f"fewer with --{what}s (or raise the limit: ulimit -n {n + 256})")
 
 
 def _species_id(m, species: str | None) -> int:
