@@ -138,24 +138,28 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--mem-windows", default="131072,262144,524288,1048576")
+    ap.add_argument("--parts", default="throughput,memory", help="which measurements to run")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
     dtype = torch.bfloat16 if a.device == "cuda" else torch.float32
     m = small_model(a.device, dtype)
     print(f"model: {sum(p.numel() for p in m.parameters()) / 1e6:.1f}M parameters, {a.device} {dtype}, "
-          f"{torch.get_num_threads()} threads")
+          f"{torch.get_num_threads()} threads", flush=True)
     with tempfile.TemporaryDirectory() as td:
-        tmp = Path(td)
-        bp = int(a.mbp * 1e6)
-        fa = tmp / "g.fa"
-        write_genome(fa, [bp * 2 // 3, bp - bp * 2 // 3], gap_every=200_000)
-        for row in throughput(m, fa, bp, a.window, a.rounds, tmp):
-            print(json.dumps(row))
-    for L in [int(x) for x in a.mem_windows.split(",") if x]:
+        if "throughput" not in a.parts:
+            td = None
+        tmp = Path(td) if td else None
+        if tmp is not None:
+            bp = int(a.mbp * 1e6)
+            fa = tmp / "g.fa"
+            write_genome(fa, [bp * 2 // 3, bp - bp * 2 // 3], gap_every=200_000)
+            for row in throughput(m, fa, bp, a.window, a.rounds, tmp):
+                print(json.dumps(row), flush=True)
+    for L in [int(x) for x in a.mem_windows.split(",") if x and "memory" in a.parts]:
         mib, secs = activation_peak(L, a.device)
         print(json.dumps({"window": L, "activation_peak_MiB": round(mib), "MiB_per_kb": round(mib / (L / 1000), 2),
-                          "forward_s": round(secs, 2)}))
+                          "forward_s": round(secs, 2)}), flush=True)
     print("peak RSS of this process (MiB):", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
 
 

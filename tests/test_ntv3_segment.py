@@ -18,6 +18,7 @@ import pytest
 import torch
 
 import ntk
+from ntk.errors import NtkError
 from ntk.pipelines.family import NTv3Family
 from ntk.pipelines.merge import merge_parts
 from ntk.pipelines.segment import segment_genome
@@ -132,25 +133,31 @@ def test_multi_window_contig_with_n_runs(tmp_path, model):
     assert res2.bp_scored == 10
 
 
-def test_species_and_model_errors(tmp_path):
+def test_species_and_model_errors(tmp_path, model):
     fa = tmp_path / "g.fa"
     fa.write_text(">c\n" + "ACGT" * 20 + "\n")
-    p = run_ntk("segment", fa, "-m", POST, "-o", tmp_path / "o", "--window", "64")
+    out = tmp_path / "o"
+    # the CLI: one line, exit 2, the choices listed, nothing written
+    p = run_ntk("segment", fa, "-m", POST, "-o", out, "--window", "64")
     assert p.returncode == 2 and "--species is required" in p.stderr and "human, mouse, arabidopsis" in p.stderr
-    p = run_ntk("tracks", fa, "-m", POST, "-o", tmp_path / "o", "--species", "zebrafish")
+    p = run_ntk("tracks", fa, "-m", POST, "-o", out, "--species", "zebrafish")
     assert p.returncode == 2 and "'zebrafish'" in p.stderr and "human, mouse, arabidopsis" in p.stderr
     assert "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1
-    p = run_ntk("tracks", fa, "-m", POST, "-o", tmp_path / "o", "--species", "arabidopsis")
-    assert p.returncode == 2 and "no BigWig tracks" in p.stderr and "human, mouse" in p.stderr
-    p = run_ntk("tracks", fa, "-m", POST, "-o", tmp_path / "o", "--species", "human", "--tracks", "h_track1,m_track1")
-    assert p.returncode == 2 and "'m_track1'" in p.stderr and "h_track1, h_track2, h_track3" in p.stderr
-    p = run_ntk("segment", fa, "-m", PRE, "-o", tmp_path / "o", "--species", "human")
-    assert p.returncode == 2 and "pre-trained" in p.stderr
-    p = run_ntk("segment", fa, "-m", POST, "-o", tmp_path / "o", "--species", "human", "--window", "60")
-    assert p.returncode == 2 and "multiple of 8" in p.stderr
-    p = run_ntk("segment", fa, "-m", POST, "-o", tmp_path / "o", "--species", "human", "--crop", "10")
-    assert p.returncode == 2 and "--crop" in p.stderr
-    assert not (tmp_path / "o").exists()
+    # the same checks through the Python API
+    with pytest.raises(NtkError, match="no BigWig tracks.*human, mouse"):
+        tracks_genome(fa, out, model=model, species="arabidopsis", window=64)
+    with pytest.raises(NtkError, match="'m_track1'.*h_track1, h_track2, h_track3"):
+        tracks_genome(fa, out, model=model, species="human", tracks="h_track1,m_track1", window=64)
+    with pytest.raises(NtkError, match="pre-trained"):
+        segment_genome(fa, out, model=ntk.load_model(PRE), species="human", window=64)
+    with pytest.raises(NtkError, match="multiple of 8"):
+        segment_genome(fa, out, model=model, species="human", window=60)
+    with pytest.raises(NtkError, match="--crop"):
+        segment_genome(fa, out, model=model, species="human", window=64, crop=10)
+    with pytest.raises(NtkError, match="only NTv3 post-trained"):
+        segment_genome(fa, out, model=ntk.load_model(ROOT / "tests" / "data" / "golden" / "segment_nt_tiny"),
+                       species="human")
+    assert not out.exists()
 
 
 def test_tracks_file_and_cli_run(tmp_path):
