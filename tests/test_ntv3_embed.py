@@ -74,13 +74,16 @@ def test_long_record_is_tiled(post):
     s = "".join(rng.choice(list("ACGT"), 150))
     rows = embed_sequences(post, [s], species="human", pool="none", window=64, crop=8)
     assert rows.height == 150
-    # windows of 64 every 48 nt; the first keeps [0, 56), the middle of its overlap with the next
+    # windows of 64 every 48 nt; the first owns [0, 56), blended with the next across [48, 64) (pool none)
     first = run(post, s[:64], "human").embedding[0].numpy()
-    np.testing.assert_allclose(emb(rows)[:56], first[:56], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(emb(rows)[:48], first[:48], rtol=1e-5, atol=1e-6)
     last = run(post, s[-64:], "human").embedding[0].numpy()  # the last window ends at the record end
     np.testing.assert_allclose(emb(rows)[-20:], last[-20:], rtol=1e-5, atol=1e-6)
-    pooled = embed_sequences(post, [s], species="human", window=64, crop=8)
-    np.testing.assert_allclose(emb(pooled)[0], emb(rows).mean(0), rtol=1e-5, atol=1e-6)
+    # pooled: the mean over each window's kept part (no blending), so it lies within the per-base rows' range
+    pooled = emb(embed_sequences(post, [s], species="human", window=64, crop=8))[0]
+    second = run(post, s[48:112], "human").embedding[0].numpy()
+    want = np.concatenate([first[:56], second[8:51], last[13:]]).mean(0)  # kept [0,56) [56,99) [99,150)
+    np.testing.assert_allclose(pooled, want, rtol=1e-5, atol=1e-6)
 
 
 def test_errors(post, pre):

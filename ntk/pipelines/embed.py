@@ -440,7 +440,7 @@ class Embedder:
         if self.pool == "none":
             hc = h.cpu().numpy()
             for i, w in enumerate(batch):
-                self._blend_in(w, hc[i, 1:w.n_tokens])
+                self._blend_in(w, hc[i, off:off + w.end - w.start])
         else:
             with torch.inference_mode():
                 if self.pool == "mean":
