@@ -52,15 +52,16 @@ def list_models():
         t.add_row(name, repo or "(training config)", cfg.family, _fmt(count_parameters(cfg)), local)
     for name, (repo, size, kind, _) in NTV3_PRESETS.items():
         hit = find_in_hf_cache(repo)
-        t.add_row(name, repo, f"ntv3 {kind}", f"~{size}", str(hit) if hit else "no")
+        t.add_row(name, repo, "ntv3-pre" if kind.startswith("pre") else "ntv3-post", f"~{size}",
+                  str(hit) if hit else "no")
     chat = _chatnt_row(t)
     console.print(t)
     console.print(chat, soft_wrap=True, markup=False)
-    n = Table(title="NTv3 presets: what ntk runs with each (sizes nominal, from the release names)")
-    for c in ("name", "supports"):
+    n = Table(title="NTv3 presets (sizes nominal, from the release names)")
+    for c in ("name", "kind", "supports"):
         n.add_column(c)
-    for name, (_, _, _, supports) in NTV3_PRESETS.items():
-        n.add_row(name, supports)
+    for name, (_, _, kind, supports) in NTV3_PRESETS.items():
+        n.add_row(name, kind, supports)
     console.print(n)
 
 
