@@ -9,7 +9,8 @@ from ntk.model.tokenizer import CLS, reverse_complement, sequence_codes
 from ntk.pipelines.embed import embed_sequences, normalise_layers, tokenize_long
 from ntk.pipelines.windows import tile
 
-TOL = 1e-6
+from conftest import assert_f32_close
+
 MODELS = ["nt_v1_tiny", "nt_v2_tiny", "segment_nt_tiny"]
 
 
@@ -84,15 +85,14 @@ def test_matches_direct_forward_mixed_lengths(model):
                        output_hidden_states=True, heads=False).hidden_states[-1][0, 1:].mean(0).double().numpy()
     df = embed_sequences(model, seqs, layers=[-1, 1])  # every sequence in one chunk, short ones share a batch
     assert df["name"].to_list() == [f"seq{i + 1}" for i in range(len(seqs))]
-    assert np.abs(as_matrix(df, f"embedding_layer{model.config.num_hidden_layers}")[0] - direct).max() <= TOL
+    assert_f32_close(as_matrix(df, f"embedding_layer{model.config.num_hidden_layers}")[0], direct, what="direct")
     W = model.config.max_tokens - 1
     assert df["n_tokens"].to_list()[1] == W and df["n_tokens"].to_list()[3] == W + 1
     for layer in (-1, 1):
         col = f"embedding_layer{model.config.num_hidden_layers if layer == -1 else layer}"
         got = as_matrix(df, col)
         for i, s in enumerate(seqs):
-            err = np.abs(got[i] - reference(model, s, layer)).max()
-            assert err <= TOL, (col, i, len(s), err)
+            assert_f32_close(got[i], reference(model, s, layer), what=f"{col} seq{i + 1} ({len(s)} nt)")
 
 
 def test_padding_and_batching_do_not_change_rows(model):
@@ -100,10 +100,10 @@ def test_padding_and_batching_do_not_change_rows(model):
     seqs = mixed_set(model, rng)
     together = as_matrix(embed_sequences(model, seqs))
     alone = as_matrix(embed_sequences(model, seqs, batch_size=1))
-    assert np.abs(together - alone).max() <= TOL
+    assert_f32_close(together, alone, what="batch_size=1")
     # padding every batch to the chunk's longest window (the benchmark's reference) changes nothing either
     padded = as_matrix(embed_sequences(model, seqs, bucket=False, batch_size=3))
-    assert np.abs(together - padded).max() <= TOL
+    assert_f32_close(together, padded, what="padded")
 
 
 @pytest.mark.parametrize("pool", ["max", "cls", "none"])
@@ -119,14 +119,11 @@ def test_other_poolings_match_reference(golden_dir, pool):
             assert rows["token_index"].to_list() == list(range(len(ids) - 1))
             assert rows["nt_start"].to_list() == starts[1:].tolist()
             assert rows["nt_end"].to_list() == ends[1:].tolist()
-            ref = reference(m, s, pool="none")
-            # float32 rows of magnitude up to a few units: a padded batch (vs the reference's unpadded forward)
-            # reorders reductions by a few ulp, so the tolerance scales with the values
-            assert np.abs(as_matrix(rows) - ref).max() <= TOL * max(1.0, np.abs(ref).max())
+            assert_f32_close(as_matrix(rows), reference(m, s, pool="none"), what=f"seq{i + 1}")
     else:
         got = as_matrix(df)
         for i, s in enumerate(seqs):
-            assert np.abs(got[i] - reference(m, s, pool=pool)).max() <= TOL
+            assert_f32_close(got[i], reference(m, s, pool=pool), what=f"{pool} seq{i + 1}")
 
 
 def test_row_order_is_input_order_across_chunks(golden_dir):
@@ -139,8 +136,8 @@ def test_row_order_is_input_order_across_chunks(golden_dir):
     assert small_chunks["name"].to_list() == [n for n, _ in seqs] == one_chunk["name"].to_list()
     assert small_chunks["length"].to_list() == [int(n) for n in lengths]
     each = np.stack([as_matrix(embed_sequences(m, [s]))[0] for s in seqs])
-    assert np.abs(as_matrix(small_chunks) - each).max() <= TOL
-    assert np.abs(as_matrix(one_chunk) - each).max() <= TOL
+    assert_f32_close(as_matrix(small_chunks), each, what="small chunks")
+    assert_f32_close(as_matrix(one_chunk), each, what="one chunk")
 
 
 def test_rc_average(golden_dir):
@@ -149,7 +146,7 @@ def test_rc_average(golden_dir):
     s = random_seq(rng, 800, n_frac=0.01)
     got = as_matrix(embed_sequences(m, [s], rc_average=True))[0]
     want = (reference(m, s) + reference(m, reverse_complement(s))) / 2
-    assert np.abs(got - want).max() <= TOL
+    assert_f32_close(got, want, what="rc-average")
     with pytest.raises(NtkError, match="rc-average"):
         embed_sequences(m, [s], rc_average=True, pool="none")
 

@@ -13,9 +13,8 @@ from ntk.cli.main import main
 from ntk.io.tables import read_parquet_metadata
 from ntk.pipelines.embed import embed_sequences
 
-from conftest import need_tool, run_ntk
+from conftest import assert_f32_close, need_tool, run_ntk
 
-TOL = 1e-6
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +77,7 @@ def test_regions_strand_order_and_metadata(tmp_path, monkeypatch, capsys, genome
             samtools_seq(genome, "I:1001-1600"), samtools_seq(genome, "VI:101-200"),
             samtools_seq(genome, "III:10001-12000", rc=True)]
     want = emb(embed_sequences(v2, seqs, batch_size=1))
-    assert np.abs(emb(df) - want).max() <= TOL
+    assert_f32_close(emb(df), want, what="regions vs sequences")
     # the minus-strand row is not the plus-strand embedding
     plus = emb(embed_sequences(v2, [samtools_seq(genome, "III:5001-5800")]))[0]
     assert np.abs(emb(df)[1] - plus).max() > 1e-3
