@@ -15,8 +15,18 @@ def test_version_and_help():
 def test_models_list_and_info(golden_dir):
     p = run_ntk("models", "list")
     assert p.returncode == 0
-    for name in ("nt-v2-50m", "segment-nt", "agro-nt-1b", "nt-2.5b-multi-species"):
-        assert name in p.stderr
+    for name in ("nt-v2-50m", "segment-nt", "agro-nt-1b", "nt-2.5b-multi-species", "segment-nt-multi-species",
+                 "InstaDeepAI/nucleotide-transformer-v2-500m-multi-species"):
+        assert name in p.stdout.split(), name  # the table is data (stdout); names and repo ids never shortened
+    # one parameter count, one way of counting: list and info agree for the embedded model
+    from ntk.cli.models import fmt_count
+    from ntk.model.checkpoint import EMBEDDED_DEFAULT, EMBEDDED_DIR
+
+    n = ntk.load_model(EMBEDDED_DIR / EMBEDDED_DEFAULT).num_parameters()
+    row = next(line for line in p.stdout.splitlines() if line.startswith(EMBEDDED_DEFAULT))
+    assert row.split()[2] == fmt_count(n)
+    p = run_ntk("models", "info", EMBEDDED_DIR / EMBEDDED_DEFAULT)
+    assert f"{n:,} ({fmt_count(n)})" in p.stderr
     p = run_ntk("models", "info", golden_dir / "segment_nt_tiny")
     assert p.returncode == 0, p.stderr
     assert "214,020" in p.stderr and "splice_donor" in p.stderr

@@ -59,4 +59,4 @@ def test_score_variants_and_embed_default_model(tmp_path, sample_dir):
 @pytest.mark.parametrize("cmd", ["models list"])
 def test_models_list_shows_default(cmd):
     p = run_ntk(*cmd.split())
-    assert p.returncode == 0 and EMBEDDED_DEFAULT in p.stderr
+    assert p.returncode == 0 and EMBEDDED_DEFAULT in p.stdout

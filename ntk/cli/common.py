@@ -12,19 +12,19 @@ from ..errors import NtkError
 console = Console(stderr=True, highlight=False)
 
 ModelOpt = Annotated[str | None, typer.Option(
-    "--model", "-m", help="Checkpoint directory, preset name (found offline in the HF cache) or omitted for the "
-    "embedded default model.")]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N | xla | mps")]
-PrecisionOpt = Annotated[str, typer.Option("--precision", help="auto | fp32 | bf16 | fp16 (auto: bf16 on GPU; on a CPU fp32, "
-                                            "or bf16 for segment where the CPU has native bf16)")]
-BatchSizeOpt = Annotated[str, typer.Option("--batch-size", help="Sequences per forward pass, or 'auto' to fit a token budget")]
+    "--model", "-m", help="Checkpoint directory or preset name (from the local HF cache); default: the "
+    "embedded model")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N, xla or mps")]
+PrecisionOpt = Annotated[str, typer.Option("--precision", help="auto, fp32, bf16 or fp16 (auto: bf16 on GPU; on a CPU "
+                                            "fp32, or bf16 for segment where the CPU has native bf16)")]
+BatchSizeOpt = Annotated[str, typer.Option("--batch-size", help="Sequences per forward pass, or auto (a token budget)")]
 ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="CPU threads for torch (default: torch's choice)")]
-ShardOpt = Annotated[str | None, typer.Option("--shard", help="I/N: process the I-th of N deterministic shards (1-based)")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary")]
+ShardOpt = Annotated[str | None, typer.Option("--shard", help="Run the I-th of N deterministic shards (1-based); join with ntk merge")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary on stderr")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite existing outputs")]
-RegionOpt = Annotated[list[str] | None, typer.Option("--region", "-r", help="chr:start-end, 1-based inclusive (repeatable)")]
-RegionsFileOpt = Annotated[str | None, typer.Option("--regions", "-R", help="BED file of regions (0-based half-open)")]
-ChrMapOpt = Annotated[str | None, typer.Option("--chr-map", help="Two-column file mapping input contig names to FASTA names")]
+RegionOpt = Annotated[list[str] | None, typer.Option("--region", "-r", help="chr:start-end, 1-based inclusive; repeatable")]
+RegionsFileOpt = Annotated[str | None, typer.Option("--regions", "-R", help="BED file of regions (0-based, half-open)")]
+ChrMapOpt = Annotated[str | None, typer.Option("--chr-map", help="Two columns: contig name in the input, name in the FASTA")]
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:

@@ -17,10 +17,11 @@ HELP = (
     "One row per record/region, in input order: name chrom start end strand length n_tokens status "
     "embedding (list<float32>). Minus-strand BED regions are reverse-complemented. Records longer than the "
     "model context are tiled with overlapping windows and pooled over all their tokens.\n\n"
-    "Examples:\n\n"
-    "  ntk embed seqs.fa -m nt-v2-50m -o emb.parquet\n\n"
-    "  ntk embed -R promoters.bed --reference genome.fa -m nt-v2-50m --layer -1 --layer 6 -o emb.parquet\n\n"
-    "  zcat reads.fa.gz | ntk embed - -m DIR --pool max --rc-average -o emb.parquet\n"
+    "\b\nExamples:\n"
+    "  ntk embed seqs.fa -m nt-v2-50m -o emb.parquet\n"
+    "  zcat reads.fa.gz | ntk embed - -m nt-v2-50m -o emb.parquet\n"
+    "  ntk embed -R promoters.bed --reference genome.fa -m nt-v2-50m -o emb.parquet\n"
+    "  ntk embed seqs.fa -m DIR --layer -1 --layer 6 --pool max -o emb.parquet\n"
 )
 
 
@@ -47,25 +48,24 @@ def register(app: typer.Typer) -> None:
     @app.command("embed", help=HELP, no_args_is_help=True)
     def embed(
         input: Annotated[Optional[str], typer.Argument(
-            help="FASTA of sequences to embed (plain/gzip/bgzip, '-' = stdin); with -r/-R, the reference genome "
-            "(or give it with --reference)", show_default=False)] = None,
+            metavar="FASTA", help="Sequences to embed (plain/gzip/bgzip, - = stdin); with -r/-R: the reference "
+            "genome", show_default=False)] = None,
         output: Annotated[Optional[str], typer.Option(
-            "--output", "-o", help="Output file (.parquet, or .npy with --format npy); '-' = Parquet on stdout "
+            "--output", "-o", help="Output: .parquet, or .npy with --format npy; - = Parquet on stdout "
             "[required]", show_default=False)] = None,
-        reference: Annotated[Optional[str], typer.Option("--reference", help="Indexed reference FASTA for -r/-R "
-                                                         "regions")] = None,
+        reference: Annotated[Optional[str], typer.Option("--reference", help="Reference FASTA for -r/-R regions")] = None,
         region: RegionOpt = None,
         regions: RegionsFileOpt = None,
         chr_map: ChrMapOpt = None,
         layer: Annotated[Optional[list[str]], typer.Option(
-            "--layer", help="Hidden state to embed: 0..L (HF indexing, L = after the final layer norm), negative "
-            "from the end; default -1. Repeat or comma-separate for several (one column per layer). NTv3: default "
-            "'final' (the per-base embedding); 0..L = Transformer outputs")] = None,
-        pool: Annotated[str, typer.Option("--pool", help="mean (over the record's tokens; CLS and padding "
-                                          "excluded) | max | cls | none (one row per token)")] = "mean",
-        rc_average: Annotated[bool, typer.Option("--rc-average", help="Average with the embedding of the "
-                                                 "reverse complement")] = False,
-        fmt: Annotated[str, typer.Option("--format", help="parquet | npy (dense float32 matrix + OUT.rows.tsv)")
+            "--layer", help="Hidden state: 0..L (HF indexing; L = after the final layer norm), negative from "
+            "the end; default -1. Repeatable: one column per layer. NTv3: default 'final' (the per-base "
+            "embedding); 0..L = Transformer outputs")] = None,
+        pool: Annotated[str, typer.Option("--pool", help="mean, max, cls, or none (one row per token); CLS and "
+                                          "padding never pooled")] = "mean",
+        rc_average: Annotated[bool, typer.Option("--rc-average", help="Average with the reverse complement's "
+                                                 "embedding")] = False,
+        fmt: Annotated[str, typer.Option("--format", help="parquet, or npy (float32 matrix + OUT.rows.tsv)")
                        ] = "parquet",
         model: ModelOpt = None,
         species: Annotated[Optional[str], typer.Option(
@@ -81,8 +81,8 @@ def register(app: typer.Typer) -> None:
         chunk_tokens: Annotated[Optional[int], typer.Option(
             "--chunk-tokens", hidden=True, help="Tokens per scheduling chunk (shards are cut between chunks)")] = None,
         resume: Annotated[bool, typer.Option(
-            "--resume", help="Keep finished chunks of records beside OUT (.OUT.ntk-partial) and, when the same "
-            "command is started again after a kill, embed only the unfinished ones")] = False,
+            "--resume", help="Keep finished chunks in .OUT.ntk-partial; rerun the same command after a kill "
+            "to embed only the rest")] = False,
         quiet: QuietOpt = False,
         force: ForceOpt = False,
     ):

@@ -11,9 +11,9 @@ import typer
 from ..errors import NtkError
 from .common import ChrMapOpt, DeviceOpt, ForceOpt, ModelOpt, PrecisionOpt, QuietOpt, RegionsFileOpt, ThreadsOpt, console
 
-OutOpt = Annotated[str, typer.Option("--output", "-o", help="Run directory (best/ and final/ checkpoints, "
-                                     "metrics.json, metrics.parquet, training_curves.png)", show_default=False)]
-MethodOpt = Annotated[str, typer.Option("--method", help="full (all weights) | head (encoder frozen) | lora | ia3")]
+OutOpt = Annotated[str, typer.Option("--output", "-o", help="Run directory: best/, final/, metrics.json, "
+                                     "metrics.parquet, training_curves.png", show_default=False)]
+MethodOpt = Annotated[str, typer.Option("--method", help="full (all weights), head (encoder frozen), lora or ia3")]
 LoraRankOpt = Annotated[int, typer.Option("--lora-rank", help="LoRA rank r")]
 LoraAlphaOpt = Annotated[float, typer.Option("--lora-alpha", help="LoRA scaling alpha (update scaled by alpha/r)")]
 LoraDropoutOpt = Annotated[float, typer.Option("--lora-dropout", help="Dropout on the LoRA input")]
@@ -80,9 +80,9 @@ MultiLabelOpt = Annotated[bool, typer.Option("--multi-label", help="classify: se
                                               "column of labels joined by ';'")]
 ClassesOpt = Annotated[Optional[str], typer.Option("--classes", help="classify: class names in order, "
                                                    "comma-separated (other values are an error)")]
-InputArg = Annotated[Optional[str], typer.Argument(help="Table (.csv/.tsv/.parquet with sequence and label "
-                                                   "columns) or FASTA with labels in the headers (>id label=X)",
-                                                   show_default=False)]
+InputArg = Annotated[Optional[str], typer.Argument(metavar="INPUT", help="Table (.csv/.tsv/.parquet with "
+                                                   "sequence and label columns) or FASTA with labels in the "
+                                                   "headers (>id label=X)", show_default=False)]
 
 
 def _names(values: list[str] | None) -> list[str]:
@@ -217,11 +217,20 @@ def register(app: typer.Typer) -> None:
 
     ft.command("classify", no_args_is_help=True, help=(
         "Train a sequence classifier (single-label, or --multi-label) on a table, a labelled FASTA, or BED "
-        "intervals of a reference (-R regions.bed -f genome.fa --label-col 5). Splits: stratified random "
-        "(--val-fraction/--test-fraction), --folds K, --split-col, or whole chromosomes (--val-chroms)."))(_sequence_cmd)
+        "intervals of a reference.\n\n"
+        "Splits: stratified random (--val-fraction, --test-fraction), --folds K, --split-col, or whole "
+        "chromosomes (--val-chroms) for BED input.\n\n"
+        "\b\nExamples:\n"
+        "  ntk finetune classify promoters.csv -m nt-v2-50m -o runs/promoters\n"
+        "  ntk finetune classify seqs.fa --method lora -o runs/lora\n"
+        "  ntk finetune classify -R peaks.bed -f genome.fa --label-col 5 \\\n"
+        "    --val-chroms chr8 --test-chroms chr9 -o runs/peaks\n"))(_sequence_cmd)
     ft.command("regress", no_args_is_help=True, help=(
-        "Train a regressor for one or more numeric targets (--label-col a,b). Outputs are reported in the targets' "
-        "units; metrics Pearson, Spearman, R2."))(_sequence_cmd)
+        "Train a regressor for one or more numeric targets (--label-col a,b).\n\n"
+        "Predictions are in the targets' units; metrics Pearson, Spearman, R2, MSE.\n\n"
+        "\b\nExamples:\n"
+        "  ntk finetune regress expr.tsv --label-col expression -o runs/expr\n"
+        "  ntk finetune regress expr.parquet --label-col a,b --folds 5 -o runs/cv\n"))(_sequence_cmd)
 
     @ft.command("segment", no_args_is_help=True)
     def segment_cmd(
@@ -230,9 +239,9 @@ def register(app: typer.Typer) -> None:
                                                show_default=False)],
         annotation: Annotated[str, typer.Option("--annotation", "-a", help="GTF, GFF3 or BED (name column = "
                                                 "feature)", show_default=False)],
-        features: Annotated[str, typer.Option("--features", help="Features to predict, comma-separated (GTF: "
-                                              "protein_coding_gene, lncRNA, exon, intron, splice_donor, "
-                                              "splice_acceptor, 5UTR, 3UTR, <biotype>_gene or a record type)",
+        features: Annotated[str, typer.Option("--features", help="Features to learn, comma-separated: exon, "
+                                              "intron, splice_donor, splice_acceptor, 5UTR, 3UTR, "
+                                              "protein_coding_gene, lncRNA, <biotype>_gene or a record type",
                                               show_default=False)],
         val_chroms: ValChromsOpt = None,
         test_chroms: TestChromsOpt = None,
@@ -277,8 +286,17 @@ def register(app: typer.Typer) -> None:
         threads: ThreadsOpt = None,
         quiet: QuietOpt = False,
     ):
-        """Train a SegmentNT-style U-Net head on per-nucleotide targets from an annotation; the result (best/) is a
-        SegmentNT-type checkpoint that `ntk segment` runs."""
+        """Train a SegmentNT-style U-Net head on per-nucleotide targets from an annotation.
+
+        The result (RUN_DIR/best/) is a SegmentNT-type checkpoint that ntk segment runs.
+
+        \b
+        Examples:
+          ntk finetune segment -f genome.fa.gz -a genes.gtf.gz \\
+            --features exon,intron --val-chroms VI --test-chroms III -o runs/seg
+          ntk finetune segment -f hg38.fa -a gencode.gtf.gz -m segment-nt \\
+            --features exon,5UTR --val-chroms chr8 --method lora -o runs/utr
+        """
         from ..io.intervals import read_chr_map
         from ..pipelines.finetune_segment import SegmentTaskInput, finetune_segment
 

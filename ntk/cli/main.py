@@ -20,7 +20,7 @@ app = typer.Typer(
     help="Run Nucleotide Transformer and SegmentNT DNA models over whole genomes: embed, segment, score variants, "
     "pretrain, finetune.",
     no_args_is_help=True,
-    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
@@ -98,12 +98,22 @@ def _drop_stdout() -> None:
         os.dup2(devnull, sys.stdout.fileno())
 
 
+def cli():
+    """The click command tree of `ntk` with ntk's help (metavars, panels, 80-column layout; see cli/help.py)."""
+    from .help import polish
+
+    root = typer.main.get_command(app)
+    polish(root)
+    return root
+
+
 def main() -> None:
     previous = _install_signal_handlers()
     try:
         # the command runs here rather than through typer's own main(), which turns Ctrl-C into a silent exit
         # code and a closed stdout into exit 1: every exit rule of ntk is in this function
-        command = typer.main.get_command(app)
+        command = cli()
+        command._main_shell_completion({}, "ntk", None)  # _NTK_COMPLETE=...: answer the shell and exit
         with command.make_context("ntk", sys.argv[1:]) as ctx:
             command.invoke(ctx)
     except NtkError as e:

@@ -16,16 +16,17 @@ inputs, model and options; otherwise nothing is written.
 
 \b
 Examples:
-  ntk merge out.1of4 out.2of4 out.3of4 out.4of4 -o out
-  ntk merge scored.*of8.vcf.gz -o scored.vcf.gz
+  ntk merge parts/1 parts/2 parts/3 parts/4 -o hg38_segments
+  ntk merge scored.*.vcf.gz -o scored.vcf.gz
+  ntk merge emb.1.parquet emb.2.parquet -o emb.parquet
 """
 
 
 def register(app: typer.Typer) -> None:
     @app.command("merge", help=HELP, no_args_is_help=True)
     def merge(
-        parts: Annotated[list[str], typer.Argument(help="The parts: output directories or files of --shard I/N runs")],
-        output: Annotated[str, typer.Option("--output", "-o", help="Merged output (directory or file, written "
+        parts: Annotated[list[str], typer.Argument(metavar="PART", help="Output directories or files of the --shard I/N runs")],
+        output: Annotated[str, typer.Option("--output", "-o", help="Merged output: directory or file (written "
                                             "atomically)")],
         quiet: QuietOpt = False,
         force: ForceOpt = False,

@@ -21,42 +21,81 @@ from .common import console
 app = typer.Typer(no_args_is_help=True)
 
 
-def count_parameters(cfg: NTConfig) -> int:
-    """Parameters of the architecture (no weights needed): build on the meta device."""
+def count_parameters(cfg: NTConfig, keys: set[str] | None = None) -> int:
+    """Parameters of the model that ``ntk.load_model`` builds for ``cfg`` (and a checkpoint holding ``keys``, which
+    decide the optional heads), built on the meta device: no weights needed. The one count ntk shows everywhere
+    (``models list``, ``models info``, the model card)."""
     import torch
 
-    from ..model.nt import NucleotideTransformer
+    from ..model.checkpoint import build_model
 
     with torch.device("meta"):
-        m = NucleotideTransformer(cfg)
+        m = build_model(cfg, keys)
     return sum(p.numel() for p in m.parameters())
 
 
-def _fmt(n: int) -> str:
-    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.0f}k"
+def checkpoint_keys(directory) -> set[str] | None:
+    """Tensor names of a safetensors checkpoint, from its header only (no weights read)."""
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    files = sorted(Path(directory).glob("*.safetensors"))
+    if not files:
+        return None
+    keys: set[str] = set()
+    for f in files:
+        with safe_open(str(f), "pt") as h:
+            keys.update(h.keys())
+    return keys
+
+
+def fmt_count(n: int) -> str:
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.0f}k"
 
 
 @app.command("list")
 def list_models():
-    """Presets (released checkpoints and training configs), whether each is available offline, and its size."""
-    t = Table(title=f"ntk models (HF cache: {hf_cache_dir()})")
-    for c in ("name", "HF repo", "family", "params", "local"):
-        t.add_column(c)
+    """Presets and the embedded model: parameters, family, whether the weights are in the local HF cache.
+
+    Printed to stdout, one model per line, names and repo ids never shortened (on a narrow terminal the repo id
+    goes on a line of its own).
+
+    \b
+    Examples:
+      ntk models list
+      HF_HOME=/data/hf ntk models list | grep segment
+    """
+    import shutil
+    import sys
+
+    rows = []
     emb = EMBEDDED_DIR / EMBEDDED_DEFAULT
     if (emb / "config.json").is_file():
         cfg = NTConfig.from_json(emb / "config.json")
-        t.add_row(f"{EMBEDDED_DEFAULT} (default)", "embedded in ntk", cfg.family, _fmt(count_parameters(cfg)), "yes")
+        rows.append((f"{EMBEDDED_DEFAULT} (default)", fmt_count(count_parameters(cfg, checkpoint_keys(emb))),
+                     cfg.family, "yes", "(embedded in ntk)"))
     for name, (repo, _) in PRESETS.items():
         cfg = preset_config(name)
-        local = "-" if repo is None else (str(find_in_hf_cache(repo)) if find_in_hf_cache(repo) else "no")
-        t.add_row(name, repo or "(training config)", cfg.family, _fmt(count_parameters(cfg)), local)
+        local = "-" if repo is None else ("yes" if find_in_hf_cache(repo) else "no")
+        rows.append((name, fmt_count(count_parameters(cfg)), cfg.family, local, repo or "(training config)"))
     for name, (repo, size, kind, _) in NTV3_PRESETS.items():
-        hit = find_in_hf_cache(repo)
-        t.add_row(name, repo, "ntv3-pre" if kind.startswith("pre") else "ntv3-post", f"~{size}",
-                  str(hit) if hit else "no")
-    chat = _chatnt_row(t)
-    console.print(t)
-    console.print(chat, soft_wrap=True, markup=False)
+        rows.append((name, f"~{size}", "ntv3-pre" if kind.startswith("pre") else "ntv3-post",
+                     "yes" if find_in_hf_cache(repo) else "no", repo))
+    chat_row, chat_note = _chatnt_row()
+    rows.append(chat_row)
+    head = ("name", "params", "family", "local", "HF repo")
+    w = [max(len(r[i]) for r in [head, *rows]) for i in range(4)]
+    width = shutil.get_terminal_size((10_000, 24)).columns if sys.stdout.isatty() else 10_000
+
+    def line(r) -> str:
+        first = f"{r[0]:<{w[0]}}  {r[1]:>{w[1]}}  {r[2]:<{w[2]}}  {r[3]:<{w[3]}}"
+        full = f"{first}  {r[4]}"
+        return full if len(full) <= width else f"{first}\n    {r[4]}"
+
+    console.print(f"HF cache: {hf_cache_dir()} (local = weights found there; ntk never downloads at run time)")
+    print("\n".join(line(r) for r in [head, *rows]), flush=True)
+    console.print(chat_note, soft_wrap=True, markup=False)
     n = Table(title="NTv3 presets (sizes nominal, from the release names)")
     for c in ("name", "kind", "supports"):
         n.add_column(c)
@@ -65,8 +104,8 @@ def list_models():
     console.print(n)
 
 
-def _chatnt_row(t: Table) -> str:
-    """The ChatNT preset: its own architecture (model/chatnt.py); returns the note on what it needs."""
+def _chatnt_row() -> tuple[tuple[str, ...], str]:
+    """The ChatNT preset: its own architecture (model/chatnt.py); its row and the note on what it needs."""
     import torch
 
     from ..model.chatnt import RELEASE_CONFIG, RELEASE_REPO, ChatNT, ChatNTConfig
@@ -74,16 +113,22 @@ def _chatnt_row(t: Table) -> str:
     with torch.device("meta"):
         n = ChatNT(ChatNTConfig(RELEASE_CONFIG)).num_parameters()
     hit = find_in_hf_cache(RELEASE_REPO)
-    t.add_row("chatnt", RELEASE_REPO, "ChatNT", _fmt(n), str(hit) if hit else "no")
-    return (f"chatnt: {_fmt(n)} parameters = {n * 2 / 2**30:.1f} GiB of weights at bf16/fp16 (plan a GPU with "
-            f"{n * 2 / 2**30 + 4:.0f}+ GiB; {n * 4 / 2**30:.0f} GiB at fp32 on CPU); English tokenizer needs "
-            "pip install 'ntk[chat]'; convert the JAX release once: "
-            "ntk models convert chatnt SNAPSHOT/jax_params DIR, then ntk chat -m DIR")
+    row = ("chatnt", fmt_count(n), "ChatNT", "yes" if hit else "no", RELEASE_REPO)
+    return row, (f"chatnt: {fmt_count(n)} parameters = {n * 2 / 2**30:.1f} GiB of weights at bf16/fp16 (plan a GPU "
+                 f"with {n * 2 / 2**30 + 4:.0f}+ GiB; {n * 4 / 2**30:.0f} GiB at fp32 on CPU); English tokenizer "
+                 "needs pip install 'ntk[chat]'; convert the JAX release once: "
+                 "ntk models convert chatnt SNAPSHOT/jax_params DIR, then ntk chat -m DIR")
 
 
 @app.command("info")
-def info(model: Annotated[str, typer.Argument(help="Checkpoint directory or preset name")]):
-    """Config and parameter count of a checkpoint (loads the weights to validate them)."""
+def info(model: Annotated[str, typer.Argument(metavar="MODEL", help="Checkpoint directory or preset name")]):
+    """Config and parameter count of a checkpoint (loads the weights to validate them).
+
+    \b
+    Examples:
+      ntk models info segment-nt
+      ntk models info runs/seg/best
+    """
     from ..model.checkpoint import load_model
 
     path = resolve_model_path(model)
@@ -103,7 +148,7 @@ def info(model: Annotated[str, typer.Argument(help="Checkpoint directory or pres
         return
     t = Table(show_header=False, title=str(path))
     if cfg.family.startswith("ntv3"):
-        rows = [("family", cfg.family), ("parameters", f"{m.num_parameters():,}"),
+        rows = [("family", cfg.family), ("parameters", f"{m.num_parameters():,} ({fmt_count(m.num_parameters())})"),
                 ("transformer", f"{cfg.num_layers} layers, width {cfg.embed_dim}, {cfg.attention_heads} heads x "
                                 f"{cfg.key_size}, FFN {cfg.ffn_embed_dim} (SwiGLU)"),
                 ("U-Net", f"{cfg.num_downsamples} levels, widths {cfg.filter_list}, {cfg.deconv_upsample_type}"),
@@ -118,7 +163,7 @@ def info(model: Annotated[str, typer.Argument(help="Checkpoint directory or pres
             t.add_row(k, str(v))
         console.print(t)
         return
-    rows = [("family", cfg.family), ("parameters", f"{m.num_parameters():,}"),
+    rows = [("family", cfg.family), ("parameters", f"{m.num_parameters():,} ({fmt_count(m.num_parameters())})"),
             ("layers", cfg.num_hidden_layers), ("hidden", cfg.hidden_size), ("heads", cfg.num_attention_heads),
             ("ffn", f"{cfg.intermediate_size} ({'SwiGLU' if cfg.glu else 'GELU'})"),
             ("positions", cfg.position_embedding_type), ("vocab", f"{cfg.vocab_size} (tokenizer {cfg.tokenizer_version})"),
@@ -130,8 +175,14 @@ def info(model: Annotated[str, typer.Argument(help="Checkpoint directory or pres
 
 
 @app.command("download")
-def download(name: Annotated[str, typer.Argument(help="Preset name, e.g. nt-v2-50m")]):
-    """Fetch a released checkpoint into the HF cache (the only ntk command that uses the network)."""
+def download(name: Annotated[str, typer.Argument(metavar="PRESET", help="Preset name, e.g. nt-v2-50m")]):
+    """Fetch a released checkpoint into the HF cache (the only ntk command that uses the network).
+
+    \b
+    Examples:
+      ntk models download nt-v2-50m
+      HF_HOME=/data/hf ntk models download segment-nt
+    """
     if name in NTV3_PRESETS:
         repo = NTV3_PRESETS[name][0]
     elif name not in PRESETS or PRESETS[name][0] is None:

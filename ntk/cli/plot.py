@@ -11,14 +11,20 @@ from .common import ForceOpt, console
 def register(app: typer.Typer) -> None:
     @app.command("plot")
     def plot(
-        segment_dir: Annotated[str, typer.Argument(help="Output directory of `ntk segment`")],
-        region: Annotated[str, typer.Option("--region", "-r", help="chr:start-end (1-based inclusive)")],
+        segment_dir: Annotated[str, typer.Argument(metavar="SEG_DIR", help="Output directory of ntk segment")],
+        region: Annotated[str, typer.Option("--region", "-r", help="chr:start-end, 1-based inclusive")],
         output: Annotated[str, typer.Option("--output", "-o", help="PNG file to write")],
-        annotation: Annotated[Optional[str], typer.Option("--annotation", "-a", help="GTF/GFF3/BED to draw as truth")] = None,
-        features: Annotated[Optional[str], typer.Option("--features", help="Comma-separated subset of tracks")] = None,
+        annotation: Annotated[Optional[str], typer.Option("--annotation", "-a", help="GTF, GFF3 or BED drawn below the tracks")] = None,
+        features: Annotated[Optional[str], typer.Option("--features", help="Tracks to draw, comma-separated (default: all)")] = None,
         force: ForceOpt = False,
     ):
-        """Draw the per-nucleotide probabilities of a region (one panel per feature) with the annotation below."""
+        """Draw the per-nucleotide probabilities of a region (one panel per feature) with the annotation below.
+
+        \b
+        Examples:
+          ntk plot seg/ -r I:141601-143800 -a genes.gtf.gz -o gene.png
+          ntk plot seg/ -r chr1:1,000,001-1,020,000 --features exon,intron -o exons.png
+        """
         import pyBigWig
 
         from ..io.atomic import check_writable_target, refuse_inputs_as_outputs

@@ -12,18 +12,18 @@ from .common import console, parse_batch_size
 def register(app: typer.Typer) -> None:
     @app.command("predict", no_args_is_help=True)
     def predict_cmd(
-        model: Annotated[str, typer.Argument(help="`ntk finetune` run directory (uses best/) or checkpoint directory",
-                                             show_default=False)],
-        input: Annotated[Optional[str], typer.Argument(help="FASTA (or '-'), or a .csv/.tsv/.parquet table with a "
-                                                       "sequence column", show_default=False)] = None,
-        output: Annotated[str, typer.Option("--output", "-o", help="Parquet output ('-' = stdout)")] = "-",
+        model: Annotated[str, typer.Argument(metavar="MODEL", help="Run directory of ntk finetune (uses best/) or a "
+                                             "checkpoint directory", show_default=False)],
+        input: Annotated[Optional[str], typer.Argument(metavar="INPUT", help="FASTA (- = stdin), or a .csv/.tsv/.parquet "
+                                                       "table with a sequence column", show_default=False)] = None,
+        output: Annotated[str, typer.Option("--output", "-o", help="Parquet output (- = stdout)")] = "-",
         regions: RegionsFileOpt = None,
-        reference: Annotated[Optional[str], typer.Option("--reference", "-f", help="Reference FASTA for -R")] = None,
+        reference: Annotated[Optional[str], typer.Option("--reference", "-f", help="Reference FASTA for -R regions")] = None,
         chr_map: ChrMapOpt = None,
         sequence_col: Annotated[str, typer.Option("--sequence-col", help="Sequence column of a table")] = "sequence",
         name_col: Annotated[Optional[str], typer.Option("--name-col", help="Name column of a table")] = None,
-        threshold: Annotated[float, typer.Option("--threshold", help="Multi-label: pred_<label> = prob >= "
-                                                 "threshold")] = 0.5,
+        threshold: Annotated[float, typer.Option("--threshold", help="Multi-label: pred_<label> is prob >= "
+                                                 "this")] = 0.5,
         batch_size: BatchSizeOpt = "32",
         device: DeviceOpt = "auto",
         precision: PrecisionOpt = "auto",
@@ -31,9 +31,17 @@ def register(app: typer.Typer) -> None:
         force: ForceOpt = False,
         quiet: QuietOpt = False,
     ):
-        """Predict labels/values of new sequences with a model from `ntk finetune classify|regress`; one Parquet row
-        per record: name, length, pred_label + prob_<class> (classification), prob_/pred_<label> (multi-label)
-        or pred_<target> (regression)."""
+        """Predict labels or values of new sequences with a model from ntk finetune classify or regress.
+
+        One Parquet row per record: name, length, then pred_label + prob_<class> (classification), prob_<label> +
+        pred_<label> (multi-label) or pred_<target> (regression).
+
+        \b
+        Examples:
+          ntk predict runs/promoters seqs.fa -o pred.parquet
+          ntk predict runs/promoters -R peaks.bed -f genome.fa -o pred.parquet
+          ntk predict runs/expr table.tsv --sequence-col seq -o - > pred.parquet
+        """
         from ..io.intervals import read_chr_map
         from ..pipelines.predict import predict
 

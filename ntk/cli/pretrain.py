@@ -28,8 +28,8 @@ def _names(values: list[str] | None) -> list[str]:
 def register(app: typer.Typer) -> None:
     @app.command("pretrain", no_args_is_help=True)
     def pretrain_cmd(
-        corpora: Annotated[list[str], typer.Argument(help="Corpus FASTA file(s) (plain, bgzip or gzip; indexed on "
-                                                          "first use)", show_default=False)],
+        corpora: Annotated[list[str], typer.Argument(metavar="FASTA", help="Corpus FASTA files (plain, bgzip or "
+                                                          "gzip; indexed on first use)", show_default=False)],
         output: Annotated[str, typer.Option("--output", "-o", help="Run directory (checkpoints, metrics, final "
                                                                    "model)", show_default=False)],
         config: Annotated[Optional[str], typer.Option("--config", help="New model: a preset (tiny, small, "
@@ -92,7 +92,14 @@ def register(app: typer.Typer) -> None:
         """Pretrain a Nucleotide Transformer with the masked-LM objective on random windows of FASTA corpora.
 
         Writes RUN_DIR/checkpoints/step-N/ (HF layout + trainer state), RUN_DIR/final/, RUN_DIR/metrics.parquet
-        and RUN_DIR/training_curves.png. Runs under `torchrun --nproc-per-node N` as data-parallel DDP.
+        and RUN_DIR/training_curves.png. Runs under torchrun --nproc-per-node N as data-parallel DDP.
+
+        \b
+        Examples:
+          ntk pretrain genome.fa.gz -o run/ --steps 2000 --val-chroms chrX
+          ntk pretrain a.fa b.fa --weights 0.7,0.3 --config nt-v2-50m -o run/
+          ntk pretrain genome.fa -o run/ --init-from nt-v2-50m --lr 5e-5
+          ntk pretrain genome.fa -o run/ --resume
         """
         from ..pipelines.pretrain import PretrainOptions, pretrain
         from ..train.distributed import env_world_size

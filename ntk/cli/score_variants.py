@@ -19,37 +19,36 @@ unsupported). Multi-allelic records are scored per ALT; indels are scored; REF i
 \b
 Examples:
   ntk score-variants calls.vcf.gz -f genome.fa -m nt-v2-100m -o scored.vcf.gz
-  bcftools view -r chr1 calls.bcf | ntk score-variants - -f genome.fa -m DIR --scores cosine,llr > out.vcf
-  ntk score-variants calls.vcf -f genome.fa -m segment-nt --scores segment --table scores.parquet
+  bcftools view -r chr1 calls.bcf \\
+    | ntk score-variants - -f genome.fa -m DIR --scores cosine,llr > out.vcf
+  ntk score-variants calls.vcf -f genome.fa --table scores.parquet
 """
 
 
 def register(app: typer.Typer) -> None:
     @app.command("score-variants", help=HELP)
     def score_variants(
-        vcf: Annotated[str, typer.Argument(help="VCF/BCF (plain or bgzip), or - for stdin")],
+        vcf: Annotated[str, typer.Argument(metavar="VCF", help="VCF or BCF (plain or bgzip), or - for stdin")],
         reference: Annotated[str, typer.Option(
             "--reference", "-f", help="Reference FASTA (plain, gzip or bgzip; the .fai is built if missing)")],
         output: Annotated[Optional[str], typer.Option(
-            "--output", "-o", help="Annotated VCF: out.vcf.gz (bgzip + tabix), out.vcf, or - for stdout "
-            "(default: stdout unless --table is given)")] = None,
+            "--output", "-o", help="Annotated VCF: .vcf.gz (bgzip + tabix), .vcf, or - (default: stdout "
+            "unless --table)")] = None,
         table: Annotated[Optional[str], typer.Option(
-            "--table", help="Parquet table, one row per (record, ALT): chrom pos id ref alt status <scores>")] = None,
+            "--table", help="Parquet table, one row per (record, ALT)")] = None,
         model: ModelOpt = None,
         species: Annotated[Optional[str], typer.Option(
             "--species", help="NTv3 post-trained models: the species to condition on")] = None,
         scores: Annotated[Optional[str], typer.Option(
-            "--scores", help="Comma-separated: cosine,l2,l1,dot (embedding distances), llr (masked LM), segment "
-            "(SegmentNT), tracks,elements (NTv3 post-trained). Default: the embedding distances, + llr with an LM "
-            "head, + segment for SegmentNT")] = None,
+            "--scores", help="cosine, l2, l1, dot, llr (masked LM), segment (SegmentNT), tracks, elements (NTv3 "
+            "post-trained); comma-separated. Default: all the model supports")] = None,
         window: Annotated[Optional[int], typer.Option(
-            "--window", help="Window length in nt (default: the model's context, (max tokens - 1) x 6; a multiple "
-            "of 24 for SegmentNT; NTv3: 32768, a multiple of 2^num_downsamples, centred on each variant)")] = None,
+            "--window", help="Window in nt (default: the model's context; a multiple of 24 for SegmentNT; NTv3: "
+            "32768, a multiple of 2^num_downsamples, centred on each variant)")] = None,
         rc_average: Annotated[bool, typer.Option(
             "--rc-average", help="Score both strands and average")] = False,
         segment_radius: Annotated[int, typer.Option(
-            "--segment-radius", help="segment (and NTv3 tracks/elements) scores: positions within this many nt of "
-            "the variant")] = 500,
+            "--segment-radius", help="segment (and NTv3 tracks/elements) scores: positions within this many nt")] = 500,
         region: RegionOpt = None,
         regions: RegionsFileOpt = None,
         chr_map: ChrMapOpt = None,
@@ -61,8 +60,8 @@ def register(app: typer.Typer) -> None:
         chunk_size: Annotated[int, typer.Option(
             "--chunk-size", hidden=True, help="Records scored together (shards are cut between chunks)")] = 4096,
         resume: Annotated[bool, typer.Option(
-            "--resume", help="Keep the scores of finished chunks of records beside the output (.OUT.ntk-partial) "
-            "and, when the same command is started again after a kill, score only the unfinished ones")] = False,
+            "--resume", help="Keep finished chunks in .OUT.ntk-partial; rerun the same command after a kill "
+            "to score only the rest")] = False,
         quiet: QuietOpt = False,
         force: ForceOpt = False,
     ):

@@ -13,9 +13,17 @@ from .common import (BatchSizeOpt, ChrMapOpt, DeviceOpt, ForceOpt, ModelOpt, Pre
 HELP = """Segment a genome with a SegmentNT model or an NTv3 post-trained model (BED-element head, --species):
 per-nucleotide probability of each feature.
 
-Writes OUTDIR/<feature>.bw (float32 BigWig), OUTDIR/segments.bed.gz (+ .tbi: intervals with probability >=
---threshold for >= --min-length nt) and OUTDIR/run.json. N runs and IUPAC codes get no value. SegmentNT windows
-never contain N and are never padded; NTv3 windows may contain N (short N gaps, contig ends).
+Writes OUTDIR/<feature>.bw (float32 BigWig, one value per nucleotide), OUTDIR/segments.bed.gz (+ .tbi: the
+stretches at or above --threshold) and OUTDIR/run.json. N runs and IUPAC codes get no value. SegmentNT windows
+never contain N and are never padded; NTv3 windows may contain N (short N gaps, contig ends). Without --model,
+the small embedded yeast model is used.
+
+\b
+Examples:
+  ntk segment genome.fa.gz -o seg/
+  ntk segment genome.fa -m segment-nt -r chr1:1-2,000,000 -o seg/
+  ntk segment genome.fa -R peaks.bed --features exon,intron -o seg/
+  ntk segment genome.fa -m segment-nt -r chr2 --bedgraph exon | head
 """
 
 
@@ -105,17 +113,17 @@ def summarize(title: str, result, quiet: bool, what: str) -> None:
 def register(app: typer.Typer) -> None:
     @app.command("segment", help=HELP)
     def segment(
-        genome: Annotated[str, typer.Argument(help="Genome FASTA (plain, gzip or bgzip); the .fai is built if missing")],
-        output: Annotated[Optional[str], typer.Option("--output", "-o", help="Output directory (written atomically)")] = None,
+        genome: Annotated[str, typer.Argument(metavar="FASTA", help="Genome FASTA (plain, gzip or bgzip); the .fai is built if missing")],
+        output: Annotated[Optional[str], typer.Option("--output", "-o", help="Output directory (replaced atomically at the end)")] = None,
         model: ModelOpt = None,
         region: RegionOpt = None,
         regions: RegionsFileOpt = None,
         chr_map: ChrMapOpt = None,
         features: Annotated[Optional[str], typer.Option(
-            "--features", help="Comma-separated subset of the model's features (default: all)")] = None,
+            "--features", help="Features to write, comma-separated (default: all of the model's)")] = None,
         window: Annotated[Optional[int], typer.Option(
-            "--window", help="Window length in nt: a multiple of 24 for SegmentNT (default: the model's trained "
-            "length, 30 kb), of 2^num_downsamples for NTv3 (default 1 Mb, 128 for the released models)")] = None,
+            "--window", help="Window in nt: a multiple of 24 for SegmentNT (default: the model's trained length, "
+            "30 kb), of 2^num_downsamples for NTv3 (default 1 Mb, 128 for the released models)")] = None,
         crop: Annotated[Optional[int], typer.Option(
             "--crop", help="SegmentNT: half the overlap of neighbouring windows, in nt (default: window/8); NTv3: "
             "fixed by the model (keep_target_center_fraction)")] = None,
@@ -124,21 +132,20 @@ def register(app: typer.Typer) -> None:
             "none (cut at the middle); NTv3 windows are always cut")] = "linear",
         rc_average: Annotated[bool, typer.Option(
             "--rc-average", help="Average forward and reverse-complement predictions")] = False,
-        threshold: Annotated[float, typer.Option("--threshold", help="Probability threshold for segments")] = 0.5,
-        min_length: Annotated[int, typer.Option("--min-length", help="Shortest segment written (nt)")] = 1,
+        threshold: Annotated[float, typer.Option("--threshold", help="Segments: probability at or above this")] = 0.5,
+        min_length: Annotated[int, typer.Option("--min-length", help="Segments: shortest one written, in nt")] = 1,
         bedgraph: Annotated[Optional[str], typer.Option(
-            "--bedgraph", metavar="FEATURE", help="Also stream FEATURE as bedGraph to stdout (-o may then be "
-            "omitted)")] = None,
+            "--bedgraph", metavar="FEATURE", help="Stream FEATURE as bedGraph to stdout (-o may then be omitted)")] = None,
         zoom_levels: Annotated[int, typer.Option(
-            "--zoom-levels", help="BigWig zoom levels: summaries at 32 bp, then 4x coarser each (0: none)")] = 10,
+            "--zoom-levels", help="BigWig zoom levels: 32 bp, then 4x coarser each (0: none)")] = 10,
         device: DeviceOpt = "auto",
         precision: PrecisionOpt = "auto",
         batch_size: BatchSizeOpt = "auto",
         threads: ThreadsOpt = None,
         shard: ShardOpt = None,
         resume: Annotated[bool, typer.Option(
-            "--resume", help="Keep finished chunks beside OUTDIR (.OUTDIR.ntk-partial) and, when the same command "
-            "is started again after a kill, compute only the unfinished ones")] = False,
+            "--resume", help="Keep finished chunks in .OUTDIR.ntk-partial; rerun the same command after a "
+            "kill to compute only the rest")] = False,
         resume_chunk_bp: Annotated[Optional[int], typer.Option(
             "--resume-chunk-bp", hidden=True, help="Positions per --resume chunk (default 4 Mbp)")] = None,
         species: SpeciesOpt = None,
