@@ -4,12 +4,12 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from ..errors import NtkError
+from ..progress import stderr_console
 
 # logs, progress and summaries go to stderr; data goes to stdout/files
-console = Console(stderr=True, highlight=False)
+console = stderr_console()
 
 ModelOpt = Annotated[str | None, typer.Option(
     "--model", "-m", help="Checkpoint directory or preset name (from the local HF cache); default: the "

@@ -29,17 +29,15 @@ def _progress(quiet: bool, total: int | None):
     """A rich progress bar on stderr, advanced from EmbedStats; returns (context manager, callback)."""
     import contextlib
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from ..progress import progress_bar
 
     if quiet or not console.is_terminal:  # a live bar only on a terminal (no stray lines in logs)
         return contextlib.nullcontext(), None
-    prog = Progress(SpinnerColumn(), TextColumn("embedding"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("records  {task.fields[nt]} nt"), TimeElapsedColumn(), console=console,
-                    transient=True)
-    task = prog.add_task("embed", total=total, nt="0")
+    prog = progress_bar("embed", "records", console, info=True)
+    task = prog.add_task("embed", total=total, info="")
 
     def update(stats) -> None:
-        prog.update(task, completed=stats.records, nt=f"{stats.nucleotides:,}")
+        prog.update(task, completed=stats.records, info=f"{stats.nucleotides:,} nt")
 
     return prog, update
 

@@ -77,7 +77,7 @@ def register(app: typer.Typer) -> None:
                 vcf, reference, model=model, scores=scores, window=window, rc_average=rc_average,
                 segment_radius=segment_radius, output=out, table=tab, regions=region or (), regions_file=regions,
                 chr_map=chr_map, device=dev, precision=precision, batch_size=parse_batch_size(batch_size),
-                threads=threads, shard=sh, force=force or tab != table, progress=not q,
+                threads=threads, shard=sh, force=force or tab != table, progress=not q and console.is_terminal,
                 command=shlex.join(["ntk"] + sys.argv[1:]), log=None if q else console.print, chunk_size=chunk_size,
                 resume=resume, species=species)
 

@@ -27,17 +27,6 @@ Examples:
 """
 
 
-def _bp_rate_column():
-    from rich.progress import ProgressColumn
-    from rich.text import Text
-
-    class BpRate(ProgressColumn):
-        def render(self, task):
-            return Text(f"{task.speed:,.0f} bp/s" if task.speed else "- bp/s", style="progress.data.speed")
-
-    return BpRate()
-
-
 NO_VALUE = "N and IUPAC codes get no value; for SegmentNT also ACGT runs shorter than 24 nt"
 
 
@@ -45,9 +34,8 @@ def run_genome_job(name: str, fn, genome: str, output: str | None, shard: str | 
                    force: bool, device: str, quiet: bool, kwargs: dict):
     """Run a genome-tiling job (``segment_genome`` or ``tracks_genome``) with a progress bar, or, under torchrun,
     this rank's shard (returns None). Shared by ``ntk segment`` and ``ntk tracks``."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from ..errors import NtkError
+    from ..progress import progress_bar
     from ..pipelines.distributed import run_ranks, world_size
 
     shard_ix = parse_shard(shard)
@@ -60,9 +48,7 @@ def run_genome_job(name: str, fn, genome: str, output: str | None, shard: str | 
                   lambda part, sh, dev, q: fn(genome, part, device=dev, force=True, shard=sh, command=command,
                                               **kwargs))
         return None
-    progress = Progress(TextColumn(name), BarColumn(), MofNCompleteColumn(), TextColumn("bp"),
-                        _bp_rate_column(), TimeElapsedColumn(), console=console,
-                        disable=quiet or not console.is_terminal, transient=True)  # only on a terminal
+    progress = progress_bar(name, "bp", console, disable=quiet or not console.is_terminal)  # a terminal only
     task = progress.add_task(name, total=None)
 
     def start(total: int) -> None:  # the bar appears once inputs and model are checked (errors stay one line)

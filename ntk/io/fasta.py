@@ -118,8 +118,8 @@ class IndexedFasta:
         _check_fasta_start(src)
         if is_gzip(src) and not is_bgzip(src):
             tmp = _private_tmp() / (src.name[:-3] if src.name.endswith(".gz") else src.name + ".fa")
-            from rich.console import Console
-            Console(stderr=True).log(f"{src} is plain gzip (not bgzip); decompressing to {tmp} for indexed access "
+            from ..progress import stderr_console
+            stderr_console().log(f"{src} is plain gzip (not bgzip); decompressing to {tmp} for indexed access "
                                      "(use `bgzip` to avoid this)")
             try:
                 with gzip.open(src, "rb") as fi, open(tmp, "wb") as fo:

@@ -352,6 +352,7 @@ class VariantScorer:
                  max_batch: int | None = None, group_jobs: int = 256, group_windows: int = 16):
         self.model = model
         self.fasta = fasta
+        self.on_scored: Callable[[int], None] | None = None  # progress: called with the jobs of each scored group
         self.scores = list(scores)
         self.window = window
         self.rc_average = rc_average
@@ -480,11 +481,15 @@ class VariantScorer:
             key = (j.chrom, j.window.start)
             if group and key not in windows and (len(windows) >= self.group_windows or len(group) >= self.group_jobs):
                 self._score_group(group)
+                if self.on_scored is not None:
+                    self.on_scored(len(group))
                 group, windows = [], set()
             group.append(j)
             windows.add(key)
         if group:
             self._score_group(group)
+            if self.on_scored is not None:
+                self.on_scored(len(group))
 
     def _score_group(self, jobs: list[_Job]) -> None:
         new_refs: list[_RefWindow] = []
@@ -791,7 +796,18 @@ def score_variants(vcf: str, reference: str | IndexedFasta, *, model=None,
                                   opts)
             ident.pop("ntk_version")
             journal = Journal(partial_dir(keep_beside), ident, chunk_size, unit="records")
-        with _progress(progress) as bar:
+        total = None
+        if progress and vcf != "-":  # the total of the bar, from the start: one quick pass over the file
+            alts = _alts_per_record(vcf)
+            total = sum(alts[lo_i:hi_i]) if shard is not None else sum(alts)
+        with _progress(progress, total) as bar:
+            done = [0, 0]  # alleles of the finished chunks, alleles scored in the current one
+
+            def scored(n: int) -> None:
+                done[1] += n
+                bar(done[0] + done[1])
+
+            scorer.on_scored = scored if progress else None
             numbered = ((k, rec) for k, rec in enumerate(reader, 1) if selected is None or selected(k - 1))
             for ci, chunk in enumerate(_chunks(numbered, chunk_size)):
                 if journal is not None and journal.has(ci):  # finished before the run was interrupted
@@ -803,7 +819,9 @@ def score_variants(vcf: str, reference: str | IndexedFasta, *, model=None,
                 rows = _write_chunk(chunk, results, scorer, writer, summary)
                 if table_writer is not None and rows:
                     table_writer.write(pl.DataFrame(rows, schema=schema, orient="row"))
-                bar(summary.records, summary.alleles)
+                done[0] += sum(max(1, len(rec.alts or ())) for _, rec in chunk)
+                done[1] = 0
+                bar(done[0])
         if table_writer is not None:
             table_writer.close()
         if writer is not None:
@@ -906,24 +924,23 @@ def _describe(name: str, window: int, rc: bool, radius: int) -> str:
 
 
 class _progress:
-    """A rich progress line on stderr (records and variants/s); a no-op when disabled."""
+    """A progress bar on stderr: variants (ALT alleles) scored of the total, variants/s, ETA; a no-op when
+    disabled."""
 
-    def __init__(self, enabled: bool):
+    def __init__(self, enabled: bool, total: int | None = None):
         self.enabled = enabled
+        self.total = total
         self._p = None
 
     def __enter__(self):
         if not self.enabled:
             return lambda *a: None
-        from rich.console import Console
-        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+        from ..progress import progress_bar
 
-        self._p = Progress(SpinnerColumn(), TextColumn("scoring variants: {task.fields[rec]} records, "
-                                                       "{task.fields[alt]} alleles"), TimeElapsedColumn(),
-                           console=Console(stderr=True), transient=True)
+        self._p = progress_bar("score-variants", "variants")
         self._p.__enter__()
-        task = self._p.add_task("score", total=None, rec=0, alt=0)
-        return lambda rec, alt: self._p.update(task, rec=rec, alt=alt)
+        task = self._p.add_task("score", total=self.total)
+        return lambda n: self._p.update(task, completed=min(n, self.total) if self.total is not None else n)
 
     def __exit__(self, *a):
         if self._p is not None:

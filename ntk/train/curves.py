@@ -28,9 +28,9 @@ def plot_training_curves(rows: list[dict], path: str | Path) -> Path | None:
         import matplotlib.pyplot as plt
     except ImportError:
         if not _warned:
-            from rich.console import Console
+            from ..progress import stderr_console
 
-            Console(stderr=True).log("matplotlib is not installed: training_curves.png skipped (pip install 'ntk[plot]')")
+            stderr_console().log("matplotlib is not installed: training_curves.png skipped (pip install 'ntk[plot]')")
             _warned = True
         return None
     from ..io.atomic import atomic_path

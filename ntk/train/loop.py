@@ -58,16 +58,15 @@ from typing import Any, Callable, Iterable, Iterator
 
 import torch
 import torch.distributed as dist
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ..errors import Interrupted, NtkError
 from ..model.checkpoint import save_model
+from ..progress import progress_bar, stderr_console
 from . import distributed as D
 from .checkpointing import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .optim import SCHEDULES, build_optimizer, build_scheduler
 
-console = Console(stderr=True, highlight=False)
+console = stderr_console()
 
 LossFn = Callable[[torch.nn.Module, Any], "tuple[torch.Tensor, dict[str, Any]]"]
 EvalFn = Callable[[torch.nn.Module], "dict[str, float]"]
@@ -494,9 +493,7 @@ class Trainer:
         old_handlers = self._install_signals()
         progress = None
         if self.dist.is_main and not cfg.quiet:
-            progress = Progress(
-                TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=False)
+            progress = progress_bar("train", "steps", console, transient=False, info=True)
             task = progress.add_task("train", total=cfg.steps, completed=self.step, info="")
             progress.start()
         window: list[dict] = []
