@@ -80,6 +80,7 @@ def assert_f32_close(got, want, ulps: float = REORDER_ULPS, scale: float | None 
     bound = ulps * F32_EPS * max(scale, np.finfo(np.float32).tiny)
     if os.environ.get("NTK_TOL_REPORT"):  # record the observed error in eps x scale (for tests/TOLERANCES.md)
         with open(os.environ["NTK_TOL_REPORT"], "a") as f:
-            f.write(f"{os.environ.get('PYTEST_CURRENT_TEST', '?').split(' ')[0]}\t{what}\t{err / (F32_EPS * scale):.2f}\t{ulps}\n")
+            test = os.environ.get("PYTEST_CURRENT_TEST", "?").split(" ")[0]
+            f.write(f"{test}\t{what}\t{err / (F32_EPS * scale):.2f}\t{ulps}\n")
     assert err <= bound, (f"{what}: max |diff| {err:.3g} > {ulps} eps32 x scale {scale:.3g} = {bound:.3g} "
                           f"({err / (F32_EPS * scale):.1f} eps x scale)")

@@ -19,7 +19,8 @@ PrecisionOpt = Annotated[str, typer.Option("--precision", help="auto, fp32, bf16
                                             "fp32, or bf16 for segment where the CPU has native bf16)")]
 BatchSizeOpt = Annotated[str, typer.Option("--batch-size", help="Sequences per forward pass, or auto (a token budget)")]
 ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="CPU threads for torch (default: torch's choice)")]
-ShardOpt = Annotated[str | None, typer.Option("--shard", help="Run the I-th of N deterministic shards (1-based); join with ntk merge")]
+ShardOpt = Annotated[str | None, typer.Option(
+    "--shard", help="Run the I-th of N deterministic shards (1-based); join with ntk merge")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary on stderr")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite existing outputs")]
 RegionOpt = Annotated[list[str] | None, typer.Option("--region", "-r", help="chr:start-end, 1-based inclusive; repeatable")]

@@ -14,8 +14,10 @@ def register(app: typer.Typer) -> None:
         segment_dir: Annotated[str, typer.Argument(metavar="SEG_DIR", help="Output directory of ntk segment")],
         region: Annotated[str, typer.Option("--region", "-r", help="chr:start-end, 1-based inclusive")],
         output: Annotated[str, typer.Option("--output", "-o", help="PNG file to write")],
-        annotation: Annotated[Optional[str], typer.Option("--annotation", "-a", help="GTF, GFF3 or BED drawn below the tracks")] = None,
-        features: Annotated[Optional[str], typer.Option("--features", help="Tracks to draw, comma-separated (default: all)")] = None,
+        annotation: Annotated[Optional[str], typer.Option(
+            "--annotation", "-a", help="GTF, GFF3 or BED drawn below the tracks")] = None,
+        features: Annotated[Optional[str], typer.Option(
+            "--features", help="Tracks to draw, comma-separated (default: all)")] = None,
         force: ForceOpt = False,
     ):
         """Draw the per-nucleotide probabilities of a region (one panel per feature) with the annotation below.

@@ -99,8 +99,10 @@ def summarize(title: str, result, quiet: bool, what: str) -> None:
 def register(app: typer.Typer) -> None:
     @app.command("segment", help=HELP)
     def segment(
-        genome: Annotated[str, typer.Argument(metavar="FASTA", help="Genome FASTA (plain, gzip or bgzip); the .fai is built if missing")],
-        output: Annotated[Optional[str], typer.Option("--output", "-o", help="Output directory (replaced atomically at the end)")] = None,
+        genome: Annotated[str, typer.Argument(
+            metavar="FASTA", help="Genome FASTA (plain, gzip or bgzip); the .fai is built if missing")],
+        output: Annotated[Optional[str], typer.Option(
+            "--output", "-o", help="Output directory (replaced atomically at the end)")] = None,
         model: ModelOpt = None,
         region: RegionOpt = None,
         regions: RegionsFileOpt = None,
