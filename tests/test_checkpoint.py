@@ -135,3 +135,32 @@ def test_save_roundtrip(tmp_path, golden_dir):
     ids = torch.tensor([[3] + [100 + i for i in range(8)]])
     torch.testing.assert_close(m(ids).segment_logits, m2(ids).segment_logits, rtol=0, atol=0)
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_segment_nt_config_with_num_features_and_no_feature_names(tmp_path, golden_dir):
+    """SegmentNT's first published config: "num_features": 14, no "features" list -> the documented SegmentNT
+    features, and the 14-feature head loads (it used to be a 0-feature head: fc.weight (168, H) rejected)."""
+    from ntk.model.config import SEGMENT_NT_FEATURES, NTConfig
+    from ntk.model.nt import NucleotideTransformer
+
+    cfg = json.loads((golden_dir / "segment_nt_tiny" / "config.json").read_text())
+    cfg["features"] = list(SEGMENT_NT_FEATURES)
+    torch.manual_seed(0)
+    m = NucleotideTransformer(NTConfig.from_dict(cfg))
+    assert tuple(m.fc.weight.shape) == (6 * 2 * 14, cfg["hidden_size"])
+    ntk.save_model(m, tmp_path / "seg")
+    first = json.loads((tmp_path / "seg" / "config.json").read_text())
+    del first["features"]
+    first["num_features"] = 14
+    (tmp_path / "seg" / "config.json").write_text(json.dumps(first))
+    loaded = ntk.load_model(tmp_path / "seg")
+    assert loaded.features == SEGMENT_NT_FEATURES and loaded.config.is_segmentation
+    ids = loaded.tokenizer.encode(["ACGTAC" * 8]).input_ids
+    torch.testing.assert_close(loaded(ids).segment_logits, m(ids).segment_logits, rtol=0, atol=0)  # same weights
+    p = run_ntk("models", "info", tmp_path / "seg")
+    assert p.returncode == 0 and "CTCF-bound" in p.stderr
+    # a list that disagrees with num_features is an error naming both
+    first.update(features=["exon"], num_features=14)
+    (tmp_path / "seg" / "config.json").write_text(json.dumps(first))
+    with pytest.raises(CheckpointError, match="num_features 14"):
+        ntk.load_model(tmp_path / "seg")

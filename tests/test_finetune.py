@@ -331,3 +331,28 @@ def test_label_errors_are_one_line_and_name_the_record(tmp_path, tiny):
     p = run_ntk("finetune", "classify", t, "-m", tiny, "-o", tmp_path / "cli")
     assert p.returncode == 2 and p.stderr.startswith("ntk: error:") and p.stderr.count("\n") == 1
     assert not (tmp_path / "cli").exists()
+
+
+def test_predict_keeps_integer_labels_integers(tiny, tmp_path):
+    """Classes named 0/1 (a table's integer label column) come back as an Int64 pred_label, not strings."""
+    from ntk.pipelines.finetune import build_task_model
+
+    torch.manual_seed(0)
+    m = build_task_model(ntk.load_model(tiny), "sequence", label_names=["0", "1"],
+                         problem_type="single_label_classification")
+    ntk.save_model(m, tmp_path / "ck")
+    seqs, _ = motif_rows(6, 3)
+    fa = tmp_path / "x.fa"
+    fa.write_text("".join(f">r{i}\n{s}\n" for i, s in enumerate(seqs)))
+    predict(tmp_path / "ck", str(fa), str(tmp_path / "p.parquet"), device="cpu")
+    pred = pl.read_parquet(tmp_path / "p.parquet")
+    assert pred.schema["pred_label"] == pl.Int64 and set(pred["pred_label"].to_list()) <= {0, 1}
+    assert pred.columns[-2:] == ["prob_0", "prob_1"]
+    want = (pred["prob_1"] > pred["prob_0"]).cast(pl.Int64)
+    assert pred["pred_label"].to_list() == want.to_list()
+    # names that only look numeric stay strings
+    m2 = build_task_model(ntk.load_model(tiny), "sequence", label_names=["01", "1"],
+                          problem_type="single_label_classification")
+    ntk.save_model(m2, tmp_path / "ck2")
+    predict(tmp_path / "ck2", str(fa), str(tmp_path / "p2.parquet"), device="cpu")
+    assert pl.read_parquet(tmp_path / "p2.parquet").schema["pred_label"] == pl.String

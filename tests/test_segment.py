@@ -26,6 +26,7 @@ from ntk.pipelines.windows import tile
 from conftest import F32_EPS, REORDER_ULPS, assert_f32_close
 
 PROB_TOL = REORDER_ULPS * F32_EPS  # probabilities: scale 1
+F64_SUM_RTOL = 1e-11  # float64 sums of <= 6,000 terms in another order: <= n x eps64 = 1.3e-12
 
 GOLDEN = Path(__file__).parent / "data" / "golden" / "segment_nt_tiny"
 RNG = np.random.default_rng(3)
@@ -264,27 +265,55 @@ def test_bgzip_and_plain_gzip_fasta(m, tmp_path):
         np.testing.assert_array_equal(track(tmp_path / "gzip", "exon", name), track(tmp_path / "plain", "exon", name))
 
 
-def test_segments_bed_matches_tracks_and_tools_read_it(m, tmp_path):
+def expected_segments(vals: np.ndarray, thr: float, min_len: int, gap: int) -> list[tuple[int, int]]:
+    """Segments of one track by the definition (plain Python): runs >= thr, joined across <= gap positions
+    below thr (never across a position without a value), then at least min_len long."""
+    runs, cur = [], None
+    for i, x in enumerate(vals):
+        if not np.isnan(x) and x >= thr:
+            cur = [i, i + 1] if cur is None else [cur[0], i + 1]
+        elif cur is not None:
+            runs.append(cur)
+            cur = None
+    if cur is not None:
+        runs.append(cur)
+    joined: list[list[int]] = []
+    for s, e in runs:
+        if joined and s - joined[-1][1] <= gap and not np.isnan(vals[joined[-1][1]:s]).any():
+            joined[-1][1] = e
+        else:
+            joined.append([s, e])
+    return [(s, e) for s, e in joined if e - s >= min_len]
+
+
+@pytest.mark.parametrize("gap", [0, 10])
+def test_segments_bed_matches_tracks_and_tools_read_it(m, tmp_path, gap):
     recs = {"c1": random_dna(2500) + "N" * 30 + random_dna(600), "c2": random_dna(900)}
     fa = write_fasta(tmp_path / "g.fa", recs)
     thr, min_len = 0.52, 3
-    segment_genome(fa, tmp_path / "out", model=m, threshold=thr, min_length=min_len)
+    segment_genome(fa, tmp_path / "out", model=m, threshold=thr, min_length=min_len, merge_gap=gap)
     out = tmp_path / "out"
+    assert json.loads((out / "run.json").read_text())["options"]["merge_gap"] == gap
     rows = [ln.split("\t") for ln in gzip.open(out / "segments.bed.gz", "rt").read().splitlines()]
     assert rows, "the tiny model should call some segments at this threshold"
-    # expected calls from the BigWig values, per feature, with numpy
+    # expected calls from the BigWig values, per feature (mean over the whole span, joined gaps included)
     expected = set()
     for name in recs:
         vals = tracks(out, m, name)
         for fi, f in enumerate(m.features):
-            hit = np.nan_to_num(vals[:, fi], nan=-1) >= thr
-            d = np.diff(np.concatenate(([0], hit.astype(np.int8), [0])))
-            for s, e in zip(np.flatnonzero(d == 1), np.flatnonzero(d == -1)):
-                if e - s >= min_len:
-                    v = vals[s:e, fi]
-                    expected.add((name, int(s), int(e), f, f"{v.mean():.4f}", f"{v.max():.4f}"))
+            for s, e in expected_segments(vals[:, fi], thr, min_len, gap):
+                v = vals[s:e, fi].astype(np.float64)
+                expected.add((name, int(s), int(e), f, f"{v.mean():.4f}", f"{v.max():.4f}"))
     got = {(r[0], int(r[1]), int(r[2]), r[3], r[6], r[7]) for r in rows}
     assert got == expected
+    if gap:  # joining really happened on this input, and no two calls of a feature are <= gap apart any more
+        plain = segment_genome(fa, tmp_path / "plain", model=m, threshold=thr, min_length=min_len, merge_gap=0)
+        assert plain.n_segments > len(rows)
+        by = {}
+        for r in rows:
+            by.setdefault((r[0], r[3]), []).append((int(r[1]), int(r[2])))
+        for iv in by.values():
+            assert all(b[0] - a[1] > gap for a, b in zip(iv, iv[1:]))
     assert all(r[5] == "." and 0 <= int(r[4]) <= 1000 for r in rows)
     order = [(list(recs).index(r[0]), int(r[1])) for r in rows]
     assert order == sorted(order)  # FASTA contig order, then start
@@ -322,9 +351,28 @@ def test_segment_caller_streaming_equals_whole_array():
     cuts = [0, 1, 2, 7, 1000, 1100, 1250, 1399, 1400, 3333, 5000]
     got = [caller.add("c", a, v[a:b]) for a, b in zip(cuts, cuts[1:])] + [caller.finish()]
     for i in range(4):
-        # exact: float64 sums of float32 values in [0, 1] are exact (< 2**29 terms), so chunking cannot change them
-        np.testing.assert_array_equal(np.concatenate([g[i] for g in got]), np.concatenate([p[i] for p in parts]))
+        # starts, ends (integers) and maxima (a max is exact) are equal; means are float64 sums in another order:
+        # relative error <= n x eps64 (n <= 5000 terms: 1.1e-12), bound 1e-11
+        g, p_ = np.concatenate([g[i] for g in got]), np.concatenate([p[i] for p in parts])
+        if i == 2:
+            np.testing.assert_allclose(g, p_, rtol=F64_SUM_RTOL, atol=0)
+        else:
+            np.testing.assert_array_equal(g, p_)
     assert whole[0].size == parts[0][0].size + parts[1][0].size
+    # with --merge-gap: the same calls whatever the chunking, and the plain definition
+    v = (rng.random(6000) * 0.8 + 0.2 * (rng.random(6000) < 0.3)).astype(np.float32)  # flickers around 0.6
+    v[2990:3030] = 0.1  # a gap too wide to join, across a chunk cut
+    for gap in (1, 5, 12):
+        want = expected_segments(v, 0.6, 2, gap)
+        for cuts in ([0, 6000], [0, 1, 3, 1000, 2995, 3000, 3004, 3008, 3025, 5999, 6000],
+                     sorted({0, 6000, *rng.integers(1, 6000, 40).tolist()})):
+            c = SegmentCaller(0.6, 2, merge_gap=gap)
+            got = [c.add("c", a, v[a:b]) for a, b in zip(cuts, cuts[1:])] + [c.finish()]
+            s_, e_, mean, mx = (np.concatenate([g[i] for g in got]) for i in range(4))
+            assert list(zip(s_.tolist(), e_.tolist())) == want, (gap, cuts[:5])
+            np.testing.assert_allclose(mean, [v[a:b].astype(np.float64).sum() / (b - a) for a, b in want],
+                                       rtol=F64_SUM_RTOL, atol=0)
+            np.testing.assert_array_equal(mx, [v[a:b].max() for a, b in want])
     # a gap between chunks (no value) closes a segment
     c = SegmentCaller(0.5)
     s1 = c.add("c", 0, np.full(10, 0.9, np.float32))

@@ -63,13 +63,13 @@ def test_segment_sample_regions(monkeypatch, capsysbinary, genome, tmp_path):
     with pysam.TabixFile(str(out / "segments.bed.gz")) as tb:
         for row in tb.fetch("III", 10000, 12000):
             f = row.split("\t")
-            assert f[3] in ("exon", "splice_donor") and float(f[6]) >= 0.55
+            assert f[3] in ("exon", "splice_donor") and float(f[7]) >= 0.55  # max (the mean may include a joined gap)
 
 
 def test_bedgraph_on_stdout_equals_bigwig(monkeypatch, capsysbinary, genome, tmp_path):
     out = tmp_path / "out"
     code, stdout, err = ntk(monkeypatch, capsysbinary, "segment", genome, "-m", GOLDEN, "-o", out,
-                            "-r", "VI:2001-4000", "--bedgraph", "exon", "-q")
+                            "-r", "VI:2001-4000", "--bedgraph", "exon", "--bedgraph-precision", "full", "-q")
     assert code == 0, err
     assert err == ""  # --quiet: no bar, no summary
     rows = [ln.split("\t") for ln in stdout.decode().splitlines()]
@@ -80,7 +80,7 @@ def test_bedgraph_on_stdout_equals_bigwig(monkeypatch, capsysbinary, genome, tmp
     bw.close()
     # bedGraph alone (no -o) writes no directory
     code, stdout2, err = ntk(monkeypatch, capsysbinary, "segment", genome, "-m", GOLDEN, "-r", "VI:2001-4000",
-                             "--bedgraph", "exon", "-q")
+                             "--bedgraph", "exon", "--bedgraph-precision", "full", "-q")
     assert code == 0 and stdout2 == stdout
 
 
@@ -145,3 +145,29 @@ def test_console_entry_point_pipes(genome, tmp_path):
                            capture_output=True, text=True, timeout=120)
         one_line_error(p.returncode, p.stderr, *words)
         assert p.stdout == "" and not (tmp_path / "out").exists()
+
+
+def test_bedgraph_precision_rounds_and_merges_equal_neighbours(monkeypatch, capsysbinary, genome, tmp_path):
+    """Default: 3 decimals, neighbours with equal rounded values on one line (also across chunks)."""
+    code, full, err = ntk(monkeypatch, capsysbinary, "segment", genome, "-m", GOLDEN, "-r", "VI:2001-9000",
+                          "--bedgraph", "exon", "--bedgraph-precision", "full", "-q")
+    assert code == 0, err
+    exact = np.concatenate([np.full(int(e) - int(s), np.float32(v)) for _, s, e, v in
+                            (ln.split("\t") for ln in full.decode().splitlines())])
+    for digits in (None, 1):
+        args = [] if digits is None else ["--bedgraph-precision", str(digits)]
+        code, out, err = ntk(monkeypatch, capsysbinary, "segment", genome, "-m", GOLDEN, "-r", "VI:2001-9000",
+                             "--bedgraph", "exon", *args, "-q")
+        assert code == 0, err
+        d = 3 if digits is None else digits
+        rows = [ln.split("\t") for ln in out.decode().splitlines()]
+        assert all(len(v.split(".")[1]) == d for *_, v in rows), rows[:3]
+        starts, ends = np.array([int(r[1]) for r in rows]), np.array([int(r[2]) for r in rows])
+        vals = np.array([float(r[3]) for r in rows])
+        assert starts[0] == 2000 and ends[-1] == 9000 and (starts[1:] == ends[:-1]).all()  # one contiguous region
+        assert (vals[1:] != vals[:-1]).all()  # equal rounded neighbours merged
+        np.testing.assert_array_equal(np.repeat(vals, ends - starts), np.round(exact.astype(np.float64), d))
+        assert len(rows) < len(full.decode().splitlines())
+    code, _, err = ntk(monkeypatch, capsysbinary, "segment", genome, "-m", GOLDEN, "-r", "VI:2001-3000",
+                       "--bedgraph", "exon", "--bedgraph-precision", "12")
+    assert code == 2 and "--bedgraph-precision" in err

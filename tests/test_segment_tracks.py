@@ -97,11 +97,25 @@ def test_empty_track_and_order_checks(tmp_path):
 
 def test_bedgraph_merges_equal_neighbours_and_round_trips_float32():
     buf = io.BytesIO()
-    w = BedGraphWriter(buf)
+    w = BedGraphWriter(buf, digits=None)  # full float32 precision
     v = np.array([0.25, 0.25, 0.1, 1 / 3, 1e-8, 1e-8, 1.0], np.float32)
     w.add("chr2", 100, v)
+    w.flush()  # the last line waits for a chunk that might continue it
     rows = [ln.split("\t") for ln in buf.getvalue().decode().splitlines()]
     assert [(r[0], int(r[1]), int(r[2])) for r in rows] == [("chr2", 100, 102), ("chr2", 102, 103), ("chr2", 103, 104),
                                                            ("chr2", 104, 106), ("chr2", 106, 107)]
     back = np.array([float(r[3]) for r in rows], np.float32)
     np.testing.assert_array_equal(back, v[[0, 2, 3, 4, 6]])
+
+
+def test_bedgraph_rounding_merges_across_chunks_and_breaks_at_gaps():
+    buf = io.BytesIO()
+    w = BedGraphWriter(buf, digits=2)
+    w.add("c", 0, np.array([0.101, 0.104, 0.2], np.float32))
+    w.add("c", 3, np.array([0.199, 0.2, 0.5], np.float32))  # continues: 0.2 (rounded) merges across the chunks
+    w.add("c", 10, np.array([0.5], np.float32))  # a gap (positions without a value) breaks the line
+    w.add("d", 11, np.array([0.5], np.float32))  # another contig too
+    w.flush()
+    rows = [ln.split("\t") for ln in buf.getvalue().decode().splitlines()]
+    assert rows == [["c", "0", "2", "0.10"], ["c", "2", "5", "0.20"], ["c", "5", "6", "0.50"],
+                    ["c", "10", "11", "0.50"], ["d", "11", "12", "0.50"]]

@@ -7,6 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..io.segments import DEFAULT_MERGE_GAP
+from ..io.tracks import DEFAULT_BEDGRAPH_DIGITS
 from .common import (BatchSizeOpt, ChrMapOpt, DeviceOpt, ForceOpt, ModelOpt, PrecisionOpt, QuietOpt, RegionOpt,
                      RegionsFileOpt, ShardOpt, ThreadsOpt, console, parse_batch_size, parse_shard)
 
@@ -96,6 +98,20 @@ def summarize(title: str, result, quiet: bool, what: str) -> None:
     console.print(table)
 
 
+def parse_digits(text: str) -> int | None:
+    from ..errors import NtkError
+
+    if text.strip().lower() == "full":
+        return None
+    try:
+        d = int(text)
+    except ValueError:
+        d = -1
+    if not 0 <= d <= 9:
+        raise NtkError(f"--bedgraph-precision {text!r}: expected 0..9 decimals or 'full'")
+    return d
+
+
 def register(app: typer.Typer) -> None:
     @app.command("segment", help=HELP)
     def segment(
@@ -122,8 +138,13 @@ def register(app: typer.Typer) -> None:
             "--rc-average", help="Average forward and reverse-complement predictions")] = False,
         threshold: Annotated[float, typer.Option("--threshold", help="Segments: probability at or above this")] = 0.5,
         min_length: Annotated[int, typer.Option("--min-length", help="Segments: shortest one written, in nt")] = 1,
+        merge_gap: Annotated[int, typer.Option(
+            "--merge-gap", help="Segments: join stretches at most this many nt apart (0: never)")] = DEFAULT_MERGE_GAP,
         bedgraph: Annotated[Optional[str], typer.Option(
             "--bedgraph", metavar="FEATURE", help="Stream FEATURE as bedGraph to stdout (-o may then be omitted)")] = None,
+        bedgraph_precision: Annotated[str, typer.Option(
+            "--bedgraph-precision", help="bedGraph decimals (0-9), equal rounded neighbours merged; full: exact "
+            "float32")] = str(DEFAULT_BEDGRAPH_DIGITS),
         zoom_levels: Annotated[int, typer.Option(
             "--zoom-levels", help="BigWig zoom levels: 32 bp, then 4x coarser each (0: none)")] = 10,
         device: DeviceOpt = "auto",
@@ -144,13 +165,15 @@ def register(app: typer.Typer) -> None:
         from ..pipelines.segment import segment_genome
 
         feats = [f.strip() for f in features.split(",") if f.strip()] if features else None
+        digits = parse_digits(bedgraph_precision)
         if output is None and bedgraph is None:
             raise NtkError("give an output directory with -o/--output (or --bedgraph FEATURE to stream to stdout)")
         result = run_genome_job(
             "segment", segment_genome, genome, output, shard, bedgraph, force, device, quiet,
             dict(model=model, regions=region or (), regions_file=regions, chr_map=chr_map, features=feats,
                  window=window, crop=crop, rc_average=rc_average, blend=blend, threshold=threshold,
-                 min_length=min_length, zoom_levels=zoom_levels, precision=precision,
+                 min_length=min_length, merge_gap=merge_gap, bedgraph_digits=digits, zoom_levels=zoom_levels,
+                 precision=precision,
                  batch_size=parse_batch_size(batch_size), threads=threads, resume=resume,
                  resume_chunk_bp=resume_chunk_bp, species=species))
         if result is None:  # a torchrun rank

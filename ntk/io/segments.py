@@ -1,14 +1,18 @@
 """Calling segments from per-nucleotide probabilities and writing them as a bgzipped, tabix-indexed BED.
 
-A segment of a feature is a maximal stretch of consecutive positions with probability >= ``threshold`` that is
-at least ``min_length`` nt long. Positions without a value (N runs, regions not processed) break a segment.
-Calls are made while values stream in (chunk by chunk, in genome order); a segment crossing a chunk boundary is
-carried over to the next chunk when that chunk starts exactly where the previous one ended.
+A segment of a feature is a maximal stretch of consecutive positions with probability >= ``threshold``, where
+stretches separated by at most ``merge_gap`` positions below the threshold are joined into one (``merge_gap``
+0: no joining), that is at least ``min_length`` nt long (after joining). Positions without a value (N runs,
+regions not processed) always break a segment. Joining keeps a probability that hovers around the threshold
+from fragmenting one exon into several calls (``I 1782 2402 exon`` + ``I 2403 2406 exon``). Calls are made while
+values stream in (chunk by chunk, in genome order); a segment that may continue (it touches the chunk end, or
+ends less than ``merge_gap`` positions before it) is carried over to the next chunk when that chunk starts
+exactly where the previous one ended.
 
-BED columns (0-based half-open): ``chrom start end feature score . mean_prob max_prob`` where
-``score = round(1000 * mean_prob)`` (0-1000, as BED viewers expect). Lines are sorted by contig (in the order
-the values arrive, i.e. FASTA order), then start, end and feature order; the file is bgzipped and indexed with
-tabix (``.tbi``) by pysam.
+BED columns (0-based half-open): ``chrom start end feature score . mean_prob max_prob`` where ``mean_prob`` is
+the mean over every position of ``[start, end)`` (joined gaps included) and ``score = round(1000 *
+mean_prob)`` (0-1000, as BED viewers expect). Lines are sorted by contig (in the order the values arrive, i.e.
+FASTA order), then start, end and feature order; the file is bgzipped and indexed with tabix (``.tbi``) by pysam.
 """
 from __future__ import annotations
 
@@ -17,6 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+DEFAULT_MERGE_GAP = 10  # nt: joins threshold flicker, never an intron (>= 30 nt in the organisms SegmentNT covers)
+
 
 @dataclass
 class _Open:
@@ -24,15 +30,18 @@ class _Open:
     end: int
     total: float
     peak: float
+    gap: int = 0  # positions below the threshold seen after ``end`` (a gap that may still be joined)
+    gap_total: float = 0.0
 
 
 class SegmentCaller:
     """Streaming threshold caller for one feature. ``add`` returns the segments completed so far as arrays
     ``(starts, ends, means, maxs)``; ``finish`` closes the open one."""
 
-    def __init__(self, threshold: float, min_length: int = 1):
+    def __init__(self, threshold: float, min_length: int = 1, merge_gap: int = 0):
         self.threshold = float(threshold)
         self.min_length = max(int(min_length), 1)
+        self.merge_gap = max(int(merge_gap), 0)
         self._chrom: str | None = None
         self._open: _Open | None = None
 
@@ -42,8 +51,10 @@ class SegmentCaller:
 
     def add(self, chrom: str, start: int, values: np.ndarray) -> tuple[np.ndarray, ...]:
         v = np.asarray(values, dtype=np.float32)
+        G = self.merge_gap
         done = []
-        if self._open is not None and (chrom != self._chrom or start != self._open.end):
+        o = self._open
+        if o is not None and (chrom != self._chrom or start != o.end + o.gap):
             done.append(self._close())
         self._chrom = chrom
         if not v.size:
@@ -52,26 +63,37 @@ class SegmentCaller:
         d = np.diff(np.concatenate(([0], hit.view(np.int8), [0])))
         s = np.flatnonzero(d == 1)
         e = np.flatnonzero(d == -1)
+        if G and s.size > 1:  # join runs separated by <= G positions below the threshold
+            apart = s[1:] - e[:-1] > G
+            s, e = s[np.concatenate(([True], apart))], e[np.concatenate((apart, [True]))]
+        # float64 sums of float32 values: exact (fewer than 2**29 terms), so chunking never changes a mean
         csum = np.concatenate(([0.0], np.cumsum(v, dtype=np.float64)))
-        sums = csum[e] - csum[s]
+        totals = csum[e] - csum[s]
         # max over each [s, e): reduceat over interleaved bounds (e <= len(v) < len(padded))
         padded = np.append(v, np.float32(0))
-        maxs = np.maximum.reduceat(padded, np.column_stack((s, e)).ravel())[::2].astype(np.float64) \
+        peaks = np.maximum.reduceat(padded, np.column_stack((s, e)).ravel())[::2].astype(np.float64) \
             if s.size else np.zeros(0)
-        first, last = 0, s.size
-        if self._open is not None:
-            o = self._open
-            if s.size and s[0] == 0:  # the open segment continues into this chunk
-                o.end, o.total, o.peak = start + int(e[0]), o.total + float(sums[0]), max(o.peak, float(maxs[0]))
-                first = 1
-            if o.end < start + v.size:
+        starts, ends = s.astype(np.int64) + start, e.astype(np.int64) + start
+        o = self._open
+        if o is not None:
+            if s.size and o.gap + int(s[0]) <= G:  # the open segment continues (across <= G gap positions)
+                starts[0] = o.start
+                totals[0] = o.total + o.gap_total + csum[e[0]]
+                peaks[0] = max(o.peak, peaks[0])
+                self._open = None
+            elif not s.size and o.gap + v.size <= G:  # all below the threshold, but the gap may still be joined
+                o.gap += v.size
+                o.gap_total += float(csum[-1])
+                return self._filter(done)
+            else:
                 done.append(self._close())
-        if last > first and e[-1] == v.size:  # the last run touches the chunk end: it stays open
-            last -= 1
-            self._open = _Open(start + int(s[last]), start + int(e[last]), float(sums[last]), float(maxs[last]))
-        if last > first:
-            sl = slice(first, last)
-            done.append((s[sl] + start, e[sl] + start, sums[sl] / (e[sl] - s[sl]), maxs[sl]))
+        if s.size and v.size - int(e[-1]) <= G:  # the last run may continue into the next chunk: keep it open
+            tail = v.size - int(e[-1])
+            self._open = _Open(int(starts[-1]), int(ends[-1]), float(totals[-1]), float(peaks[-1]), tail,
+                               float(csum[-1] - csum[e[-1]]))
+            starts, ends, totals, peaks = starts[:-1], ends[:-1], totals[:-1], peaks[:-1]
+        if starts.size:
+            done.append((starts, ends, totals / (ends - starts), peaks))
         return self._filter(done)
 
     def finish(self) -> tuple[np.ndarray, ...]:
@@ -94,12 +116,13 @@ class SegmentsBedWriter:
     """Segments of several features from ``add(chrom, start, values[n, F])`` chunks, written in sorted order as
     they become final, to ``path`` (bgzip) + ``path.tbi`` on ``close``."""
 
-    def __init__(self, path: str | os.PathLike, features: list[str], threshold: float = 0.5, min_length: int = 1):
+    def __init__(self, path: str | os.PathLike, features: list[str], threshold: float = 0.5, min_length: int = 1,
+                 merge_gap: int = 0):
         import pysam
 
         self.path = str(path)
         self.features = list(features)
-        self._callers = [SegmentCaller(threshold, min_length) for _ in self.features]
+        self._callers = [SegmentCaller(threshold, min_length, merge_gap) for _ in self.features]
         self._out = pysam.BGZFile(self.path, "wb")
         self._chrom: str | None = None
         self._pending: list[np.ndarray] = []  # per-feature completed calls not yet written: rows (s, e, f, mean, max)

@@ -349,39 +349,68 @@ class BigWigWriter:
     abort = _release
 
 
-class BedGraphWriter:
-    """bedGraph lines (``chrom start end value``, 0-based half-open) to a binary stream; equal neighbouring
-    values within a chunk are merged into one line. Values are printed as the shortest text that reads back to
-    the same float32."""
+DEFAULT_BEDGRAPH_DIGITS = 3  # decimals: probabilities to 0.001, about 40x fewer lines than full float32
 
-    def __init__(self, stream: BinaryIO):
+
+class BedGraphWriter:
+    """bedGraph lines (``chrom start end value``, 0-based half-open) to a binary stream.
+
+    ``digits=N`` rounds every value to N decimals (printed with N decimals) and merges neighbouring positions
+    whose rounded values are equal into one line, across chunks too; ``digits=None`` keeps full float32
+    precision (the shortest text that reads back to the same float32) and merges only exactly equal neighbours.
+    Positions without a value end a line (``add`` calls that do not continue the previous one)."""
+
+    def __init__(self, stream: BinaryIO, digits: int | None = DEFAULT_BEDGRAPH_DIGITS):
         from .atomic import stream_label
 
+        if digits is not None and not 0 <= int(digits) <= 9:
+            raise ValueError(f"bedGraph digits {digits}: must be 0..9 (or None for full float32)")
         self._out = stream
         self._label = stream_label(stream)
+        self.digits = None if digits is None else int(digits)
+        self._pending: tuple[str, int, int, float] | None = None  # the last line, which the next chunk may extend
 
     def add(self, chrom: str, start: int, values: np.ndarray) -> None:
-        import polars as pl
-
         v = np.asarray(values, dtype=np.float32)
         if not v.size:
             return
+        if self.digits is not None:
+            v = np.round(v.astype(np.float64), self.digits)
         cut = np.flatnonzero(v[1:] != v[:-1]) + 1
-        starts = np.concatenate(([0], cut))
-        ends = np.concatenate((cut, [v.size]))
-        df = pl.DataFrame({
-            "chrom": pl.Series([chrom], dtype=pl.String).extend_constant(chrom, starts.size - 1),
-            "start": starts + start,
-            "end": ends + start,
-            "value": v[starts],
-        })
+        starts = np.concatenate(([0], cut)) + start
+        ends = np.concatenate((cut, [v.size])) + start
+        vals = v[starts - start]
+        p = self._pending
+        if p is not None and p[0] == chrom and p[2] == start and p[3] == vals[0]:
+            starts[0] = p[1]  # the first line continues the pending one
+        elif p is not None:
+            self._write(p[0], np.array([p[1]]), np.array([p[2]]), np.array([p[3]], dtype=v.dtype))
+        self._pending = (chrom, int(starts[-1]), int(ends[-1]), vals[-1])
+        if starts.size > 1:
+            self._write(chrom, starts[:-1], ends[:-1], vals[:-1])
+
+    def _write(self, chrom: str, starts: np.ndarray, ends: np.ndarray, vals: np.ndarray) -> None:
+        import polars as pl
+
         from .atomic import writing
 
+        df = pl.DataFrame({
+            "chrom": pl.Series([chrom], dtype=pl.String).extend_constant(chrom, starts.size - 1),
+            "start": starts.astype(np.int64),
+            "end": ends.astype(np.int64),
+            "value": vals,
+        })
         with writing(self._label):
-            df.write_csv(self._out, separator="\t", include_header=False)
+            if self.digits is None:
+                df.write_csv(self._out, separator="\t", include_header=False)
+            else:
+                df.write_csv(self._out, separator="\t", include_header=False, float_precision=self.digits)
 
     def flush(self) -> None:
         from .atomic import writing
 
+        if self._pending is not None:
+            p, self._pending = self._pending, None
+            self._write(p[0], np.array([p[1]]), np.array([p[2]]), np.array([p[3]]))
         with writing(self._label):
             self._out.flush()

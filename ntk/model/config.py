@@ -105,6 +105,16 @@ class NTConfig:
         names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         known = {k: v for k, v in d.items() if k in names}
         extra = {k: v for k, v in d.items() if k not in names}
+        n_feat = d.get("num_features")
+        if n_feat is not None and not d.get("features"):
+            # SegmentNT's first published config revision has "num_features": 14 and no "features" list: the
+            # 14 features are the documented SegmentNT ones, in the model card's order; other counts get
+            # placeholder names feature_0, feature_1, ...
+            n_feat = int(n_feat)
+            known["features"] = list(SEGMENT_NT_FEATURES) if n_feat == len(SEGMENT_NT_FEATURES) else \
+                [f"feature_{i}" for i in range(n_feat)]
+        elif n_feat is not None and len(d["features"]) != int(n_feat):
+            raise ValueError(f"num_features {n_feat} != {len(d['features'])} names in features")
         if "add_bias_fnn" not in d:
             # stock ESM (v1/AgroNT) has biased GELU FFN; rotary NT checkpoints without the key are SwiGLU
             known["add_bias_fnn"] = d.get("position_embedding_type", "absolute") != "rotary"

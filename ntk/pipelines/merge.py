@@ -85,7 +85,8 @@ def _merge_segment(parts: list[str], manifests: list[dict], out: Path, force: bo
     written = 0
     with atomic_dir(out, force=force) as tmp:
         outputs = TrackOutputs(tmp, chrom_sizes, feats, opts["threshold"], opts["min_length"],
-                               zoom_levels=opts["zoom_levels"], segments=opts.get("segments", True))
+                               zoom_levels=opts["zoom_levels"], segments=opts.get("segments", True),
+                               merge_gap=opts.get("merge_gap", 0))
         try:
             for part, m in zip(parts, manifests):
                 bws = []

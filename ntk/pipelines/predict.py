@@ -5,7 +5,8 @@ or ``-R regions.bed --reference genome.fa`` (``-`` strand reverse-complemented).
 chunks, so memory stays flat, and written to Parquet as they come (:class:`ntk.io.tables.ParquetStreamWriter`).
 
 Output columns: ``name`` (+ ``chrom start end strand`` for BED input), ``length``, then
-- single-label classification: ``pred_label`` (class name) and ``prob_<class>`` per class (softmax);
+- single-label classification: ``pred_label`` (class name; an Int64 column when every class name is an
+  integer) and ``prob_<class>`` per class (softmax);
 - multi-label: ``prob_<label>`` (sigmoid) and ``pred_<label>`` (prob >= ``threshold``) per label;
 - regression: ``pred_<target>`` per target, in the targets' own units.
 A record longer than the model's context (tokens incl. CLS) is an error naming it.
@@ -193,6 +194,14 @@ def _table_chunk(path, seqs, names, offset: int, unit: str, first: int) -> Recor
     return Records(names, out, where)
 
 
+def _is_int_text(text: str) -> bool:
+    """'0', '1', '-2' (what reads back to the same text as an integer); not '01', '1.0', 'x'."""
+    try:
+        return str(int(text)) == text
+    except ValueError:
+        return False
+
+
 def prediction_columns(model, out: np.ndarray, threshold: float = 0.5) -> dict[str, np.ndarray]:
     cfg = model.config
     names = [cfg.id2label[str(i)] for i in range(cfg.num_labels)] if cfg.id2label else \
@@ -200,7 +209,9 @@ def prediction_columns(model, out: np.ndarray, threshold: float = 0.5) -> dict[s
     cols: dict[str, np.ndarray] = {}
     if cfg.problem_type == "single_label_classification":
         proba = torch.softmax(torch.from_numpy(out), -1).numpy()
-        cols["pred_label"] = np.asarray(names, dtype=object)[proba.argmax(1)]
+        ints = [int(n) for n in names] if all(_is_int_text(n) for n in names) else None
+        labels = np.asarray(ints, dtype=np.int64) if ints is not None else np.asarray(names, dtype=object)
+        cols["pred_label"] = labels[proba.argmax(1)]  # integer labels stay integers
         for j, n in enumerate(names):
             cols[f"prob_{n}"] = proba[:, j].astype(np.float32)
     elif cfg.problem_type == "multi_label_classification":
@@ -222,7 +233,8 @@ def output_schema(model, genomic: bool) -> dict[str, pl.DataType]:
     schema["length"] = pl.Int64
     dummy = prediction_columns(model, np.zeros((1, model.config.num_labels), dtype=np.float32))
     for k, v in dummy.items():
-        schema[k] = pl.String if v.dtype == object else (pl.Boolean if v.dtype == bool else pl.Float32)
+        schema[k] = (pl.String if v.dtype == object else pl.Boolean if v.dtype == bool
+                     else pl.Int64 if v.dtype.kind == "i" else pl.Float32)
     return schema
 
 

@@ -46,8 +46,8 @@ from ..errors import InputError, NtkError
 from ..io.atomic import atomic_dir, refuse_inputs_as_outputs
 from ..io.fasta import IndexedFasta
 from ..io.intervals import Interval, merge_overlapping, parse_region, read_bed, read_chr_map
-from ..io.segments import SegmentsBedWriter
-from ..io.tracks import BedGraphWriter, BigWigWriter
+from ..io.segments import DEFAULT_MERGE_GAP, SegmentsBedWriter
+from ..io.tracks import DEFAULT_BEDGRAPH_DIGITS, BedGraphWriter, BigWigWriter
 from .batching import auto_token_budget, by_token_budget
 from .family import SEGMENT_NT_UNIT, Family, Job, NTv3Family, SegmentNTFamily, family_of, scan_runs  # noqa: F401
 from .resume import CHUNK_BP, Journal, partial_dir
@@ -133,16 +133,18 @@ class TrackOutputs:
 
     def __init__(self, out_dir: Path | None, chrom_sizes: list[tuple[str, int]], features: list[str],
                  threshold: float, min_length: int, bedgraph_index: int | None = None,
-                 bedgraph_stream: BinaryIO | None = None, zoom_levels: int = 10, segments: bool = True):
+                 bedgraph_stream: BinaryIO | None = None, zoom_levels: int = 10, segments: bool = True,
+                 merge_gap: int = 0, bedgraph_digits: int | None = DEFAULT_BEDGRAPH_DIGITS):
         self.features = features
         self.bigwigs: list[BigWigWriter] = []
         self.segments: SegmentsBedWriter | None = None
-        self.bedgraph = BedGraphWriter(bedgraph_stream) if bedgraph_index is not None else None
+        self.bedgraph = BedGraphWriter(bedgraph_stream, bedgraph_digits) if bedgraph_index is not None else None
         self.bedgraph_index = bedgraph_index
         if out_dir is not None:
             self.bigwigs = [BigWigWriter(out_dir / f"{f}.bw", chrom_sizes, zoom_levels) for f in features]
             if segments:
-                self.segments = SegmentsBedWriter(out_dir / "segments.bed.gz", features, threshold, min_length)
+                self.segments = SegmentsBedWriter(out_dir / "segments.bed.gz", features, threshold, min_length,
+                                                  merge_gap)
         workers = min(len(self.bigwigs), (os.cpu_count() or 1) - 2)  # cores left after the model and the reader
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="ntk-bigwig") if workers > 1 else None
         self._parts: list[np.ndarray] = []
@@ -355,8 +357,10 @@ def segment_genome(
     blend: str = "linear",
     threshold: float = 0.5,
     min_length: int = 1,
+    merge_gap: int = DEFAULT_MERGE_GAP,
     bedgraph: str | None = None,
     bedgraph_stream: BinaryIO | None = None,
+    bedgraph_digits: int | None = DEFAULT_BEDGRAPH_DIGITS,
     zoom_levels: int = 10,
     device: str = "auto",
     precision: str = "auto",
@@ -375,7 +379,9 @@ def segment_genome(
 ) -> SegmentResult:
     """Segment ``fasta`` with a SegmentNT-type ``model`` (checkpoint dir, preset, or a loaded model) into
     ``out_dir`` (``<feature>.bw``, ``segments.bed.gz`` + ``.tbi``, ``run.json``), and/or stream one feature as
-    bedGraph to ``bedgraph_stream`` (default stdout). ``progress(bp)`` is called as positions are done and
+    bedGraph to ``bedgraph_stream`` (default stdout; values rounded to ``bedgraph_digits`` decimals, equal
+    neighbours merged; ``None`` = full float32). Segments join stretches above ``threshold`` that are at most
+    ``merge_gap`` positions apart (see :mod:`ntk.io.segments`). ``progress(bp)`` is called as positions are done and
     ``on_start(total_bp)`` once before the first window.
 
     ``shard=(I, N)`` runs only the I-th of N blocks of the genome (balanced by bp, cut between windows) and adds
@@ -401,6 +407,10 @@ def segment_genome(
     if blend not in BLEND_MODES:
         raise NtkError(f"--blend {blend!r}: expected one of {', '.join(BLEND_MODES)}")
     refuse_inputs_as_outputs([out_dir], [fasta, regions_file, chr_map])
+    if merge_gap < 0:
+        raise NtkError(f"--merge-gap {merge_gap}: must be >= 0")
+    if bedgraph_digits is not None and not 0 <= bedgraph_digits <= 9:
+        raise NtkError(f"--bedgraph-precision {bedgraph_digits}: expected 0..9 decimals or 'full'")
     fa = IndexedFasta(fasta)
     units = plan_units(fa, regions, regions_file, read_chr_map(chr_map))
 
@@ -465,7 +475,7 @@ def segment_genome(
 
     options = {"regions": list(regions) or None, "features": feats, "window": window, "crop": crop,
                "rc_average": rc_average, "blend": blend, "threshold": threshold, "min_length": min_length,
-               "zoom_levels": zoom_levels}
+               "merge_gap": merge_gap, "zoom_levels": zoom_levels}
     if is_ntv3:  # only NTv3 runs carry these, so SegmentNT manifests and journals stay as they were
         options.update(species=species, head=head, segments=head == "bed")
     kind = "tracks" if head == "bigwig" else "segment"
@@ -483,7 +493,7 @@ def segment_genome(
         if log is not None:  # once the inputs are checked: a bad input stays a one-line error
             log(f"precision: {prec.name} ({prec.reason})")
         outputs = TrackOutputs(tmp_dir, chrom_sizes, feats, threshold, min_length, bg_index, stream, zoom_levels,
-                               segments=head == "bed")
+                               segments=head == "bed", merge_gap=merge_gap, bedgraph_digits=bedgraph_digits)
         try:
             _run(fa, m, units, window, crop, rc_average, feat_idx, budget, batch_size, outputs, result, progress,
                  on_start, journal, blend, fam, head, species_id)
@@ -502,7 +512,8 @@ def segment_genome(
         result.n_segments = outputs.segments.n_segments if outputs.segments is not None else 0
         result.timings.update(load_model=t_load, total=time.perf_counter() - t0)
         result.run_info = _run_info(fasta, model, m, dev, result, regions, regions_file, rc_average, threshold,
-                                    min_length, bedgraph, zoom_levels, command, species, head)
+                                    min_length, bedgraph, zoom_levels, command, species, head,
+                                    merge_gap, bedgraph_digits)
         result.run_info["runtime"]["precision"] = prec.as_json()
         if tmp_dir is not None:
             (tmp_dir / "run.json").write_text(json.dumps(result.run_info, indent=2) + "\n")
@@ -669,7 +680,8 @@ def _model_info(m, species: str | None, head: str) -> dict:
 
 
 def _run_info(fasta, model_arg, m, dev, result: SegmentResult, regions, regions_file, rc_average, threshold,
-              min_length, bedgraph, zoom_levels, command, species=None, head="bed") -> dict:
+              min_length, bedgraph, zoom_levels, command, species=None, head="bed", merge_gap=0,
+              bedgraph_digits=None) -> dict:
     outputs = [f"{f}.bw" for f in result.features] + (["segments.bed.gz", "segments.bed.gz.tbi"] if head == "bed"
                                                         else []) + ["run.json"]
     return {
@@ -685,8 +697,8 @@ def _run_info(fasta, model_arg, m, dev, result: SegmentResult, regions, regions_
         "options": {
             "regions": list(regions) or None, "regions_file": regions_file, "features": result.features,
             "window": result.window, "crop": result.crop, "blend": result.blend, "rc_average": rc_average,
-            "threshold": threshold,
-            "min_length": min_length, "bedgraph": bedgraph, "zoom_levels": zoom_levels,
+            "threshold": threshold, "min_length": min_length, "merge_gap": merge_gap, "bedgraph": bedgraph,
+            "bedgraph_digits": bedgraph_digits if bedgraph else None, "zoom_levels": zoom_levels,
             **({"species": species, "head": head} if species is not None else {}),
         },
         "runtime": {"device": str(dev), "dtype": str(m.dtype).replace("torch.", ""), "torch": torch.__version__,
