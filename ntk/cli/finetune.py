@@ -221,15 +221,18 @@ def register(app: typer.Typer) -> None:
         "Splits: stratified random (--val-fraction, --test-fraction), --folds K, --split-col, or whole "
         "chromosomes (--val-chroms) for BED input.\n\n"
         "\b\nExamples:\n"
-        "  ntk finetune classify promoters.csv -m nt-v2-50m -o runs/promoters\n"
-        "  ntk finetune classify seqs.fa --method lora -o runs/lora\n"
-        "  ntk finetune classify -R peaks.bed -f genome.fa --label-col 5 \\\n"
-        "    --val-chroms chr8 --test-chroms chr9 -o runs/peaks\n"))(_sequence_cmd)
+        "  ntk finetune classify promoters.csv -m nt-v2-50m -o runs/prom \\\n"
+        "    --method lora --merge\n"
+        "  ntk finetune classify seqs.fa -m nt-v2-100m -o runs/cv \\\n"
+        "    --folds 10 --method ia3\n"
+        "  ntk finetune classify -R sites.bed -f genome.fa --label-col 5 \\\n"
+        "    --val-chroms chr8 --test-chroms chr9,chr10 -o runs/s\n"))(_sequence_cmd)
     ft.command("regress", no_args_is_help=True, help=(
         "Train a regressor for one or more numeric targets (--label-col a,b).\n\n"
         "Predictions are in the targets' units; metrics Pearson, Spearman, R2, MSE.\n\n"
         "\b\nExamples:\n"
-        "  ntk finetune regress expr.tsv --label-col expression -o runs/expr\n"
+        "  ntk finetune regress expr.tsv --label-col log_tpm,halflife -m nt-v2-50m \\\n"
+        "    -o runs/expr\n"
         "  ntk finetune regress expr.parquet --label-col a,b --folds 5 -o runs/cv\n"))(_sequence_cmd)
 
     @ft.command("segment", no_args_is_help=True)
@@ -292,8 +295,9 @@ def register(app: typer.Typer) -> None:
 
         \b
         Examples:
-          ntk finetune segment -f genome.fa.gz -a genes.gtf.gz \\
-            --features exon,intron --val-chroms VI --test-chroms III -o runs/seg
+          ntk finetune segment -f genome.fa -a genes.gtf.gz \\
+            --features protein_coding_gene,exon,intron,splice_donor \\
+            --val-chroms III --test-chroms VI -m nt-v2-50m -o runs/seg
           ntk finetune segment -f hg38.fa -a gencode.gtf.gz -m segment-nt \\
             --features exon,5UTR --val-chroms chr8 --method lora -o runs/utr
         """

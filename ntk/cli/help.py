@@ -236,7 +236,7 @@ def render_help(cmd, ctx, width: int | None = None, color: bool = False) -> str:
     for verbatim, para in _paragraphs(cmd.help or ""):
         if verbatim:
             for line in para.splitlines():
-                con.print(Text(" " + line, no_wrap=True, overflow="ignore"), crop=False)
+                con.print(Text(" " + line), soft_wrap=True)  # verbatim: never re-wrapped
         else:
             for line in textwrap.wrap(para, width - 2, break_on_hyphens=False, break_long_words=False):
                 con.print(Text(" " + line))

@@ -24,8 +24,8 @@ def register(app: typer.Typer) -> None:
 
         \b
         Examples:
-          ntk plot seg/ -r I:141601-143800 -a genes.gtf.gz -o gene.png
-          ntk plot seg/ -r chr1:1,000,001-1,020,000 --features exon,intron -o exons.png
+          ntk plot out/ -r I:141601-143800 -a genes.gtf.gz -o gene.png
+          ntk plot out/ -r chr1:1,000,001-1,020,000 --features exon,intron -o exons.png
         """
         import pyBigWig
 

@@ -38,8 +38,8 @@ def register(app: typer.Typer) -> None:
 
         \b
         Examples:
-          ntk predict runs/promoters seqs.fa -o pred.parquet
-          ntk predict runs/promoters -R peaks.bed -f genome.fa -o pred.parquet
+          ntk predict runs/prom new.fa -o predictions.parquet
+          ntk predict runs/prom -R peaks.bed -f genome.fa -o pred.parquet
           ntk predict runs/expr table.tsv --sequence-col seq -o - > pred.parquet
         """
         from ..io.intervals import read_chr_map

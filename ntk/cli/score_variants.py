@@ -20,8 +20,9 @@ unsupported). Multi-allelic records are scored per ALT; indels are scored; REF i
 Examples:
   ntk score-variants calls.vcf.gz -f genome.fa -m nt-v2-100m -o scored.vcf.gz
   bcftools view -r chr1 calls.bcf \\
-    | ntk score-variants - -f genome.fa -m DIR --scores cosine,llr > out.vcf
-  ntk score-variants calls.vcf -f genome.fa --table scores.parquet
+    | ntk score-variants - -f genome.fa -m DIR --scores cosine,llr > scored.vcf
+  ntk score-variants calls.vcf -f genome.fa -m segment-nt \\
+    --table scores.parquet
 """
 
 
