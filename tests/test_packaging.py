@@ -31,7 +31,9 @@ IMPORT_NAME = {"pyBigWig": "pyBigWig", "torch-xla": "torch_xla"}
 # imported but deliberately not a dependency: imported lazily by one optional code path, with a message
 OPTIONAL = {"huggingface_hub": "only `ntk models download` (says how to install it)",
             "matplotlib": "the [plot] extra: ntk plot and training curves (skipped with a message)",
-            "torch_xla": "the [tpu] extra: --device xla"}
+            "torch_xla": "the [tpu] extra: --device xla",
+            "tokenizers": "the [chat] extra: ChatNT's English tokenizer (ntk chat says how to install it)",
+            "sentencepiece": "ChatNT's tokenizer when the checkpoint has only a SentencePiece model (optional)"}
 
 
 def _dist_name(requirement: str) -> str:

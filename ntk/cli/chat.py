@@ -18,10 +18,11 @@ HELP = (
     "record(s), optional name) asks a different question per row, with one or more sequences. Output: "
     "name, question, answer -- TSV on stdout, or -o OUT.tsv / OUT.parquet. With no -q/--questions and a "
     "terminal on stdin, questions are read interactively.\n\n"
-    "Examples:\n\n"
-    "  ntk chat -m chatnt_dir -f seqs.fa -q \"Is this sequence a promoter? <DNA>\"\n\n"
-    "  ntk chat -m chatnt_dir -R peaks.bed --reference hg38.fa -q \"Is there an enhancer in <DNA>?\" -o answers.parquet\n\n"
-    "  ntk chat -m chatnt_dir -f seqs.fa --questions questions.tsv\n"
+    "\b\nExamples:\n"
+    "  ntk chat -m chatnt/ -f seqs.fa -q \"Is this sequence a promoter? <DNA>\"\n"
+    "  ntk chat -m chatnt/ -R peaks.bed --reference hg38.fa \\\n"
+    "    -q \"Is there an enhancer in this sequence <DNA> ?\" -o answers.parquet\n"
+    "  ntk chat -m chatnt/ -f seqs.fa --questions questions.tsv -o answers.tsv\n"
 )
 
 

@@ -37,7 +37,8 @@ PANEL_ORDER = (INPUT, MODEL, OUTPUT, SCALE, TRAINING, OTHER)
 PANEL = {
     "--region": INPUT, "--regions": INPUT, "--chr-map": INPUT, "--reference": INPUT, "--sequence-col": INPUT,
     "--name-col": INPUT, "--label-col": INPUT, "--annotation": INPUT, "--annotation-format": INPUT,
-    "--multi-label": INPUT, "--classes": INPUT, "--weights": INPUT, "--split-col": INPUT,
+    "--multi-label": INPUT, "--classes": INPUT, "--weights": INPUT, "--split-col": INPUT, "--fasta": INPUT,
+    "--question": INPUT, "--questions": INPUT,
     "--model": MODEL, "--device": MODEL, "--precision": MODEL, "--batch-size": MODEL, "--threads": MODEL,
     "--window": MODEL, "--crop": MODEL, "--blend": MODEL, "--rc-average": MODEL, "--config": MODEL, "--init-from": MODEL,
     "--grad-checkpointing": MODEL, "--layer": MODEL, "--pool": MODEL, "--scores": MODEL, "--segment-radius": MODEL,
@@ -61,7 +62,7 @@ TRAINING_PANEL = {"--resume": TRAINING, "--batch-size": TRAINING, "--window": TR
 
 # option -> metavar, unless the option declares one; METAVAR_BY_COMMAND[(command, option)] first
 METAVAR = {
-    "--output": "PATH", "--model": "MODEL", "--device": "DEVICE", "--precision": "PREC", "--batch-size": "N|auto",
+    "--output": "OUT", "--model": "MODEL", "--device": "DEVICE", "--precision": "PREC", "--batch-size": "N|auto",
     "--threads": "N", "--shard": "I/N", "--region": "REGION", "--regions": "BED", "--chr-map": "FILE",
     "--reference": "FASTA", "--features": "F1,F2", "--window": "NT", "--crop": "NT", "--threshold": "P",
     "--min-length": "NT", "--merge-gap": "NT", "--bedgraph": "FEATURE", "--bedgraph-precision": "N|full",
@@ -83,10 +84,10 @@ METAVAR_BY_COMMAND = {
     ("segment", "--output"): "OUTDIR", ("embed", "--output"): "OUT", ("score-variants", "--output"): "VCF",
     ("pretrain", "--output"): "RUN_DIR", ("classify", "--output"): "RUN_DIR", ("regress", "--output"): "RUN_DIR",
     ("finetune segment", "--output"): "RUN_DIR", ("predict", "--output"): "PARQUET", ("merge", "--output"): "OUT",
-    ("plot", "--output"): "PNG", ("finetune segment", "--features"): "F1,F2",
+    ("plot", "--output"): "PNG", ("finetune segment", "--features"): "F1,F2", ("chat", "--output"): "OUT",
 }
-# fallback by type, never a Python type name
-TYPE_METAVAR = {"int": "N", "float": "X", "str": "TEXT"}
+# fallback by type (numbers), else the option's name (--dtype -> DTYPE); never a Python type name
+TYPE_METAVAR = {"int": "N", "float": "X"}
 PYTHON_TYPE_NAMES = {"str", "int", "float", "bool", "list", "dict", "tuple", "path", "none", "bytes", "choice",
                      "text", "integer", "boolean"}
 
@@ -149,7 +150,8 @@ def _polish_param(p, key: str) -> None:
     if _is_flag(p):
         p.metavar = ""
     elif p.metavar is None:
-        p.metavar = METAVAR_BY_COMMAND.get((key, long)) or METAVAR.get(long) or TYPE_METAVAR.get(_type_name(p), "TEXT")
+        p.metavar = (METAVAR_BY_COMMAND.get((key, long)) or METAVAR.get(long) or TYPE_METAVAR.get(_type_name(p))
+                     or long.lstrip("-").replace("-", "_").upper() or "VALUE")
     if getattr(p, "rich_help_panel", None) is None:
         if long in ("--help", "--version", "--install-completion", "--show-completion"):
             p.rich_help_panel = OTHER

@@ -221,7 +221,13 @@ def convert(
     dtype: Annotated[str, typer.Option("--dtype", help="keep | fp32 | fp16 (floating arrays)")] = "keep",
     force: Annotated[bool, typer.Option("--force", help="Replace DST if it exists")] = False,
 ):
-    """Convert a checkpoint to safetensors without executing anything from it (ChatNT: restricted unpickler)."""
+    """Convert a checkpoint to safetensors without executing anything from it (ChatNT: restricted unpickler).
+
+    \b
+    Examples:
+      ntk models convert chatnt ~/hf/ChatNT/jax_params chatnt/
+      ntk models convert chatnt ~/hf/ChatNT/jax_params chatnt16/ --dtype fp16
+    """
     if family.lower() != "chatnt":
         raise NtkError(f"convert {family!r}: only 'chatnt' is supported")
     from ..model.chatnt_convert import convert_chatnt
