@@ -3,9 +3,10 @@
 Convention (also stated in the README, section "About the examples in this README"):
 
 - Fenced blocks tagged ```python or ```bash are **run** by this test, in order, each in a fresh process, in one
-  temporary working directory that holds `data/` (a link to the repository's `data/`, so `data/sample/...` paths
-  work) and with `ntk` on the PATH running this checkout. Models: only the embedded default (no `-m`), so no
-  network and no released checkpoint is needed. bash blocks run with `bash -e -u` (no pipefail: `| head` is fine).
+  temporary working directory that holds `data/` and `tests/data/` (links to the repository's, so
+  `data/sample/...` and the golden tiny models under `tests/data/golden/` work) and with `ntk` on the PATH
+  running this checkout. Models: the embedded default (no `-m`) or a golden tiny model, so no network and no
+  released checkpoint is needed. bash blocks run with `bash -e -u` (no pipefail: `| head` is fine).
 - Blocks tagged ```console, or whose fence line is directly preceded by a line `<!-- not-tested -->`, are
   **shown, not run**: they need real checkpoints, genomes or clusters (e.g. `-m segment-nt`, `hg38.fa`, NTv3 and
   ChatNT examples). Every other fence tag (text, json, ...) is not run either.
@@ -59,6 +60,8 @@ def test_the_readme_has_runnable_blocks():
 def workdir(tmp_path_factory):
     d = tmp_path_factory.mktemp("readme")
     (d / "data").symlink_to(ROOT / "data")
+    (d / "tests").mkdir()
+    (d / "tests" / "data").symlink_to(ROOT / "tests" / "data")  # the golden tiny models (e.g. the ChatNT example)
     bin_dir = d / ".bin"
     bin_dir.mkdir()
     shim = bin_dir / "ntk"
