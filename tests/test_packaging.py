@@ -94,7 +94,7 @@ def test_build_makes_wheel_and_sdist_with_the_embedded_model(dist):
         assert f in names, f
     assert not any(n.startswith("tests/") for n in names)
     meta = zipfile.ZipFile(wheels[0]).read(next(n for n in names if n.endswith("/METADATA"))).decode()
-    assert "Requires-Dist: torch" in meta and "pyfaidx" not in meta and "pybedtools" not in meta
+    assert "Requires-Dist: torch" in meta and "Requires-Dist: pyfaidx" not in meta and "Requires-Dist: pybedtools" not in meta
     with tarfile.open(sdists[0]) as t:
         assert any(n.endswith("ntk/models/ntk-yeast-tiny/model.safetensors") for n in t.getnames())
 
