@@ -15,6 +15,13 @@ HELP = """Predict an NTv3 post-trained model's functional tracks (RNA-seq, ATAC,
 Writes OUTDIR/<track>.bw (float32 BigWig of the model's softplus output, per nucleotide) for each selected track
 of --species, and OUTDIR/run.json (species, track ids, head). Windows, N handling, --shard/ntk merge, --resume
 and torchrun work as for ntk segment; N and IUPAC positions get no value.
+
+\b
+Examples:
+  ntk tracks genome.fa -m ntv3-100m-post --species human \\
+    --tracks ids.txt -o tracks/
+  ntk tracks genome.fa -m ntv3-100m-post --species human \\
+    -r chr1:1-1,000,000 -o tracks/
 """
 
 
