@@ -96,6 +96,11 @@ def test_statuses_and_llr_match_python_api(tmp_path, genome, name):
     score_variants(str(vcf), str(fa), model=m, scores="llr", window=W, output=None,
                    table=str(tmp_path / "u.parquet"), species=species)
     assert pl.read_parquet(tmp_path / "u.parquet")["status"].to_list() == ["unsupported"]
+    # POS 0 (a telomere in VCF) gets a status, as for the other families, instead of reading before the contig
+    write_vcf(vcf, [(0, "A", "C")])
+    score_variants(str(vcf), str(fa), model=m, scores="llr", window=W, output=None,
+                   table=str(tmp_path / "p0.parquet"), species=species)
+    assert pl.read_parquet(tmp_path / "p0.parquet")["status"].to_list() == ["ref_mismatch"]
 
 
 def test_llr_rc_average(tmp_path, genome):

@@ -410,29 +410,39 @@ class VariantScorer:
         return INFO_IDS[name]
 
     # -- preparing jobs -------------------------------------------------------------------------------------
-    def prepare(self, job: _Job, kind: str) -> None:
-        """Set ``job.status`` when the allele cannot be scored, else its window."""
+    def check_alleles(self, job: _Job, kind: str, compare_ref: bool = False) -> bool:
+        """The checks no model family can score past: symbolic and ``*`` alleles, a REF that is not sequence,
+        lies off the contig (POS 0, a telomere in VCF, or past the end) or (``compare_ref``) differs from the
+        FASTA, an ALT that is not sequence. Sets ``job.status`` and returns False, or True to go on."""
         if kind == SYMBOLIC:
             job.status = "symbolic"
-            return
+            return False
         if kind == STAR:
             job.status = "unsupported"
-            return
-        L = self.fasta.lengths[job.chrom]
+            return False
         ref_end = job.pos + len(job.ref)
         try:
             job.ref = normalise_sequence(job.ref)
         except InputError:
             job.status = "ref_mismatch"
-            return
-        if job.pos < 0 or ref_end > L or not job.ref:  # POS 0 (a telomere in VCF) or REF past the contig end
+            return False
+        if job.pos < 0 or ref_end > self.fasta.lengths[job.chrom] or not job.ref or (
+                compare_ref and self.fasta.fetch(job.chrom, job.pos, ref_end) != job.ref):
             job.status = "ref_mismatch"
-            return
+            return False
         try:
             job.alt = normalise_sequence(job.alt)
         except InputError:
             job.status = "unsupported"
+            return False
+        return True
+
+    def prepare(self, job: _Job, kind: str) -> None:
+        """Set ``job.status`` when the allele cannot be scored, else its window."""
+        if not self.check_alleles(job, kind):
             return
+        L = self.fasta.lengths[job.chrom]
+        ref_end = job.pos + len(job.ref)
         long_edit = max(len(job.ref), len(job.alt)) > self.max_edit
         loc = None if (long_edit or L < self.min_contig) else self.plan.locate(job.chrom, job.pos, ref_end)
         if loc is None or (self.model.config.is_segmentation and "N" in job.alt):

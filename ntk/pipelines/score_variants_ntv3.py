@@ -36,9 +36,9 @@ import numpy as np
 import polars as pl
 import torch
 
-from ..errors import InputError, NtkError
-from ..io.fasta import IndexedFasta, normalise_sequence
-from ..io.vcf import STAR, SYMBOLIC, InfoField
+from ..errors import NtkError
+from ..io.fasta import IndexedFasta
+from ..io.vcf import InfoField
 from ..model.tokenizer import reverse_complement
 from .batching import auto_token_budget, by_token_budget
 from .score_variants import (EMBEDDING_SCORES, INFO_IDS, VariantScorer, _describe, _Job, _Pass, _RefWindow,
@@ -250,27 +250,9 @@ class NTv3Scorer(VariantScorer):
 
     # -- preparing jobs -------------------------------------------------------------------------------------
     def prepare(self, job: _Job, kind: str) -> None:
-        if kind == SYMBOLIC:
-            job.status = "symbolic"
-            return
-        if kind == STAR:
-            job.status = "unsupported"
+        if not self.check_alleles(job, kind, compare_ref=True):
             return
         L = self.fasta.lengths[job.chrom]
-        ref_end = job.pos + len(job.ref)
-        try:
-            job.ref = normalise_sequence(job.ref)
-        except InputError:
-            job.status = "ref_mismatch"
-            return
-        if ref_end > L or not job.ref or self.fasta.fetch(job.chrom, job.pos, ref_end) != job.ref:
-            job.status = "ref_mismatch"
-            return
-        try:
-            job.alt = normalise_sequence(job.alt)
-        except InputError:
-            job.status = "unsupported"
-            return
         if max(len(job.ref), len(job.alt)) > self.max_edit:
             job.status = "unsupported"
             return
