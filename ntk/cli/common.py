@@ -26,6 +26,14 @@ ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite existing outp
 RegionOpt = Annotated[list[str] | None, typer.Option("--region", "-r", help="chr:start-end, 1-based inclusive; repeatable")]
 RegionsFileOpt = Annotated[str | None, typer.Option("--regions", "-R", help="BED file of regions (0-based, half-open)")]
 ChrMapOpt = Annotated[str | None, typer.Option("--chr-map", help="Two columns: contig name in the input, name in the FASTA")]
+# genome jobs (segment, tracks): BigWig zoom levels and --resume chunks
+ZoomLevelsOpt = Annotated[int, typer.Option(
+    "--zoom-levels", help="BigWig zoom levels: 32 bp, then 4x coarser each (0: none)")]
+GenomeResumeOpt = Annotated[bool, typer.Option(
+    "--resume", help="Keep finished chunks in .OUTDIR.ntk-partial; rerun the same command after a kill to compute "
+    "only the rest")]
+ResumeChunkBpOpt = Annotated[int | None, typer.Option(
+    "--resume-chunk-bp", hidden=True, help="Positions per --resume chunk (default 4 Mbp)")]
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:

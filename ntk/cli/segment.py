@@ -9,7 +9,8 @@ import typer
 
 from ..io.segments import DEFAULT_MERGE_GAP
 from ..io.tracks import DEFAULT_BEDGRAPH_DIGITS
-from .common import (BatchSizeOpt, ChrMapOpt, DeviceOpt, ForceOpt, ModelOpt, PrecisionOpt, QuietOpt, RegionOpt,
+from .common import (BatchSizeOpt, ChrMapOpt, DeviceOpt, ForceOpt, GenomeResumeOpt, ModelOpt, PrecisionOpt, QuietOpt,
+                     RegionOpt, ResumeChunkBpOpt, ZoomLevelsOpt,
                      RegionsFileOpt, ShardOpt, ThreadsOpt, console, parse_batch_size, parse_shard)
 
 HELP = """Segment a genome with a SegmentNT model or an NTv3 post-trained model (BED-element head, --species):
@@ -145,18 +146,14 @@ def register(app: typer.Typer) -> None:
         bedgraph_precision: Annotated[str, typer.Option(
             "--bedgraph-precision", help="bedGraph decimals (0-9), equal rounded neighbours merged; full: exact "
             "float32")] = str(DEFAULT_BEDGRAPH_DIGITS),
-        zoom_levels: Annotated[int, typer.Option(
-            "--zoom-levels", help="BigWig zoom levels: 32 bp, then 4x coarser each (0: none)")] = 10,
+        zoom_levels: ZoomLevelsOpt = 10,
         device: DeviceOpt = "auto",
         precision: PrecisionOpt = "auto",
         batch_size: BatchSizeOpt = "auto",
         threads: ThreadsOpt = None,
         shard: ShardOpt = None,
-        resume: Annotated[bool, typer.Option(
-            "--resume", help="Keep finished chunks in .OUTDIR.ntk-partial; rerun the same command after a "
-            "kill to compute only the rest")] = False,
-        resume_chunk_bp: Annotated[Optional[int], typer.Option(
-            "--resume-chunk-bp", hidden=True, help="Positions per --resume chunk (default 4 Mbp)")] = None,
+        resume: GenomeResumeOpt = False,
+        resume_chunk_bp: ResumeChunkBpOpt = None,
         species: SpeciesOpt = None,
         quiet: QuietOpt = False,
         force: ForceOpt = False,

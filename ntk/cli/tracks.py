@@ -6,7 +6,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from .common import (BatchSizeOpt, ChrMapOpt, DeviceOpt, ForceOpt, ModelOpt, PrecisionOpt, QuietOpt, RegionOpt,
+from .common import (BatchSizeOpt, ChrMapOpt, DeviceOpt, ForceOpt, GenomeResumeOpt, ModelOpt, PrecisionOpt, QuietOpt,
+                     RegionOpt, ResumeChunkBpOpt, ZoomLevelsOpt,
                      RegionsFileOpt, ShardOpt, ThreadsOpt, parse_batch_size)
 from .segment import SpeciesOpt, run_genome_job, summarize
 
@@ -46,18 +47,14 @@ def register(app: typer.Typer) -> None:
         bedgraph: Annotated[Optional[str], typer.Option(
             "--bedgraph", metavar="TRACK", help="Also stream TRACK as bedGraph to stdout (-o may then be "
             "omitted)")] = None,
-        zoom_levels: Annotated[int, typer.Option(
-            "--zoom-levels", help="BigWig zoom levels: summaries at 32 bp, then 4x coarser each (0: none)")] = 10,
+        zoom_levels: ZoomLevelsOpt = 10,
         device: DeviceOpt = "auto",
         precision: PrecisionOpt = "auto",
         batch_size: BatchSizeOpt = "auto",
         threads: ThreadsOpt = None,
         shard: ShardOpt = None,
-        resume: Annotated[bool, typer.Option(
-            "--resume", help="Keep finished chunks beside OUTDIR (.OUTDIR.ntk-partial) and, when the same command "
-            "is started again after a kill, compute only the unfinished ones")] = False,
-        resume_chunk_bp: Annotated[Optional[int], typer.Option(
-            "--resume-chunk-bp", hidden=True, help="Positions per --resume chunk (default 4 Mbp)")] = None,
+        resume: GenomeResumeOpt = False,
+        resume_chunk_bp: ResumeChunkBpOpt = None,
         quiet: QuietOpt = False,
         force: ForceOpt = False,
     ):
