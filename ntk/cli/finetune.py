@@ -58,6 +58,9 @@ BaselineOpt = Annotated[str, typer.Option("--baseline", help="kmer: fit a logist
 ShiftAugmentOpt = Annotated[int, typer.Option("--shift-augment", help="Drop 0..N leading nucleotides of a training "
                                               "sequence each time it is drawn, so every 6-mer tokenisation frame "
                                               "is seen (0 = off)")]
+FtSpeciesOpt = Annotated[Optional[str], typer.Option("--species", help="NTv3 post-trained base: the species the "
+                                                     "model is conditioned on (required for such a base; kept in "
+                                                     "the checkpoint, so `ntk predict` uses it)")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the head init, split, shuffling and augmentation")]
 SaveEveryOpt = Annotated[int, typer.Option("--save-every", help="Checkpoint every N steps (0 = at the end)")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue the run in -o from its latest checkpoint")]
@@ -172,6 +175,7 @@ def _sequence_cmd(
     monitor: SeqMonitorOpt = None,
     baseline: BaselineOpt = "auto",
     shift_augment: ShiftAugmentOpt = 5,
+    species: FtSpeciesOpt = None,
     seed: SeedOpt = 0,
     save_every: SaveEveryOpt = 0,
     resume: ResumeOpt = False,
@@ -201,7 +205,8 @@ def _sequence_cmd(
                     merge=merge, epochs=epochs, steps=steps, batch_size=batch_size, lr=lr, warmup=warmup,
                     weight_decay=weight_decay, eval_every=eval_every, patience=patience, monitor=monitor,
                     seed=seed, device=device, precision=precision, threads=threads, save_every=save_every,
-                    quiet=quiet, force=force, resume=resume, baseline=baseline, shift_augment=shift_augment)
+                    quiet=quiet, force=force, resume=resume, baseline=baseline, shift_augment=shift_augment,
+                    species=species)
     rep = finetune_sequences(task, inp, output, opts)
     if not quiet:
         _summary(task, rep, output)

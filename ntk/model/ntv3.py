@@ -289,6 +289,31 @@ class BigWigHead(nn.Module):
         return out
 
 
+class NTv3SequenceHead(nn.Module):
+    """``ntk finetune classify|regress`` head on NTv3: the final per-base embedding mean-pooled over the real bases
+    (``attention_mask``; N padding excluded) -> dense -> tanh -> out, as the NT sequence head. Regression heads
+    report ``out * regression_std + regression_mean`` (config.json), in the targets' own units."""
+
+    def __init__(self, cfg: NTv3Config):
+        super().__init__()
+        h = cfg.filter_list[0]
+        self.dense = nn.Linear(h, h)
+        self.out_proj = nn.Linear(h, cfg.num_labels)
+        mean, std = cfg.extra.get("regression_mean"), cfg.extra.get("regression_std")
+        self.register_buffer("target_mean", torch.tensor(mean, dtype=torch.float32) if mean else None,
+                             persistent=False)
+        self.register_buffer("target_std", torch.tensor(std, dtype=torch.float32) if std else None,
+                             persistent=False)
+
+    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        m = attention_mask.to(x.device).unsqueeze(-1).to(x.dtype)
+        pooled = (x * m).sum(1) / m.sum(1).clamp_min(1.0)
+        out = self.out_proj(torch.tanh(self.dense(pooled)))
+        if self.target_std is not None:
+            out = out * self.target_std.to(out.dtype) + self.target_mean.to(out.dtype)
+        return out
+
+
 class NTv3Core(nn.Module):
     def __init__(self, cfg: NTv3Config):
         super().__init__()
@@ -356,6 +381,8 @@ class NTv3(nn.Module):
         self.reference = reference
         self.core = NTv3Core(cfg)
         self.tokenizer = NTv3Tokenizer(cfg.window_unit)
+        # ``ntk finetune classify|regress`` checkpoints: a sequence head (``classifier.*`` tensors)
+        self.classifier = NTv3SequenceHead(cfg) if cfg.num_labels else None
 
     # -- conveniences ----------------------------------------------------------------------------------
     @property
@@ -406,11 +433,25 @@ class NTv3(nn.Module):
 
     def forward(self, input_ids, species_ids=None, output_hidden_states: bool = False, heads: bool = True,
                 attention_mask=None) -> NTv3Output:
-        """``attention_mask`` is accepted for API symmetry and ignored (padding is ``N``, a real token; the
-        released code runs the Transformer unmasked). ``heads=False`` stops after the per-base embedding."""
+        """``attention_mask`` does not mask the Transformer (padding is ``N``, a real token; the released code runs
+        the Transformer unmasked); it only selects the bases the fine-tuned sequence head pools. ``heads=False``
+        stops after the per-base embedding; ``heads="classifier"`` (fine-tuned models) gives ``logits [B, K]`` of
+        the sequence head (a post-trained base is conditioned on the species it was fine-tuned with unless
+        ``species_ids`` is given)."""
         cfg, core = self.config, self.core
         ids = self._ids(input_ids)
         B, L = ids.shape
+        if heads == "classifier":
+            if self.classifier is None:
+                raise ValueError("this NTv3 model has no fine-tuned sequence head (ntk finetune classify|regress)")
+            if species_ids is None and cfg.is_post_trained:
+                if not cfg.finetune_species:
+                    raise ValueError("this post-trained NTv3 model needs species_ids")
+                species_ids = self.species_id(cfg.finetune_species)
+            out = self(ids, species_ids=species_ids, output_hidden_states=output_hidden_states, heads=False)
+            mask = torch.ones(B, L, dtype=torch.bool) if attention_mask is None else torch.as_tensor(attention_mask)
+            out.logits = self.classifier(out.embedding, mask.bool())
+            return out
         unit = cfg.window_unit
         if L % unit:
             raise ValueError(f"NTv3 needs a length that is a multiple of {unit} (2^num_downsamples); got {L}")

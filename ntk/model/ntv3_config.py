@@ -51,7 +51,8 @@ HF_DEFAULT_COMPUTE_DTYPES = {
     "up_convolution_compute_dtype": "bfloat16", "lmhead_compute_dtype": "float32",
 }
 # keys written by ntk itself (fine-tuning records)
-_NTK_KEYS = {"segment_window", "ntk_adapters", "ntk_task", "ntk_head", "ntk_base", "num_labels", "problem_type"}
+_NTK_KEYS = {"segment_window", "ntk_adapters", "ntk_task", "ntk_head", "ntk_base", "num_labels", "problem_type",
+             "regression_mean", "regression_std"}
 _DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
                 "float16": "float16", "fp16": "float16"}
 
@@ -115,6 +116,25 @@ class NTv3Config:
     @property
     def is_post_trained(self) -> bool:
         return self.conditions_names is not None or self.species_to_token_id is not None
+
+    @property
+    def num_labels(self) -> int | None:
+        """Outputs of an ``ntk finetune classify|regress`` sequence head (None: no such head)."""
+        n = self.extra.get("num_labels")
+        return int(n) if n else None
+
+    @property
+    def problem_type(self) -> str | None:
+        return self.extra.get("problem_type")
+
+    @property
+    def id2label(self) -> dict[str, str] | None:
+        return self.extra.get("id2label")
+
+    @property
+    def finetune_species(self) -> str | None:
+        """Post-trained base fine-tuned with a sequence head: the species it was conditioned on (``ntk_species``)."""
+        return self.extra.get("ntk_species")
 
     @property
     def family(self) -> str:

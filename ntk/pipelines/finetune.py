@@ -41,7 +41,7 @@ from ..train.finetune_data import (EncodedLabels, SequenceBatches, Split, encode
                                    split_by_column, split_kfold, split_random, tokenize_all)
 from ..train.loop import TrainConfig, Trainer
 from ..train.optim import default_pretrain_lr
-from .predict import sequence_outputs
+from .predict import pad_token, sequence_outputs
 
 METHODS = ("full", "head", "lora", "ia3")
 # segmentation (``ntk finetune segment``) keeps these; classify/regress use the measured defaults (train_config)
@@ -92,15 +92,68 @@ class FinetuneOptions:
     resume: bool = False
     shift_augment: int = 5  # classify/regress: drop 0..N leading nt of a training sequence at each draw
     baseline: str = "auto"  # classify/regress: kmer | none | auto (kmer up to BASELINE_AUTO_MAX_RECORDS records)
+    species: str | None = None  # classify/regress with an NTv3 post-trained base: the species it is conditioned on
     extra: dict = field(default_factory=dict)
 
 
 # -- model -----------------------------------------------------------------------------------------
 def refuse_ntv3(model, what: str) -> None:
-    """NTv3 bases are not wired into training yet (issue #17, step 5): say so in one line."""
+    """NTv3 bases are wired into ``ntk finetune classify|regress`` only (issue #17): say so in one line."""
     if model.config.family.startswith("ntv3"):
-        raise NtkError(f"{what} with an NTv3 model is not supported yet in this version of ntk (NTv3 runs in "
-                       "segment, tracks, embed and score-variants); use an NT v1/v2 or SegmentNT base")
+        raise NtkError(f"{what} with an NTv3 model is not supported yet in this version of ntk (NTv3 bases "
+                       "fine-tune with `ntk finetune classify|regress`; NTv3 also runs in segment, tracks, embed "
+                       "and score-variants); use an NT v1/v2 or SegmentNT base")
+
+
+def is_ntv3(model) -> bool:
+    return model.config.family.startswith("ntv3")
+
+
+def ntv3_species(base, species: str | None) -> str | None:
+    """The species a post-trained NTv3 base is fine-tuned on (NtkError when missing or unknown, listing the
+    choices); None for a pre-trained base (NtkError if one is given)."""
+    if base.config.is_post_trained:
+        if not species:
+            raise NtkError("--species is required to fine-tune this NTv3 post-trained model (choose from: "
+                           f"{', '.join(base.config.species)})")
+        try:
+            base.species_id(species)
+        except ValueError as e:
+            raise NtkError(f"--species: {e}") from None
+        return species
+    if species:
+        raise NtkError("--species: only NTv3 post-trained models are conditioned on a species")
+    return None
+
+
+def build_ntv3_task_model(base, label_names: list[str], problem_type: str, regression_mean=None,
+                          regression_std=None, species: str | None = None):
+    """An NTv3 base (pre- or post-trained) with a new sequence head (:class:`ntk.model.ntv3.NTv3SequenceHead`:
+    mean of the final per-base embedding over the real bases -> dense -> tanh -> out); base weights copied.
+    A post-trained base is conditioned on ``species`` (required; stored as ``ntk_species`` in config.json)."""
+    from ..model.ntv3 import NTv3
+    from ..model.ntv3_config import NTv3Config
+
+    cfg = NTv3Config.from_dict(json.loads(json.dumps(base.config.to_dict())))
+    for k in (ADAPTER_KEY, "regression_mean", "regression_std", "ntk_species"):
+        cfg.extra.pop(k, None)
+    if ntv3_species(base, species):
+        cfg.extra["ntk_species"] = species
+    cfg.extra.update(num_labels=len(label_names), problem_type=problem_type,
+                     id2label={str(i): n for i, n in enumerate(label_names)}, ntk_head="sequence")
+    if regression_mean is not None:
+        cfg.extra["regression_mean"] = [float(x) for x in regression_mean]
+        cfg.extra["regression_std"] = [float(x) for x in regression_std]
+    torch.manual_seed(0)
+    model = NTv3(cfg, reference=base.reference)
+    src = base.state_dict()
+    dst = model.state_dict()
+    with torch.no_grad():
+        for k, v in dst.items():
+            if not k.startswith("classifier."):
+                v.copy_(src[k])
+    model.load_state_dict(dst)
+    return model
 
 
 def _copy_config(cfg: NTConfig) -> NTConfig:
@@ -174,6 +227,9 @@ def setup_method(model: NucleotideTransformer, opts: FinetuneOptions) -> list[tu
     """Apply the method (adapters for lora/ia3) and return the parameters to train (always including the head)."""
     if opts.method not in METHODS:
         raise NtkError(f"--method {opts.method!r}: expected one of {', '.join(METHODS)}")
+    if is_ntv3(model) and opts.method not in ("full", "head"):
+        raise NtkError(f"--method {opts.method}: NTv3 bases fine-tune with --method full or head (LoRA/IA3 "
+                       "adapters are not wired for NTv3 yet)")
     try:
         if opts.method == "lora":
             model.config.extra[ADAPTER_KEY] = apply_lora(model, opts.lora_rank, opts.lora_alpha, opts.lora_targets,
@@ -488,7 +544,12 @@ def finetune_sequences(task: str, inp: SequenceTaskInput, run_dir: str | Path, o
             raise InputError(f"the validation split is empty ({sp.how}): early stopping and the best checkpoint "
                              "need validation data (raise --val-fraction or give --val-chroms)")
     base = load_model(opts.model)
-    refuse_ntv3(base, f"ntk finetune {task}")
+    if is_ntv3(base):  # one-line refusals before anything is written
+        if opts.method not in ("full", "head"):
+            setup_method(base, opts)
+        ntv3_species(base, opts.species)
+    elif opts.species:
+        raise NtkError("--species: only NTv3 post-trained models are conditioned on a species")
     ids = tokenize_all(base.tokenizer, data.sequences, base.config.max_tokens, data.where, data.source)
     monitor_name(enc.problem_type, opts.monitor)  # a bad --monitor fails before anything is written
     if opts.baseline not in ("auto", "kmer", "none"):
@@ -545,17 +606,23 @@ def _run_one(base, enc: EncodedLabels, ids, sp: Split, opts: FinetuneOptions, ru
     if pt == "regression":
         ytr = enc.y[sp.train]
         mean, std = ytr.mean(0), np.maximum(ytr.std(0), 1e-6)
-    model = build_task_model(base, "sequence", label_names=enc.names, problem_type=pt, regression_mean=mean,
-                             regression_std=std)
+    if is_ntv3(base):
+        model = build_ntv3_task_model(base, enc.names, pt, mean, std, species=opts.species)
+    else:
+        model = build_task_model(base, "sequence", label_names=enc.names, problem_type=pt, regression_mean=mean,
+                                 regression_std=std)
     params = setup_method(model, opts)
-    pad = base.config.pad_token_id
+    pad = pad_token(base)
+    unit = getattr(base.tokenizer, "unit", 1)
     std_t = torch.tensor(std, dtype=torch.float32) if std is not None else None
+    # NTv3: single-base tokens, so no tokenisation frames to augment (shift_augment is for 6-mer tokens)
+    shift = 0 if is_ntv3(base) else opts.shift_augment
     batches = SequenceBatches([ids[i] for i in sp.train], enc.y[sp.train], opts.batch_size, pad, seed=opts.seed,
                               sequences=[data.sequences[i] for i in sp.train], tokenizer=base.tokenizer,
-                              shift_augment=opts.shift_augment, max_tokens=base.config.max_tokens)
+                              shift_augment=shift, max_tokens=base.config.max_tokens, unit=unit)
 
     def loss_fn(m, batch):
-        out = m(batch["input_ids"], batch["attention_mask"], heads="classifier").logits
+        out = m(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], heads="classifier").logits
         loss = task_loss(pt, out, batch["labels"], std_t.to(out.device) if std_t is not None else None)
         metrics = {"n_sequences": batch["labels"].shape[0]}
         if pt == "single_label_classification":

@@ -42,13 +42,20 @@ def sequence_outputs(model, ids: list[np.ndarray], batch_size: int, pad_id: int)
     """Head outputs (logits, or regression values) ``[N, K]`` float32 for tokenized sequences, in input order."""
     out = None
     dev = model.device
-    for pos, batch in eval_batches(ids, None, batch_size, pad_id):
-        o = model(batch["input_ids"].to(dev), batch["attention_mask"].to(dev), heads="classifier").logits
+    unit = getattr(model.tokenizer, "unit", 1)  # NTv3: lengths a multiple of 2^num_downsamples (pad_id: N)
+    for pos, batch in eval_batches(ids, None, batch_size, pad_id, unit):
+        o = model(input_ids=batch["input_ids"].to(dev), attention_mask=batch["attention_mask"].to(dev),
+                  heads="classifier").logits
         o = o.float().cpu().numpy()
         if out is None:
             out = np.empty((len(ids), o.shape[1]), dtype=np.float32)
         out[pos] = o
     return out if out is not None else np.zeros((0, 0), dtype=np.float32)
+
+
+def pad_token(model) -> int:
+    """The id batches are padded with: ``<pad>`` for NT, ``N`` for NTv3 (never ``<pad>``; excluded from pooling)."""
+    return model.tokenizer.n_id if model.config.family.startswith("ntv3") else model.config.pad_token_id
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -71,9 +78,9 @@ def load_predictor(path: str | Path, device: str = "auto", precision: str = "aut
     ckpt = resolve_checkpoint(path)
     model = load_model(ckpt, device=device, dtype=precision)
     cfg = model.config
-    if cfg.family.startswith("ntv3"):
-        raise CheckpointError(f"{ckpt}: an NTv3 model has no fine-tuned sequence head (use `ntk embed`, `ntk segment`"
-                              ", `ntk tracks` or `ntk score-variants` with it)")
+    if cfg.family.startswith("ntv3") and model.classifier is None:
+        raise CheckpointError(f"{ckpt}: an NTv3 model without a fine-tuned sequence head (`ntk finetune classify|"
+                              "regress`): use `ntk embed`, `ntk segment`, `ntk tracks` or `ntk score-variants` with it")
     if model.classifier is None or not cfg.num_labels or not cfg.problem_type:
         what = "a SegmentNT-type model: use `ntk segment`" if cfg.is_segmentation else \
             "a base model without a fine-tuned sequence head: use `ntk embed`"
@@ -250,7 +257,7 @@ def predict(model_path: str | Path, path: str | None, output: str, *, sequence_c
         refuse_inputs_as_outputs([output], [path, regions, reference])
         check_writable_target(output, force)
     model, ckpt = load_predictor(model_path, device, precision)
-    tok, max_tokens, pad = model.tokenizer, model.config.max_tokens, model.config.pad_token_id
+    tok, max_tokens, pad = model.tokenizer, model.config.max_tokens, pad_token(model)
     schema = output_schema(model, genomic=bool(regions))
     meta = {"ntk_version": __version__, "ntk_model": str(ckpt), "ntk_problem_type": model.config.problem_type}
     n = 0
@@ -266,7 +273,7 @@ def predict(model_path: str | Path, path: str | None, output: str, *, sequence_c
                 t = tok.tokenize(s)[0]
                 if len(t) > max_tokens:
                     raise InputError(f"{w}: {len(s)} nt needs {len(t)} tokens but the model takes at most "
-                                     f"{max_tokens} (about {(max_tokens - 1) * 6} nt)")
+                                     f"{max_tokens}")
                 ids.append(t)
             out = sequence_outputs(model, ids, batch_size, pad)
             cols = {"name": chunk.names}

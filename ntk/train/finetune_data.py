@@ -233,13 +233,18 @@ def tokenize_all(tokenizer, sequences: list[str], max_tokens: int, where: list[s
     return out
 
 
-def collate(ids: list[np.ndarray], y: np.ndarray | None, pad_id: int) -> dict[str, torch.Tensor]:
+def collate(ids: list[np.ndarray], y: np.ndarray | None, pad_id: int, unit: int = 1) -> dict[str, torch.Tensor]:
+    """Right-pad with ``pad_id`` to the longest sequence, rounded up to a multiple of ``unit`` (NTv3: 2^num_downsamples,
+    padded with N); ``attention_mask`` marks each sequence's own tokens (so an N inside an NTv3 sequence counts)."""
     T = max(len(t) for t in ids)
+    T = -(-T // unit) * unit
     arr = np.full((len(ids), T), pad_id, dtype=np.int64)
+    mask = np.zeros((len(ids), T), dtype=bool)
     for i, t in enumerate(ids):
         arr[i, : len(t)] = t
+        mask[i, : len(t)] = True
     input_ids = torch.from_numpy(arr)
-    batch = {"input_ids": input_ids, "attention_mask": input_ids != pad_id}
+    batch = {"input_ids": input_ids, "attention_mask": torch.from_numpy(mask)}
     if y is not None:
         batch["labels"] = torch.from_numpy(np.ascontiguousarray(y))
     return batch
@@ -256,8 +261,9 @@ class SequenceBatches:
 
     def __init__(self, ids: list[np.ndarray], y: np.ndarray, batch_size: int, pad_id: int, seed: int = 0,
                  sequences: list[str] | None = None, tokenizer=None, shift_augment: int = 0,
-                 max_tokens: int | None = None):
+                 max_tokens: int | None = None, unit: int = 1):
         self.ids, self.y, self.batch_size, self.pad_id, self.seed = ids, y, batch_size, pad_id, seed
+        self.unit = unit
         self.sequences, self.tokenizer, self.shift_augment = sequences, tokenizer, shift_augment
         self.max_tokens = max_tokens
         if shift_augment and (sequences is None or tokenizer is None):
@@ -294,11 +300,11 @@ class SequenceBatches:
                 sel = perm[self.batch * self.batch_size:(self.batch + 1) * self.batch_size]
                 ids = self._ids(sel)
                 self.batch += 1
-                yield collate(ids, self.y[sel], self.pad_id)
+                yield collate(ids, self.y[sel], self.pad_id, self.unit)
             self.epoch, self.batch = self.epoch + 1, 0
 
 
-def eval_batches(ids: list[np.ndarray], y: np.ndarray | None, batch_size: int, pad_id: int):
+def eval_batches(ids: list[np.ndarray], y: np.ndarray | None, batch_size: int, pad_id: int, unit: int = 1):
     """Batches in input order (length-sorted within a look-ahead of 64 batches to limit padding); yields
     ``(positions, batch)``."""
     n = len(ids)
@@ -308,7 +314,7 @@ def eval_batches(ids: list[np.ndarray], y: np.ndarray | None, batch_size: int, p
         pos = pos[np.argsort([len(ids[i]) for i in pos], kind="stable")]
         for b0 in range(0, len(pos), batch_size):
             sel = pos[b0:b0 + batch_size]
-            yield sel, collate([ids[i] for i in sel], y[sel] if y is not None else None, pad_id)
+            yield sel, collate([ids[i] for i in sel], y[sel] if y is not None else None, pad_id, unit)
 
 
 # -- segmentation windows --------------------------------------------------------------------------

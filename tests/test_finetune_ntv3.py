@@ -1,0 +1,158 @@
+"""`ntk finetune classify|regress` with an NTv3 base (the golden tiny pre/post-trained models): the pooled final
+per-base embedding (N padding excluded) -> sequence head; best/ reloads with ntk.load_model and `ntk predict`
+reproduces the fine-tuned model's outputs; one-line refusals (segment, adapters, species)."""
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+from conftest import run_ntk
+
+import ntk
+from ntk.errors import NtkError
+from ntk.model.ntv3 import N_ID
+from ntk.pipelines.finetune import FinetuneOptions, SequenceTaskInput, finetune_sequences
+from ntk.pipelines.predict import predict
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+MOTIF = "CGCGCGCGCGCGCGCG"  # 16 nt: learnable by the tiny random-weight U-Net in a few dozen steps
+
+
+def opts(model, **kw):
+    base = dict(model=str(model), batch_size=16, lr=3e-3, device="cpu", threads=1, quiet=True, baseline="none",
+                epochs=4, eval_every=10, patience=0)
+    base.update(kw)
+    return FinetuneOptions(**base)
+
+
+def motif_rows(n, seed, rng_len=(40, 70)):
+    """Variable lengths (not multiples of the window unit 8, so every batch is N-padded), motif in half."""
+    rng = np.random.default_rng(seed)
+    seqs, labels = [], []
+    for i in range(n):
+        s = rng.choice(list("ACGT"), int(rng.integers(*rng_len)))
+        if i % 2:
+            p = rng.integers(0, len(s) - len(MOTIF))
+            s[p:p + len(MOTIF)] = list(MOTIF)
+        seqs.append("".join(s))
+        labels.append("motif" if i % 2 else "background")
+    return seqs, labels
+
+
+def test_classify_pre_tiny_learns_saves_and_predicts(tmp_path, golden_dir):
+    seqs, labels = motif_rows(160, seed=0)
+    pl.DataFrame({"sequence": seqs, "label": labels}).write_csv(tmp_path / "motif.csv")
+    run = tmp_path / "run"
+    rep = finetune_sequences("classify", SequenceTaskInput(path=str(tmp_path / "motif.csv")), run,
+                             opts(golden_dir / "ntv3_pre_tiny", lr=1e-2, epochs=6))
+    assert rep["problem_type"] == "single_label_classification" and rep["labels"] == ["background", "motif"]
+    rows = pl.read_parquet(run / "metrics.parquet")
+    losses = rows["loss"].drop_nulls().to_numpy()
+    k = max(3, len(losses) // 4)
+    assert losses[-k:].mean() < losses[:k].mean() * 0.6, losses  # training loss decreases (0.67 -> 0.21 seen)
+    assert rep["val"]["loss"] < rep["initial_val"]["loss"] * 0.6 and rep["val"]["mcc"] > 0.5
+    cfg = json.loads((run / "best" / "config.json").read_text())
+    assert cfg["model_type"] == "ntv3" and cfg["num_labels"] == 2 and "ntk_species" not in cfg
+
+    m = ntk.load_model(run / "best")
+    assert m.classifier is not None and m.config.problem_type == "single_label_classification"
+    new, _ = motif_rows(37, seed=5)
+    pl.DataFrame({"sequence": new}).write_csv(tmp_path / "new.csv")
+    predict(str(run), str(tmp_path / "new.csv"), str(tmp_path / "pred.parquet"), batch_size=8)
+    pred = pl.read_parquet(tmp_path / "pred.parquet")
+    assert pred.columns == ["name", "length", "pred_label", "prob_background", "prob_motif"]
+    # in-memory reference: each sequence alone, padded with N to a multiple of 8, pooled over its own bases
+    with torch.no_grad():
+        want = []
+        for s in new:
+            L = -(-len(s) // 8) * 8
+            ids = torch.full((1, L), N_ID, dtype=torch.long)
+            ids[0, :len(s)] = torch.from_numpy(m.tokenizer.tokenize(s)[0])
+            mask = torch.zeros(1, L, dtype=torch.bool)
+            mask[0, :len(s)] = True
+            want.append(torch.softmax(m(input_ids=ids, attention_mask=mask, heads="classifier").logits, -1)[0])
+        want = torch.stack(want).numpy()
+    got = pred.select(["prob_background", "prob_motif"]).to_numpy()
+    # batching pads with N up to the batch's longest sequence (N is a real token: the U-Net sees it), so compare
+    # each row's own-length run above; the probabilities agree to float32 rounding of a pooled sum
+    batched = np.abs(got - want).max()
+    assert batched < 0.05, batched
+    # same batching as predict: exact up to float32 reordering
+    from ntk.pipelines.predict import sequence_outputs
+    ids = [m.tokenizer.tokenize(s)[0] for s in new]
+    out = torch.softmax(torch.from_numpy(sequence_outputs(m, ids, 8, N_ID)), -1).numpy()
+    np.testing.assert_allclose(got, out, rtol=0, atol=1e-6)
+
+
+def test_padding_is_excluded_from_pooling(golden_dir, tmp_path):
+    from ntk.pipelines.finetune import build_ntv3_task_model
+
+    base = ntk.load_model(golden_dir / "ntv3_pre_tiny")
+    m = build_ntv3_task_model(base, ["a", "b"], "single_label_classification").eval()
+    s = "ACGTTGCAAC" * 3 + "ACG"  # 33 nt
+    ids = torch.from_numpy(m.tokenizer.tokenize(s)[0])
+    padded = torch.cat([ids, torch.full((7,), N_ID)])[None]
+    mask = torch.zeros(1, 40, dtype=torch.bool)
+    mask[0, :33] = True
+    with torch.no_grad():
+        emb = m(padded, heads=False).embedding[0, :33].mean(0)
+        head = m.classifier
+        want = head.out_proj(torch.tanh(head.dense(emb)))
+        got = m(input_ids=padded, attention_mask=mask, heads="classifier").logits[0]
+        everything = m(input_ids=padded, heads="classifier").logits[0]
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(everything, want, atol=1e-4)  # the mask matters
+
+
+def test_regress_post_tiny_with_species(tmp_path, golden_dir):
+    base = ntk.load_model(golden_dir / "ntv3_post_tiny")
+    species = base.config.species[0]
+    rng = np.random.default_rng(1)
+    seqs, gc = [], []
+    for _ in range(80):
+        g = rng.uniform(0.2, 0.8)
+        s = rng.choice(list("ACGT"), int(rng.integers(30, 60)), p=[(1 - g) / 2, g / 2, g / 2, (1 - g) / 2])
+        seqs.append("".join(s))
+        gc.append(float(np.isin(s, ["G", "C"]).mean()))
+    pl.DataFrame({"sequence": seqs, "gc": gc}).write_csv(tmp_path / "gc.csv")
+    inp = SequenceTaskInput(path=str(tmp_path / "gc.csv"), label_cols=["gc"])
+    with pytest.raises(NtkError, match="--species is required.*choose from"):
+        finetune_sequences("regress", inp, tmp_path / "r0", opts(golden_dir / "ntv3_post_tiny"))
+    with pytest.raises(NtkError, match="unknown species"):
+        finetune_sequences("regress", inp, tmp_path / "r0", opts(golden_dir / "ntv3_post_tiny", species="nope"))
+    run = tmp_path / "run"
+    rep = finetune_sequences("regress", inp, run, opts(golden_dir / "ntv3_post_tiny", species=species, epochs=2))
+    assert rep["problem_type"] == "regression" and np.isfinite(rep["val"]["mse"])
+    m = ntk.load_model(run / "best")
+    assert m.config.finetune_species == species and m.config.extra["regression_std"]
+    predict(str(run), str(tmp_path / "gc.csv"), str(tmp_path / "p.parquet"), batch_size=8)
+    got = pl.read_parquet(tmp_path / "p.parquet")["pred_gc"].to_numpy()
+    from ntk.pipelines.predict import sequence_outputs
+    ids = [m.tokenizer.tokenize(s)[0] for s in seqs]
+    np.testing.assert_allclose(got, sequence_outputs(m, ids, 8, N_ID)[:, 0], rtol=1e-6, atol=1e-6)
+    assert np.abs(got - np.mean(gc)).max() < 1.0  # in target units (de-standardised)
+
+
+def test_ntv3_refusals(tmp_path, golden_dir):
+    seqs, labels = motif_rows(20, seed=0)
+    pl.DataFrame({"sequence": seqs, "label": labels}).write_csv(tmp_path / "m.csv")
+    inp = SequenceTaskInput(path=str(tmp_path / "m.csv"))
+    with pytest.raises(NtkError, match="--method lora: NTv3 bases fine-tune with --method full or head"):
+        finetune_sequences("classify", inp, tmp_path / "r", opts(golden_dir / "ntv3_pre_tiny", method="lora"))
+    assert not (tmp_path / "r").exists()
+    with pytest.raises(NtkError, match="only NTv3 post-trained"):
+        finetune_sequences("classify", inp, tmp_path / "r", opts(golden_dir / "ntv3_pre_tiny", species="x"))
+    r = run_ntk("finetune", "classify", tmp_path / "m.csv", "-o", tmp_path / "r2", "-m", golden_dir / "ntv3_pre_tiny",
+                "--method", "ia3", "--device", "cpu")
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "ntk: error: --method ia3: NTv3 bases fine-tune with --method full or head" in r.stderr
+
+
+def test_finetune_segment_refuses_ntv3_in_one_line(tmp_path, golden_dir, sample_dir):
+    from ntk.pipelines.finetune_segment import SegmentTaskInput, finetune_segment
+
+    with pytest.raises(NtkError, match="ntk finetune segment with an NTv3 model is not supported yet.*classify"):
+        finetune_segment(SegmentTaskInput(str(sample_dir / "genome.fa.gz"), str(sample_dir / "genes.gtf.gz"),
+                                          ["exon"], val_chroms=["III"]), tmp_path / "seg",
+                         FinetuneOptions(model=str(golden_dir / "ntv3_pre_tiny"), device="cpu", quiet=True, steps=1))
