@@ -114,9 +114,15 @@ def test_cli(tmp_path, post):
     assert p.returncode == 2 and "--species is required" in p.stderr and not (tmp_path / "f.parquet").exists()
 
 
-def test_training_commands_refuse_ntv3_in_one_line(tmp_path):
+def test_finetune_classify_and_predict_cli_with_ntv3(tmp_path):
     fa = tmp_path / "lab.fa"
     fa.write_text("".join(f">r{i} label={i % 2}\nACGTACGTAAAC\n" for i in range(20)))
-    p = run_ntk("finetune", "classify", fa, "-m", PRE, "-o", tmp_path / "run", "--steps", "1", "--device", "cpu")
-    assert p.returncode == 2 and "NTv3" in p.stderr and "not supported yet" in p.stderr
-    assert len(p.stderr.strip().splitlines()) == 1 and not (tmp_path / "run" / "best").exists()
+    p = run_ntk("finetune", "classify", fa, "-m", PRE, "-o", tmp_path / "run", "--steps", "1", "--device", "cpu",
+                "--quiet")
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "run" / "best" / "config.json").is_file()
+    p = run_ntk("predict", tmp_path / "run", fa, "-o", tmp_path / "p.parquet", "--device", "cpu")
+    assert p.returncode == 0, p.stderr
+    assert pl.read_parquet(tmp_path / "p.parquet").height == 20
+    p = run_ntk("predict", PRE, fa, "-o", tmp_path / "q.parquet", "--device", "cpu")
+    assert p.returncode != 0 and "without a fine-tuned sequence head" in p.stderr
