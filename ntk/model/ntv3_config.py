@@ -60,7 +60,8 @@ _DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16",
 # initial-release NTv3 checkpoints on HF (InstaDeepAI/, gated: accept the licence on the hub, then
 # `ntk models download NAME`): name -> (repo, nominal size, kind, what ntk runs with it)
 NTV3_PRESETS: dict[str, tuple[str, str, str, str]] = {
-    "ntv3-8m-pre": ("InstaDeepAI/NTv3_8M_pre", "8M", "pre-trained (MLM)", "embed, score-variants (llr, distances), finetune classify|regress"),
+    "ntv3-8m-pre": ("InstaDeepAI/NTv3_8M_pre", "8M", "pre-trained (MLM)",
+                    "embed, score-variants (llr, distances), finetune classify|regress"),
     "ntv3-100m-pre": ("InstaDeepAI/NTv3_100M_pre", "100M", "pre-trained (MLM)",
                       "embed, score-variants (llr, distances), finetune classify|regress"),
     "ntv3-650m-pre": ("InstaDeepAI/NTv3_650M_pre", "650M", "pre-trained (MLM)",

@@ -305,16 +305,24 @@ class SequenceBatches:
 
 
 def eval_batches(ids: list[np.ndarray], y: np.ndarray | None, batch_size: int, pad_id: int, unit: int = 1):
-    """Batches in input order (length-sorted within a look-ahead of 64 batches to limit padding); yields
-    ``(positions, batch)``."""
+    """Batches in input order (length-sorted within a look-ahead of 64 batches to limit padding; with ``unit`` > 1
+    only records of the same padded length share a batch); yields ``(positions, batch)``."""
     n = len(ids)
     chunk = batch_size * 64
     for c0 in range(0, n, chunk):
         pos = np.arange(c0, min(c0 + chunk, n))
         pos = pos[np.argsort([len(ids[i]) for i in pos], kind="stable")]
-        for b0 in range(0, len(pos), batch_size):
-            sel = pos[b0:b0 + batch_size]
-            yield sel, collate([ids[i] for i in sel], y[sel] if y is not None else None, pad_id, unit)
+        if unit == 1:
+            groups = [pos]
+        else:  # NTv3: N padding is seen by the U-Net, so batch only records of the same padded length: each
+            #   record's output is then that of the record alone, whatever else is in the input
+            padded = np.array([-(-len(ids[i]) // unit) * unit for i in pos])
+            cuts = np.flatnonzero(np.diff(padded)) + 1
+            groups = np.split(pos, cuts)
+        for g in groups:
+            for b0 in range(0, len(g), batch_size):
+                sel = g[b0:b0 + batch_size]
+                yield sel, collate([ids[i] for i in sel], y[sel] if y is not None else None, pad_id, unit)
 
 
 # -- segmentation windows --------------------------------------------------------------------------
