@@ -583,16 +583,20 @@ class VariantScorer:
             parts.append((masked[key], int(ids[t]), self.tokenizer.token_to_id(alt_tok)))
         j.llr_parts = parts
 
+    def _embedding_scores(self, j: _Job, ref: _RefWindow) -> None:
+        """The embedding distances asked for (cosine, l2, ...) between REF and ALT, averaged over the strands."""
+        n = len(j.alt_passes)
+        acc = dict.fromkeys(EMBEDDING_SCORES, 0.0)
+        for rp, ap in zip(ref.passes, j.alt_passes):
+            for k, v in embedding_distances(rp.embedding, ap.embedding).items():
+                acc[k] += v / n
+        for k in EMBEDDING_SCORES:
+            if k in self.scores:
+                j.values[k] = acc[k]
+
     def _finish(self, j: _Job, ref: _RefWindow) -> None:
         if j.alt_passes and self.want_embedding:
-            n = len(j.alt_passes)
-            acc = dict.fromkeys(EMBEDDING_SCORES, 0.0)
-            for rp, ap in zip(ref.passes, j.alt_passes):
-                for k, v in embedding_distances(rp.embedding, ap.embedding).items():
-                    acc[k] += v / n
-            for k in EMBEDDING_SCORES:
-                if k in self.scores:
-                    j.values[k] = acc[k]
+            self._embedding_scores(j, ref)
         if j.alt_passes and self.want_segment:
             probs = [p.probs for p in j.alt_passes]
             alt = probs[0] if len(probs) == 1 else (probs[0] + probs[1]) / 2

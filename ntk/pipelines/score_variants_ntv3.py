@@ -41,8 +41,7 @@ from ..io.fasta import IndexedFasta
 from ..io.vcf import InfoField
 from ..model.tokenizer import reverse_complement
 from .batching import auto_token_budget, by_token_budget
-from .score_variants import (EMBEDDING_SCORES, INFO_IDS, VariantScorer, _describe, _Job, _Pass, _RefWindow,
-                             embedding_distances)
+from .score_variants import (EMBEDDING_SCORES, INFO_IDS, VariantScorer, _describe, _Job, _Pass, _RefWindow)
 from .windows import Window
 
 NTV3_VARIANT_WINDOW = 1 << 15
@@ -338,14 +337,7 @@ class NTv3Scorer(VariantScorer):
 
     def _finish(self, j: _Job, ref: _RefWindow) -> None:
         if j.alt_passes and self.want_embedding:
-            n = len(j.alt_passes)
-            acc = dict.fromkeys(EMBEDDING_SCORES, 0.0)
-            for rp, ap in zip(ref.passes, j.alt_passes):
-                for k, v in embedding_distances(rp.embedding, ap.embedding).items():
-                    acc[k] += v / n
-            for k in EMBEDDING_SCORES:
-                if k in self.scores:
-                    j.values[k] = acc[k]
+            self._embedding_scores(j, ref)
         if j.alt_passes and self.want_heads:
             self._head_deltas(j, ref)
         if j.llr_parts:
