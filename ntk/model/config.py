@@ -125,19 +125,7 @@ class NTConfig:
 
     @classmethod
     def from_json(cls, path: str | Path) -> NTConfig:
-        path = Path(path)
-        try:
-            d = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise CheckpointError(f"{path}: config.json not found") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise CheckpointError(f"{path}: not valid JSON ({e})") from None
-        if not isinstance(d, dict):
-            raise CheckpointError(f"{path}: expected a JSON object")
-        try:
-            return cls.from_dict(d)
-        except (TypeError, ValueError) as e:
-            raise CheckpointError(f"{path}: {e}") from None
+        return config_from_json(cls, path)
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
@@ -257,3 +245,21 @@ def preset_config(name: str) -> NTConfig:
     if name not in PRESETS:
         raise CheckpointError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
     return NTConfig.from_dict(json.loads(json.dumps(PRESETS[name][1])))
+
+
+def config_from_json(cls, path: str | Path):
+    """``cls.from_dict`` of a config.json, every failure (missing, not JSON, not an object, a bad field) as one
+    CheckpointError naming the file; shared by the model families' config classes."""
+    path = Path(path)
+    try:
+        d = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: config.json not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(d, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    try:
+        return cls.from_dict(d)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: {e}") from None

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CheckpointError
+from .config import config_from_json
 
 NUM_SPECIAL_TOKENS = 6  # <unk> <pad> <mask> <cls> <eos> <bos>
 
@@ -223,17 +223,7 @@ class NTv3Config:
 
     @classmethod
     def from_json(cls, path: str | Path) -> NTv3Config:
-        path = Path(path)
-        try:
-            d = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise CheckpointError(f"{path}: config.json not found") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise CheckpointError(f"{path}: not valid JSON ({e})") from None
-        try:
-            return cls.from_dict(d)
-        except (TypeError, ValueError) as e:
-            raise CheckpointError(f"{path}: {e}") from None
+        return config_from_json(cls, path)
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("extra", "compute_dtypes")}
