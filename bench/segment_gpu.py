@@ -27,7 +27,7 @@ from ntk.model import NucleotideTransformer, preset_config  # noqa: E402
 from ntk.model.runtime import resolve_dtype  # noqa: E402
 from ntk.model.tokenizer import sequence_codes  # noqa: E402
 from ntk.pipelines.batching import auto_token_budget  # noqa: E402
-from ntk.pipelines.segment import default_window, iter_batches, iter_windows, plan_units, segment_genome  # noqa: E402
+from ntk.pipelines.segment import family_of, iter_batches, iter_windows, plan_units, segment_genome  # noqa: E402
 
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 
@@ -46,7 +46,7 @@ def main() -> None:
         m = NucleotideTransformer(cfg)
     m = m.to(resolve_dtype(args.precision, dev)).eval()
     params = sum(p.numel() for p in m.parameters())
-    W = default_window(m)
+    W = m.config.default_window("segment")
     res = {"gpu": torch.cuda.get_device_name(dev), "preset": args.preset, "params": params, "window_nt": W,
            "precision": args.precision}
     with tempfile.TemporaryDirectory() as tmp:
@@ -65,7 +65,7 @@ def main() -> None:
         budget = auto_token_budget("cuda", cfg.hidden_size, cfg.num_hidden_layers)
         batches = []
         crop = args.crop if args.crop is not None else W // 8
-        for batch in iter_batches(iter_windows(fa, plan_units(fa), W, crop), budget, None):
+        for batch in iter_batches(iter_windows(fa, plan_units(fa), W, crop, family_of(m)), budget, None):
             ids = np.stack([m.tokenizer.tokenize_codes(sequence_codes(fa.fetch(j.window.chrom, j.window.start,
                                                                                j.window.end)))[0] for j in batch])
             batches.append(torch.from_numpy(ids.astype(np.int64)).pin_memory())

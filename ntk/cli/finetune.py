@@ -9,7 +9,8 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import NtkError
-from .common import ChrMapOpt, DeviceOpt, ForceOpt, ModelOpt, PrecisionOpt, QuietOpt, RegionsFileOpt, ThreadsOpt, console
+from .common import (ChrMapOpt, DeviceOpt, ForceOpt, ModelOpt, PrecisionOpt, QuietOpt, RegionsFileOpt, ThreadsOpt, console,
+                     reporter)
 
 OutOpt = Annotated[str, typer.Option("--output", "-o", help="Run directory: best/, final/, metrics.json, "
                                      "metrics.parquet, training_curves.png", show_default=False)]
@@ -207,7 +208,7 @@ def _sequence_cmd(
                     seed=seed, device=device, precision=precision, threads=threads, save_every=save_every,
                     quiet=quiet, force=force, resume=resume, baseline=baseline, shift_augment=shift_augment,
                     species=species)
-    rep = finetune_sequences(task, inp, output, opts)
+    rep = finetune_sequences(task, inp, output, opts, reporter())
     if not quiet:
         _summary(task, rep, output)
 
@@ -320,6 +321,6 @@ def register(app: typer.Typer) -> None:
                         weight_decay=weight_decay, eval_every=eval_every, patience=patience, monitor=monitor,
                         seed=seed, device=device, precision=precision, threads=threads, save_every=save_every,
                         quiet=quiet, force=force, resume=resume)
-        rep = finetune_segment(inp, output, opts)
+        rep = finetune_segment(inp, output, opts, reporter())
         if not quiet:
             _summary("segment", rep, output)

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from . import window_rules
 from .config import config_from_json
 
 NUM_SPECIAL_TOKENS = 6  # <unk> <pad> <mask> <cls> <eos> <bos>
@@ -144,7 +145,15 @@ class NTv3Config:
     @property
     def window_unit(self) -> int:
         """Window lengths must be multiples of this (one token per base, ``num_downsamples`` halvings)."""
-        return 2 ** self.num_downsamples
+        return window_rules.ntv3_window_unit(self)
+
+    def default_window(self, job: str) -> int:
+        """The default window (nt) of ``job`` (``segment``, ``score``, ``embed``; see model/window_rules.py)."""
+        return window_rules.ntv3_default_window(self, job)
+
+    def check_window(self, window: int | None, job: str) -> int:
+        """``window`` (None: the default) checked for ``job``; NtkError when the model cannot take it."""
+        return window_rules.ntv3_check_window(self, window, job)
 
     @property
     def filter_list(self) -> list[int]:

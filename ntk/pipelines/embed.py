@@ -59,6 +59,7 @@ from ..io.intervals import Interval, parse_region
 from ..io.tables import NpyStreamWriter, ParquetStreamWriter, TsvStreamWriter
 from ..model.tokenizer import N_CODE, NucleotideTokenizer, reverse_complement_codes, sequence_codes
 from .batching import auto_token_budget, by_token_budget
+from .family import ntv3_species_id
 from .windows import Blender, Window, tile
 
 BLEND = "linear"  # how per-token rows of neighbouring windows are joined (pipelines/windows.py)
@@ -314,24 +315,16 @@ class Embedder:
                 raise NtkError("--pool cls: NTv3 has no CLS token; use --pool mean|max|none")
             self.species_id = ntv3_species_id(model, species)
             self.unit = cfg.window_unit
-            from .family import NTV3_DEFAULT_WINDOW
-            w = NTV3_DEFAULT_WINDOW if window is None else int(window)
-            if w < self.unit or w % self.unit:
-                raise NtkError(f"--window {w}: must be a positive multiple of {self.unit} (2^num_downsamples)")
-            self.window = w
+            self.window = cfg.check_window(window, "embed")
         else:
             if species is not None:
                 raise NtkError("--species: only NTv3 post-trained models are conditioned on a species")
             self.layers = normalise_layers(layers, cfg.num_hidden_layers)
             self.hidden_size = cfg.hidden_size
-            self.window = cfg.max_tokens - 1  # DNA tokens per window (CLS is the +1)
-            if window is not None:
-                self.window = min(self.window, int(window))
+            self.window = cfg.check_window(window, "embed")  # DNA tokens per window (CLS is the +1)
         self.pool = pool
         self.rc_average = rc_average
         self.tokenizer: NucleotideTokenizer = model.tokenizer
-        if self.window < 1:
-            raise NtkError(f"model context of {cfg.max_tokens} tokens is too small")
         self.crop = int(self.window * CROP_FRACTION) if crop is None else int(crop)
         if not 0 <= 2 * self.crop < self.window:
             raise NtkError(f"crop {self.crop} must be >= 0 and less than half the window ({self.window} tokens)")
@@ -680,19 +673,6 @@ def ntv3_layers(layers, cfg) -> tuple[list, int]:
         raise NtkError(f"--layer: the final per-base embedding ({cfg.conv_init_embed_dim} wide) and Transformer "
                        f"layers ({cfg.embed_dim} wide) cannot be combined in one run; run them separately")
     return out, widths.pop()
-
-
-def ntv3_species_id(model, species: str | None) -> int | None:
-    """The species id for a post-trained NTv3 model (NtkError listing the choices); None for pre-trained."""
-    if not model.config.is_post_trained:
-        if species is not None:
-            raise NtkError("--species: this NTv3 model is pre-trained (not conditioned on a species)")
-        return None
-    if species is None or species not in model.species:
-        what = "--species is required for this NTv3 post-trained model" if species is None else \
-            f"--species {species!r}: not a species of this model"
-        raise NtkError(f"{what}; choose one of: {', '.join(model.species)}")
-    return model.species_id(species)
 
 
 def iter_embeddings(model, inputs: Iterable, **options) -> Iterator[EmbedBlock]:

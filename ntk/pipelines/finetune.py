@@ -41,7 +41,8 @@ from ..train.finetune_data import (EncodedLabels, SequenceBatches, Split, encode
                                    split_by_column, split_kfold, split_random, tokenize_all)
 from ..train.loop import TrainConfig, Trainer
 from ..train.optim import default_pretrain_lr
-from .predict import pad_token, sequence_outputs
+from ..report import NULL, Reporter
+from .sequence_outputs import pad_token, sequence_outputs
 
 METHODS = ("full", "head", "lora", "ia3")
 # segmentation (``ntk finetune segment``) keeps these; classify/regress use the measured defaults (train_config)
@@ -408,7 +409,7 @@ class _Evals:
 def train_and_report(model: NucleotideTransformer, params, opts: FinetuneOptions, run_dir: Path, loss_fn,
                      batches, steps_per_epoch: int, evaluate, problem_type: str, resume_from: Path | None,
                      test_eval=None, record: dict | None = None, sequence_task: bool = False,
-                     baseline=None, n_train: int | None = None) -> dict:
+                     baseline=None, n_train: int | None = None, reporter: Reporter = NULL) -> dict:
     """Run the shared Trainer, then evaluate ``best/`` on validation and test data; write metrics.json.
 
     ``baseline``: a callable returning the baseline's report (``{"kind", "val", "test", ...}``), run before
@@ -421,14 +422,12 @@ def train_and_report(model: NucleotideTransformer, params, opts: FinetuneOptions
                         sequence_task=sequence_task, n_train=n_train)
     evals = _Evals(evaluate, monitor)
     trainer = Trainer(model, tcfg, run_dir, loss_fn, batches, eval_fn=evals, trainable_params=params,
-                      resume_from=resume_from)
+                      resume_from=resume_from, reporter=reporter)
     if not opts.quiet:
-        from ..cli.common import console
-
-        console.log(f"finetune: {count_parameters(params):,} of {model.num_parameters():,} parameters trained "
-                    f"({opts.method}); {tcfg.steps} steps ({tcfg.steps / max(steps_per_epoch, 1):.3g} epochs), "
-                    f"eval every {tcfg.eval_every}, monitor {monitor} ({mode}), patience {tcfg.patience}; lr "
-                    f"{tcfg.lr:.2e}, warm-up {tcfg.warmup_steps}, weight decay {tcfg.weight_decay}")
+        reporter.log(f"finetune: {count_parameters(params):,} of {model.num_parameters():,} parameters trained "
+                     f"({opts.method}); {tcfg.steps} steps ({tcfg.steps / max(steps_per_epoch, 1):.3g} epochs), "
+                     f"eval every {tcfg.eval_every}, monitor {monitor} ({mode}), patience {tcfg.patience}; lr "
+                     f"{tcfg.lr:.2e}, warm-up {tcfg.warmup_steps}, weight decay {tcfg.weight_decay}")
     base_report = None
     if baseline is not None:
         base_report = baseline()
@@ -450,12 +449,10 @@ def train_and_report(model: NucleotideTransformer, params, opts: FinetuneOptions
                   "weight_decay": tcfg.weight_decay}, **(record or {})}
     report["best_is_untrained"] = report["best_step"] == 0
     if report["best_is_untrained"]:
-        from ..cli.common import console
-
-        console.print(f"[bold yellow]ntk finetune: warning: no evaluation beat the untrained head ({monitor} "
+        reporter.warn(f"ntk finetune: warning: no evaluation beat the untrained head ({monitor} "
                       f"{summary['best']:.4g} at step 0): best/ is the untrained model. The model did not learn "
                       "this task with these options (try more data, --epochs, --lr or --method; compare with the "
-                      "k-mer baseline in metrics.json).[/bold yellow]", soft_wrap=True)
+                      "k-mer baseline in metrics.json).")
     model = trainer.model.eval()
     if best_dir.is_dir():
         load_into(model, load_state_dict(best_dir), str(best_dir))
@@ -524,10 +521,10 @@ def make_splits(data: LabeledSequences, enc: EncodedLabels, inp: SequenceTaskInp
     return [split_random(len(data), enc.strata(), inp.val_fraction, inp.test_fraction, seed)]
 
 
-def finetune_sequences(task: str, inp: SequenceTaskInput, run_dir: str | Path, opts: FinetuneOptions | None = None
-                       ) -> dict:
+def finetune_sequences(task: str, inp: SequenceTaskInput, run_dir: str | Path, opts: FinetuneOptions | None = None,
+                       reporter: Reporter = NULL) -> dict:
     """``ntk finetune classify`` (task ``classify``) or ``ntk finetune regress`` (``regress``); returns the report
-    written to ``RUN_DIR/metrics.json``."""
+    written to ``RUN_DIR/metrics.json``. ``reporter``: progress, log lines and warnings (default: silent)."""
     opts = opts or FinetuneOptions()
     run_dir = Path(run_dir)
     check_single_process()
@@ -570,7 +567,7 @@ def finetune_sequences(task: str, inp: SequenceTaskInput, run_dir: str | Path, o
                 continue
             rd.mkdir(parents=True, exist_ok=True)
             resume_from = latest_checkpoint(rd) if opts.resume else None
-        reports.append(_run_one(base, enc, ids, sp, opts, rd, resume_from, data))
+        reports.append(_run_one(base, enc, ids, sp, opts, rd, resume_from, data, reporter))
     if not inp.folds:
         return reports[0]
     summary = {"folds": len(reports), "problem_type": enc.problem_type, "labels": enc.names,
@@ -600,7 +597,7 @@ def _start_kfold(run_dir: Path, options: dict, opts: FinetuneOptions) -> None:
 
 
 def _run_one(base, enc: EncodedLabels, ids, sp: Split, opts: FinetuneOptions, run_dir: Path,
-             resume_from: Path | None, data: LabeledSequences) -> dict:
+             resume_from: Path | None, data: LabeledSequences, reporter: Reporter = NULL) -> dict:
     pt = enc.problem_type
     mean = std = None
     if pt == "regression":
@@ -661,4 +658,4 @@ def _run_one(base, enc: EncodedLabels, ids, sp: Split, opts: FinetuneOptions, ru
                             evaluate_on(sp.val), pt, resume_from,
                             test_eval=evaluate_on(sp.test) if len(sp.test) else None, record=record,
                             sequence_task=True, baseline=kmer_baseline if use_baseline else None,
-                            n_train=len(sp.train))
+                            n_train=len(sp.train), reporter=reporter)

@@ -32,6 +32,7 @@ from ..io.intervals import suggest_contig
 from ..model.checkpoint import load_model
 from ..model.nt import NUC_PER_TOKEN
 from ..model.runtime import set_threads
+from ..report import NULL, Reporter
 from ..train.finetune_data import NT_UNIT, WindowBatches, genome_windows
 from ..train.metrics import SegmentationMetrics
 from .windows import Blender, Window
@@ -103,8 +104,10 @@ def _check_contigs(names: list[str], lengths: dict[str, int], option: str) -> No
             raise InputError(f"{option}: contig {n!r} is not in the FASTA{suggest_contig(n, lengths)}")
 
 
-def finetune_segment(inp: SegmentTaskInput, run_dir: str | Path, opts: FinetuneOptions | None = None) -> dict:
-    """Train the segmentation head; return the report written to ``RUN_DIR/metrics.json``."""
+def finetune_segment(inp: SegmentTaskInput, run_dir: str | Path, opts: FinetuneOptions | None = None,
+                     reporter: Reporter = NULL) -> dict:
+    """Train the segmentation head; return the report written to ``RUN_DIR/metrics.json`` (``reporter``: progress,
+    log lines and warnings; default: silent)."""
     opts = opts or FinetuneOptions()
     run_dir = Path(run_dir)
     check_single_process()
@@ -217,7 +220,8 @@ def finetune_segment(inp: SegmentTaskInput, run_dir: str | Path, opts: FinetuneO
     }
     test_eval = evaluate_on(test_w) if test_w is not None and len(test_w) else None
     report = train_and_report(model, params, opts, run_dir, loss_fn, batches, batches.batches_per_epoch,
-                              evaluate_on(val_w), "segmentation", resume_from, test_eval=test_eval, record=record)
+                              evaluate_on(val_w), "segmentation", resume_from, test_eval=test_eval, record=record,
+                              reporter=reporter)
     fa.close()
     return report
 

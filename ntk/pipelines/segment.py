@@ -42,20 +42,19 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..errors import InputError, NtkError
+from ..errors import NtkError
 from ..io.atomic import atomic_dir, refuse_inputs_as_outputs
 from ..io.fasta import IndexedFasta
-from ..io.intervals import Interval, merge_overlapping, parse_region, read_bed, read_chr_map
+from ..io.intervals import Interval, load_regions, read_chr_map
 from ..io.segments import DEFAULT_MERGE_GAP, SegmentsBedWriter
 from ..io.tracks import DEFAULT_BEDGRAPH_DIGITS, BedGraphWriter, BigWigWriter
 from .batching import auto_token_budget, by_token_budget
-from .family import SEGMENT_NT_UNIT, Family, Job, NTv3Family, SegmentNTFamily, family_of, scan_runs  # noqa: F401
+from .family import Family, Job, NTv3Family, family_of
 from .resume import CHUNK_BP, Journal, partial_dir
 from .shards import DIR_MANIFEST, bp_range, make_manifest, write_manifest
 from .windows import BLEND_MODES, Blender, Window
 
 NT_PER_TOKEN = 6
-UNIT = SEGMENT_NT_UNIT  # SegmentNT window lengths are multiples of 6 nt x 2**2 (two U-Net pooling levels)
 CHUNK = 1 << 18  # nt per contiguous chunk handed to the writers
 
 
@@ -67,19 +66,12 @@ def plan_units(fasta: IndexedFasta, regions: Sequence[str] = (), regions_file: s
     """Whole contigs, or the given regions merged where they overlap; sorted in FASTA contig order."""
     if not regions and not regions_file:
         return [Interval(c.name, 0, c.length) for c in fasta.contigs if c.length > 0]
-    iv = [parse_region(r, fasta.lengths) for r in regions]
-    if regions_file:
-        iv.extend(read_bed(regions_file, fasta.lengths, chr_map))
-        if len(iv) == len(regions):
-            raise InputError(f"{regions_file}: no regions in the file")
-    return merge_overlapping(iv, fasta.names)
+    return load_regions(regions, regions_file, fasta.lengths, chr_map, merge=True)
 
 
-def iter_windows(fasta: IndexedFasta, units: Sequence[Interval], window: int, crop: int,
-                 family: Family | None = None) -> Iterator[Job]:
-    """The windows of the work units, in order (SegmentNT tiling unless a ``family`` is given)."""
-    fam = family if family is not None else SegmentNTFamily(None)
-    return fam.jobs(fasta, units, window, crop)
+def iter_windows(fasta: IndexedFasta, units: Sequence[Interval], window: int, crop: int, family: Family) -> Iterator[Job]:
+    """The windows of the work units, in order (the tiling of the model's ``family``)."""
+    return family.jobs(fasta, units, window, crop)
 
 
 def iter_batches(jobs: Iterable[Job], token_budget: int, max_items: int | None, copies: int = 1,
@@ -330,18 +322,6 @@ def note_span(spans: list[list], chrom: str, start: int, end: int) -> None:
         spans.append([chrom, start, end])
 
 
-def default_window(model) -> int:
-    """The window the model's per-base head was trained on (``segment_window`` in config.json, written by
-    ``ntk finetune segment``), else the family's default (SegmentNT: the trained length in nt, (max_tokens - 1)
-    * 6 rounded down to a multiple of 24; NTv3: 1 Mb)."""
-    return family_of(model).default_window()
-
-
-def check_window(window: int, crop: int) -> None:
-    """SegmentNT window rules (``Family.resolve`` checks every family)."""
-    SegmentNTFamily(None).resolve(window, crop)
-
-
 def segment_genome(
     fasta: str | os.PathLike,
     out_dir: str | os.PathLike | None,
@@ -395,6 +375,7 @@ def segment_genome(
     runs, see ``pipelines/tracks.py``) writes the BigWig-track head instead: ``features`` are then track ids,
     one float32 BigWig each, and no segments BED. NTv3 windows are cut (their heads predict only the centre)."""
     from ..model import load_model
+    from ..model.checkpoint import check_window_before_loading
     from ..model.runtime import Precision, choose_precision, resolve_device, set_threads
 
     t0 = time.perf_counter()
@@ -422,6 +403,7 @@ def segment_genome(
         prec = Precision(m.dtype, "given model")
     else:
         prec = choose_precision(precision, dev, task="segment")
+        check_window_before_loading(model, window, "segment")  # from config.json, before the weights load
         m = load_model(model, device=dev, dtype=prec.dtype)
     m.eval()
     fam = family_of(m)

@@ -20,7 +20,7 @@ import torch
 
 from ..errors import InputError
 from ..io.annotation import Annotation
-from ..io.fasta import IndexedFasta, acgt_runs
+from ..io.fasta import IndexedFasta, scan_acgt_runs
 from ..io.labels import LabeledSequences
 from ..pipelines.windows import tile
 
@@ -329,19 +329,6 @@ def eval_batches(ids: list[np.ndarray], y: np.ndarray | None, batch_size: int, p
 NT_UNIT = 24  # 6 nt per token x 4 (two U-Net pooling levels)
 
 
-def contig_acgt_runs(fa: IndexedFasta, contig: str, min_length: int, chunk: int = 1 << 22) -> list[tuple[int, int]]:
-    """ACGT runs of a contig, read in chunks (a whole chromosome is never held as one string)."""
-    n = fa.lengths[contig]
-    runs: list[tuple[int, int]] = []
-    for c0 in range(0, n, chunk):
-        for s, e in acgt_runs(fa.fetch(contig, c0, min(c0 + chunk, n)), c0):
-            if runs and runs[-1][1] == s:  # continues across the chunk boundary
-                runs[-1] = (runs[-1][0], e)
-            else:
-                runs.append((s, e))
-    return [(s, e) for s, e in runs if e - s >= min_length]
-
-
 @dataclass
 class GenomeWindows:
     """Full-length windows as arrays: contig index, window start, kept part, and the enclosing ACGT run."""
@@ -376,7 +363,7 @@ def genome_windows(fa: IndexedFasta, contigs: list[str], window: int, crop: int 
     cols: list[list[int]] = [[] for _ in range(6)]
     skipped = 0
     for ci, name in enumerate(contigs):
-        for s, e in contig_acgt_runs(fa, name, 1):
+        for s, e in scan_acgt_runs(fa, name):
             if e - s < window:
                 skipped += e - s
                 continue
