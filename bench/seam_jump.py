@@ -6,7 +6,7 @@ predictions across their overlap (``--blend linear``). This bench runs ``segment
 chromosome (default XVI of ../shared/data/yeast) with the embedded default model and default options, then:
 
 - boundaries: the first kept position of every window after the first of its ACGT run (the same tiling as the
-  pipeline: ``pipelines.windows.tile`` with the default window and crop);
+  pipeline: ``plan.windows.tile`` with the default window and crop);
 - jump at a position x: |p(x) - p(x-1)| per feature;
 - ratio = mean jump at boundaries / mean jump at every other position (all features pooled; goal <= 1.5),
   also per feature. ``--compare none`` adds the same figures for the hard cut (``--blend none``), measured in
@@ -35,7 +35,7 @@ import ntk  # noqa: E402
 from ntk.io.fasta import IndexedFasta, scan_acgt_runs  # noqa: E402
 from ntk.io.intervals import parse_region  # noqa: E402
 from ntk.pipelines.segment import segment_genome  # noqa: E402
-from ntk.pipelines.windows import tile  # noqa: E402
+from ntk.plan.windows import tile  # noqa: E402
 
 
 def jumps(genome: str, region: str, model, blend: str, device: str, rc_average: bool) -> dict:

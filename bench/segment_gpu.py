@@ -26,7 +26,7 @@ from ntk.io.fasta import IndexedFasta  # noqa: E402
 from ntk.model import NucleotideTransformer, preset_config  # noqa: E402
 from ntk.model.runtime import resolve_dtype  # noqa: E402
 from ntk.model.tokenizer import sequence_codes  # noqa: E402
-from ntk.pipelines.batching import auto_token_budget  # noqa: E402
+from ntk.plan.batching import auto_token_budget  # noqa: E402
 from ntk.pipelines.segment import family_of, iter_batches, iter_windows, plan_units, segment_genome  # noqa: E402
 
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}

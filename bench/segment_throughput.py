@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 import ntk  # noqa: E402
 from ntk.io.fasta import IndexedFasta  # noqa: E402
 from ntk.model import NTConfig, NucleotideTransformer  # noqa: E402
-from ntk.pipelines.batching import auto_token_budget  # noqa: E402
+from ntk.plan.batching import auto_token_budget  # noqa: E402
 from ntk.pipelines.segment import family_of, iter_batches, iter_windows, plan_units, segment_genome  # noqa: E402
 from ntk.model.tokenizer import sequence_codes  # noqa: E402
 

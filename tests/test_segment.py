@@ -21,7 +21,7 @@ import ntk
 from ntk.errors import NtkError
 from ntk.io.segments import SegmentCaller
 from ntk.pipelines.segment import segment_genome
-from ntk.pipelines.windows import tile
+from ntk.plan.windows import tile
 
 from conftest import F32_EPS, REORDER_ULPS, assert_f32_close
 

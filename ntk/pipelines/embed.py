@@ -6,13 +6,13 @@ Rules (documented in the README, section ``ntk embed``):
 - A record is embedded as the model tokenizes it whole: 6-mers from the start of every N-free run, single
   nucleotides for the remainders, every ``N`` its own token, ``<cls>`` first. Records are *not* split at N.
 - A record whose tokens fit the context (``m.config.max_tokens`` incl. CLS) is one forward pass. A longer
-  record is tiled **in token coordinates** with :func:`ntk.pipelines.windows.tile` (``unit=1``): windows of
+  record is tiled **in token coordinates** with :func:`ntk.plan.windows.tile` (``unit=1``): windows of
   ``max_tokens - 1`` DNA tokens (+ CLS) overlapping by ``2 * crop`` tokens (default crop = 1/8 of the window);
   each token of the record is kept from exactly one window, the one where it lies most centrally. Tiling the
   record's own tokenization (rather than nucleotides) means every window fits whatever the N content, and the
   tokens pooled for a long record are exactly the tokens a short record would get. Per-token rows
   (``pool="none"``) near the boundary of two windows are the two windows' vectors blended with a linear ramp
-  across their overlap (:class:`ntk.pipelines.windows.Blender`), so they change smoothly where windows meet;
+  across their overlap (:class:`ntk.plan.windows.Blender`), so they change smoothly where windows meet;
   the pooled modes pool each window's own kept tokens.
 - Pooling over the kept tokens of the record (CLS and padding never included):
   ``mean`` = mean over all kept tokens; ``max`` = element-wise max; ``cls`` = the CLS vector (for a tiled record,
@@ -58,11 +58,11 @@ from ..io.fasta import IndexedFasta, iter_fasta
 from ..io.intervals import Interval, parse_region
 from ..io.tables import NpyStreamWriter, ParquetStreamWriter, TsvStreamWriter
 from ..model.tokenizer import N_CODE, NucleotideTokenizer, reverse_complement_codes, sequence_codes
-from .batching import auto_token_budget, by_token_budget
+from ..plan.batching import auto_token_budget, by_token_budget
 from .family import ntv3_species_id
-from .windows import Blender, Window, tile
+from ..plan.windows import Blender, Window, tile
 
-BLEND = "linear"  # how per-token rows of neighbouring windows are joined (pipelines/windows.py)
+BLEND = "linear"  # how per-token rows of neighbouring windows are joined (plan/windows.py)
 
 POOLINGS = ("mean", "max", "cls", "none")
 NTV3_FINAL = "final"  # NTv3: the final per-base embedding (default layer)

@@ -6,7 +6,7 @@ Two families run through ``segment``/``tracks``:
 - **SegmentNT** (6-mer tokens + CLS, U-Net head over tokens): windows lie inside ACGT runs (N is never fed),
   are multiples of the config's window unit (6 nt x 2**num_layers_head: 24 nt for the released heads) and are
   never padded; the whole window is predicted and ``--crop`` nt are dropped at
-  each side where neighbouring windows overlap (``pipelines/windows.tile``).
+  each side where neighbouring windows overlap (``plan/windows.tile``).
 - **NTv3** (one token per base, U-Net over bases, heads on the central ``keep_target_center_fraction`` of the
   window): window lengths are multiples of ``2**num_downsamples``; the kept centre of a window of W nt is
   ``[m, W - m)`` with ``m = W - (s + n)``, ``n = int(W * f)``, ``s = (W - n) // 2`` (the HF crop, made
@@ -29,7 +29,7 @@ from ..errors import NtkError
 from ..io.fasta import IndexedFasta, scan_acgt_runs
 from ..io.intervals import Interval
 from ..model.tokenizer import N_CODE, reverse_complement_codes, sequence_codes
-from .windows import Window, tile
+from ..plan.windows import Window, tile
 
 NT_PER_TOKEN = 6
 

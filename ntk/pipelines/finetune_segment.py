@@ -8,7 +8,7 @@ per-nucleotide genomic features derived from an annotation (GTF, GFF3 or BED; se
 - Splits: whole chromosomes (``--val-chroms``, ``--test-chroms``); training uses every other annotated
   contig. Validation uses at most ``--max-eval-windows`` windows evenly spaced along the validation contigs
   (each nucleotide scored once, from the centre of its window, as ``ntk segment`` does: where two evaluated
-  windows are neighbours their probabilities are blended across the overlap, see ``pipelines/windows``; the
+  windows are neighbours their probabilities are blended across the overlap, see ``plan/windows``; the
   evaluation loss is the cross-entropy of those probabilities); test uses them all.
 - Loss: cross-entropy of the two-class per-nucleotide, per-feature logits (SegmentNT's output layout
   ``[B, 6(T-1), F, 2]``). Metrics: per-feature nucleotide-level MCC (threshold 0.5) and AUPRC, and their means.
@@ -35,7 +35,7 @@ from ..model.runtime import set_threads
 from ..report import NULL, Reporter
 from ..train.finetune_data import NT_UNIT, WindowBatches, genome_windows
 from ..train.metrics import SegmentationMetrics
-from .windows import Blender, Window
+from ..plan.windows import Blender, Window
 from .finetune import (FinetuneOptions, build_task_model, check_single_process, clean_json, monitor_name, refuse_ntv3,
                        setup_method,
                        start_run, train_and_report)

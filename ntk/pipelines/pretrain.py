@@ -24,7 +24,7 @@ from ..model.config import PRESETS, NTConfig, preset_config
 from ..model.heads import LMHead
 from ..model.nt import NucleotideTransformer
 from ..model.runtime import set_threads
-from ..pipelines.batching import auto_token_budget
+from ..plan.batching import auto_token_budget
 from ..report import NULL, Reporter
 from ..train import distributed as D
 from ..train.checkpointing import prepare_run_dir, read_run_info, write_json_atomic

@@ -15,7 +15,7 @@ Scores, per ALT allele (a multi-allelic record is split; every score is a ``Numb
   through the edit (inserted and deleted bases are not compared).
 
 Windows. Reference windows are a fixed tiling of each contig (of each ACGT run for SegmentNT-type models,
-whose windows must be N-free multiples of 24 nt): :func:`ntk.pipelines.windows.tile` with the window ``W``
+whose windows must be N-free multiples of 24 nt): :func:`ntk.plan.windows.tile` with the window ``W``
 and ``crop = W // 4``, so windows start every ``W/2`` nt and each owns the middle half of itself. A variant's
 reference window is the one whose kept part contains its first REF base: the variant lies at least ``W/4`` nt
 from either window edge (except within ``W/4`` of a contig end, where the window is shifted to end there),
@@ -64,9 +64,9 @@ from ..model.nt import segment_probabilities
 from ..model.runtime import resolve_device, resolve_dtype, set_threads
 from ..model.tokenizer import reverse_complement
 from ..report import Reporter, default_reporter
-from .batching import auto_token_budget, by_token_budget
+from ..plan.batching import auto_token_budget, by_token_budget
 from .shards import make_manifest, manifest_path, weighted_block, write_manifest
-from .windows import Window, tile
+from ..plan.windows import Window, tile
 
 EMBEDDING_SCORES = ("cosine", "l2", "l1", "dot")
 ALL_SCORES = EMBEDDING_SCORES + ("llr", "segment")

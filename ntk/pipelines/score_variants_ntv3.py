@@ -40,9 +40,9 @@ from ..errors import NtkError
 from ..io.fasta import IndexedFasta
 from ..io.vcf import InfoField
 from ..model.tokenizer import reverse_complement
-from .batching import auto_token_budget, by_token_budget
+from ..plan.batching import auto_token_budget, by_token_budget
 from .score_variants import (EMBEDDING_SCORES, INFO_IDS, VariantScorer, _describe, _Job, _Pass, _RefWindow)
-from .windows import Window
+from ..plan.windows import Window
 
 HEAD_SCORES = ("tracks", "elements")
 ALL_NTV3_SCORES = EMBEDDING_SCORES + ("llr",) + HEAD_SCORES

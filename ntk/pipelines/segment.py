@@ -9,11 +9,11 @@ The flow, streaming contig by contig (memory does not grow with the genome):
 1. **Work units** (:func:`plan_units`): whole contigs, or the merged ``-r``/``-R`` regions, in FASTA order. A
    deterministic list, so that a run can later be split into shards.
 2. **Runs and windows** (``Family.jobs``): each unit is read in blocks to find its ACGT runs. SegmentNT: N and
-   IUPAC codes split runs (SegmentNT never sees N), and each run is tiled by ``pipelines/windows.tile`` with
+   IUPAC codes split runs (SegmentNT never sees N), and each run is tiled by ``plan/windows.tile`` with
    windows of a multiple of 24 nt (6 nt per token x 4 for the two U-Net pooling levels), never padded; each
    position is owned by one window (the central part of each window, except at run ends), and near the
    boundary between neighbouring windows the two windows' predictions are blended (``blend``: a linear ramp
-   across their overlap by default; see ``pipelines/windows``), so that no step shows where windows meet.
+   across their overlap by default; see ``plan/windows``), so that no step shows where windows meet.
    NTv3: see ``pipelines/family.py`` (kept centres abut: cut, nothing to blend).
 3. **Batches** (:func:`iter_batches`): consecutive windows of equal length, within a token budget.
 4. A producer thread reads and tokenizes batches (pinned memory on CUDA), the main thread runs the model under
@@ -48,11 +48,11 @@ from ..io.fasta import IndexedFasta
 from ..io.intervals import Interval, load_regions, read_chr_map
 from ..io.segments import DEFAULT_MERGE_GAP, SegmentsBedWriter
 from ..io.tracks import DEFAULT_BEDGRAPH_DIGITS, BedGraphWriter, BigWigWriter
-from .batching import auto_token_budget, by_token_budget
+from ..plan.batching import auto_token_budget, by_token_budget
 from .family import Family, Job, NTv3Family, family_of
 from .resume import CHUNK_BP, Journal, partial_dir
 from .shards import DIR_MANIFEST, bp_range, make_manifest, write_manifest
-from .windows import BLEND_MODES, Blender, Window
+from ..plan.windows import BLEND_MODES, Blender, Window
 
 NT_PER_TOKEN = 6
 CHUNK = 1 << 18  # nt per contiguous chunk handed to the writers

@@ -22,7 +22,7 @@ from ..errors import InputError
 from ..io.annotation import Annotation
 from ..io.fasta import IndexedFasta, scan_acgt_runs
 from ..io.labels import LabeledSequences
-from ..pipelines.windows import tile
+from ..plan.windows import tile
 
 PROBLEM_TYPES = {"single": "single_label_classification", "multi": "multi_label_classification",
                  "regression": "regression"}
@@ -356,7 +356,7 @@ class GenomeWindows:
 
 
 def genome_windows(fa: IndexedFasta, contigs: list[str], window: int, crop: int = 0) -> GenomeWindows:
-    """Windows of exactly ``window`` nt tiling every ACGT run of at least ``window`` nt (see pipelines.windows)."""
+    """Windows of exactly ``window`` nt tiling every ACGT run of at least ``window`` nt (see plan.windows)."""
     if window % NT_UNIT:
         raise InputError(f"--window {window}: must be a multiple of {NT_UNIT} nt (6-mer tokens, two U-Net pooling "
                          "levels)")
