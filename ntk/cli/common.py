@@ -64,8 +64,3 @@ def parse_batch_size(text: str | int | None) -> int | None:
     if b < 1:
         raise NtkError("--batch-size must be >= 1")
     return b
-
-
-def not_built(command: str, issue: str) -> None:
-    console.print(f"[red]ntk {command}[/red]: not built yet in this version of ntk ({issue}).")
-    raise typer.Exit(2)

@@ -675,11 +675,6 @@ def ntv3_layers(layers, cfg) -> tuple[list, int]:
     return out, widths.pop()
 
 
-def iter_embeddings(model, inputs: Iterable, **options) -> Iterator[EmbedBlock]:
-    """Stream :class:`EmbedBlock` for ``inputs`` (EmbedInput, strings, or (name, sequence) pairs)."""
-    return Embedder(model, **options).run(inputs)
-
-
 def _collect(model, inputs: Iterable, options: dict) -> pl.DataFrame:
     emb = Embedder(model, **options)
     frames = [b.to_polars(emb.embedding_columns) for b in emb.run(inputs)]

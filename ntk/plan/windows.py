@@ -23,7 +23,6 @@ exactly. ``none`` cuts at ``m`` (the older behaviour).
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,11 +66,6 @@ def tile(start: int, end: int, window: int, crop: int, unit: int = 1, chrom: str
     bounds.append(end)
     return [Window(chrom, p, p + W, bounds[i], bounds[i + 1]) for i, p in enumerate(starts)
             if bounds[i + 1] > bounds[i]]
-
-
-def tile_runs(chrom: str, runs: list[tuple[int, int]], window: int, crop: int, unit: int = 1) -> Iterator[Window]:
-    for s, e in runs:
-        yield from tile(s, e, window, crop, unit, chrom)
 
 
 def neighbours(a: Window, b: Window) -> bool:
