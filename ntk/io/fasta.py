@@ -79,7 +79,8 @@ def normalise_sequence(raw: str | bytes, where: str = "", offset: int = 0) -> st
     bad = np.flatnonzero(out == 0)
     if bad.size:
         i = int(bad[0])
-        raise InputError(f"{where}: invalid nucleotide {_show_byte(int(b[i]))} at position {offset + i + 1}")
+        shown = repr(raw[i]) if isinstance(raw, str) and not raw[i].isascii() else _show_byte(int(b[i]))
+        raise InputError(f"{where}: invalid nucleotide {shown} at position {offset + i + 1}")
     return out.tobytes().decode("ascii")
 
 

@@ -44,6 +44,8 @@ def test_normalise_sequence(raw, want):
     ("A C", "' '", 2),
     (b"AC\x00G", r"byte 0x00 \(not a nucleotide letter\)", 3),
     (b"ACG\xc3\xa9", r"byte 0xC3 \(not a nucleotide letter\)", 4),
+    ("ACG\u2013T", "'\u2013'", 4),  # text (VCF alleles, chat questions): the character itself, not '?'
+    ("ACGé", "'é'", 4),
 ])
 def test_normalise_sequence_names_the_first_bad_character(raw, shown, pos):
     with pytest.raises(InputError, match=rf"^seq\.fa: contig x: invalid nucleotide {shown} at position "
@@ -272,3 +274,17 @@ def test_indexed_fasta_refuses_a_stale_or_foreign_index(tmp_path):
     os.utime(fai, (p.stat().st_mtime - 10, p.stat().st_mtime - 10))
     with IndexedFasta(p) as fa:
         assert fa.lengths == {"a": 12, "b": 4, "c": 4}
+
+
+def test_indexed_fasta_crlf_lines_and_records_without_sequence(tmp_path):
+    crlf = tmp_path / "crlf.fa"
+    crlf.write_bytes(b">a desc\r\nACGTAC\r\nGTnn\r\n>b\r\nacgt\r\n")
+    with IndexedFasta(crlf) as fa:
+        assert fa.lengths == {"a": 10, "b": 4}
+        assert fa.fetch("a", 4, 9) == "ACGTN"  # across a CRLF line end
+        assert fa.fetch("b") == "ACGT"
+    emp = tmp_path / "emp.fa"
+    emp.write_text(">a\nACGT\n>empty\n>b\nGG\n")
+    with IndexedFasta(emp) as fa:  # htslib leaves a record without sequence out of the index: nothing to fetch
+        assert fa.names == ["a", "b"] and fa.fetch("b") == "GG"
+    assert {r.name: r.sequence for r in iter_fasta(emp)} == {"a": "ACGT", "empty": "", "b": "GG"}
