@@ -1,6 +1,7 @@
 """`ntk finetune classify|regress` with an NTv3 base (the golden tiny pre/post-trained models): the pooled final
 per-base embedding (N padding excluded) -> sequence head; best/ reloads with ntk.load_model and `ntk predict`
-reproduces the fine-tuned model's outputs; one-line refusals (segment, adapters, species)."""
+reproduces the fine-tuned model's outputs; one-line refusals (adapters, species). `ntk finetune segment` with NTv3:
+test_finetune_ntv3_segment.py."""
 import json
 
 import numpy as np
@@ -146,12 +147,3 @@ def test_ntv3_refusals(tmp_path, golden_dir):
                 "--method", "ia3", "--device", "cpu")
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert "ntk: error: --method ia3: NTv3 bases fine-tune with --method full or head" in r.stderr
-
-
-def test_finetune_segment_refuses_ntv3_in_one_line(tmp_path, golden_dir, sample_dir):
-    from ntk.pipelines.finetune_segment import SegmentTaskInput, finetune_segment
-
-    with pytest.raises(NtkError, match="ntk finetune segment with an NTv3 model is not supported yet.*classify"):
-        finetune_segment(SegmentTaskInput(str(sample_dir / "genome.fa.gz"), str(sample_dir / "genes.gtf.gz"),
-                                          ["exon"], val_chroms=["III"]), tmp_path / "seg",
-                         FinetuneOptions(model=str(golden_dir / "ntv3_pre_tiny"), device="cpu", quiet=True, steps=1))

@@ -62,15 +62,15 @@ _DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16",
 # `ntk models download NAME`): name -> (repo, nominal size, kind, what ntk runs with it)
 NTV3_PRESETS: dict[str, tuple[str, str, str, str]] = {
     "ntv3-8m-pre": ("InstaDeepAI/NTv3_8M_pre", "8M", "pre-trained (MLM)",
-                    "embed, score-variants (llr, distances), finetune classify|regress"),
+                    "embed, score-variants (llr, distances), finetune classify|regress|segment"),
     "ntv3-100m-pre": ("InstaDeepAI/NTv3_100M_pre", "100M", "pre-trained (MLM)",
-                      "embed, score-variants (llr, distances), finetune classify|regress"),
+                      "embed, score-variants (llr, distances), finetune classify|regress|segment"),
     "ntv3-650m-pre": ("InstaDeepAI/NTv3_650M_pre", "650M", "pre-trained (MLM)",
-                      "embed, score-variants (llr, distances), finetune classify|regress"),
+                      "embed, score-variants (llr, distances), finetune classify|regress|segment"),
     "ntv3-100m-post": ("InstaDeepAI/NTv3_100M_post", "100M", "post-trained (species; tracks + elements)",
-                       "segment, tracks, embed, score-variants (+ tracks, elements), finetune classify|regress (--species)"),
+                       "segment, tracks, embed, score-variants (+ tracks, elements), finetune classify|regress|segment (--species)"),
     "ntv3-650m-post": ("InstaDeepAI/NTv3_650M_post", "650M", "post-trained (species; tracks + elements)",
-                       "segment, tracks, embed, score-variants (+ tracks, elements), finetune classify|regress (--species)"),
+                       "segment, tracks, embed, score-variants (+ tracks, elements), finetune classify|regress|segment (--species)"),
 }
 MODEL_TYPES = ("ntv3", "ntv3_pretrained", "ntv3_posttrained")
 
