@@ -5,7 +5,7 @@ given (any order), once each, from the same inputs, model, options and ntk versi
 naming the missing, duplicated or foreign part. The output is written atomically.
 
 - segment output directories: the parts' BigWig values are read back over the spans each part covers and
-  streamed, in shard order, through the same writers as a run (``segment.TrackOutputs``): the BigWigs hold
+  streamed, in shard order, through the same writers as a run (``io.track_outputs.TrackOutputs``): the BigWigs hold
   identical float32 values and ``segments.bed.gz`` is called again over the joined values, so a segment that
   crosses a shard boundary comes out as one call, as in an unsharded run;
 - Parquet tables (embed, score-variants ``--table``): rows of the parts in shard order, metadata of part 1;
@@ -77,7 +77,7 @@ def _valid_runs(valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _merge_segment(parts: list[str], manifests: list[dict], out: Path, force: bool) -> int:
     import pyBigWig
 
-    from .segment import TrackOutputs
+    from ..io.track_outputs import TrackOutputs
 
     opts = manifests[0]["options"]
     feats = list(opts["features"])
