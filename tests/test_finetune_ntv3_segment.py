@@ -163,8 +163,8 @@ def test_cli_pre_and_post_bases_write_checkpoint_and_metrics(tmp_path, golden_di
               "--test-chroms", "test", "--window", "128", "--steps", "4", "--batch-size", "4", "--device", "cpu",
               "--threads", "1", "-q"]
     run_ntk(*common, "-m", golden_dir / "ntv3_pre_tiny", "-o", tmp_path / "pre", check=True)
-    run_ntk(*common, "-m", golden_dir / "ntv3_post_tiny", "--species", "mouse", "-o", tmp_path / "post",
-            check=True)
+    run_ntk(*common, "-m", golden_dir / "ntv3_post_tiny", "--species", "mouse", "--method", "ia3", "-o",
+            tmp_path / "post", check=True)
     for name in ("pre", "post"):
         rep = json.loads((tmp_path / name / "metrics.json").read_text())
         assert rep["problem_type"] == "segmentation" and rep["steps"] == 4 and rep["window"] == 128
@@ -174,6 +174,8 @@ def test_cli_pre_and_post_bases_write_checkpoint_and_metrics(tmp_path, golden_di
         assert cfg["ntk_head"] == "segment" and cfg["features"] == ["motif"]
     post = json.loads((tmp_path / "post" / "metrics.json").read_text())
     assert post["species"] == "mouse" and post["keep_target_center_fraction"] == 0.375  # the base's own centre
+    assert post["method"] == "ia3" and post["trainable_parameters"] < post["total_parameters"] // 3
+    assert json.loads((tmp_path / "post" / "best" / "config.json").read_text())["ntk_adapter"]["method"] == "ia3"
     m = ntk.load_model(tmp_path / "post" / "best")
     assert m.config.finetune_species == "mouse" and m.config.bed_elements_names == ["exon", "intron", "splice_donor"]
 

@@ -558,8 +558,18 @@ class NTv3(nn.Module):
 
 def build_from_state_dict(cfg: NTv3Config, sd: dict[str, torch.Tensor], where: str) -> NTv3:
     """Build the model for ``cfg`` and load ``sd`` strictly (rotary ``inv_freq`` buffers ignored); raises
-    ValueError naming missing / unexpected / mis-shaped tensors."""
+    ValueError naming missing / unexpected / mis-shaped tensors. A checkpoint of ``ntk finetune --method
+    lora|ia3`` saved without ``--merge`` (config.json ``ntk_adapter``) gets its adapters re-created, loaded and
+    folded into plain weights (the ``ntk_adapter`` entry is then dropped from the config)."""
+    from .adapters import ADAPTER_KEY, apply_adapters, merge_adapters
+
     model = NTv3(cfg)
+    adapter = cfg.extra.get(ADAPTER_KEY)
+    if adapter:
+        try:
+            apply_adapters(model, adapter)
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{where}: config.json {ADAPTER_KEY}: {e}") from None
     want = model.state_dict()
     sd = {k: v for k, v in sd.items() if not k.endswith("inv_freq")}
     missing = [k for k in want if k not in sd]
@@ -573,5 +583,8 @@ def build_from_state_dict(cfg: NTv3Config, sd: dict[str, torch.Tensor], where: s
                 parts.append(f"{len(items)} {label}: " + ", ".join(items[:4]) + (" ..." if len(items) > 4 else ""))
         raise ValueError(f"{where}: weights do not match config.json: " + "; ".join(parts))
     model.load_state_dict({k: sd[k].float() for k in want}, strict=True)
+    if adapter:
+        merge_adapters(model)
+        cfg.extra.pop(ADAPTER_KEY)
     return model
 

@@ -263,9 +263,6 @@ def setup_method(model: NucleotideTransformer, opts: FinetuneOptions) -> list[tu
     """Apply the method (adapters for lora/ia3) and return the parameters to train (always including the head)."""
     if opts.method not in METHODS:
         raise NtkError(f"--method {opts.method!r}: expected one of {', '.join(METHODS)}")
-    if is_ntv3(model) and opts.method not in ("full", "head"):
-        raise NtkError(f"--method {opts.method}: NTv3 bases fine-tune with --method full or head (LoRA/IA3 "
-                       "adapters are not wired for NTv3 yet)")
     try:
         if opts.method == "lora":
             model.config.extra[ADAPTER_KEY] = apply_lora(model, opts.lora_rank, opts.lora_alpha, opts.lora_targets,
@@ -581,8 +578,6 @@ def finetune_sequences(task: str, inp: SequenceTaskInput, run_dir: str | Path, o
                              "need validation data (raise --val-fraction or give --val-chroms)")
     base = load_model(opts.model)
     if is_ntv3(base):  # one-line refusals before anything is written
-        if opts.method not in ("full", "head"):
-            setup_method(base, opts)
         ntv3_species(base, opts.species)
     elif opts.species:
         raise NtkError("--species: only NTv3 post-trained models are conditioned on a species")

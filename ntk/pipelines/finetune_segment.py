@@ -225,8 +225,6 @@ def _ntv3_setup(base, inp: SegmentTaskInput, opts: FinetuneOptions, features: li
 
     unit = base.config.window_unit
     ntv3_species(base, opts.species)
-    if opts.method not in ("full", "head"):
-        setup_method(base, opts)  # the one-line refusal of methods NTv3 does not take
     window = inp.window or max(unit, NTV3_DEFAULT_WINDOW // unit * unit)
     if window <= 0 or window % unit:
         raise InputError(f"--window {window}: must be a positive multiple of {unit} nt (2^num_downsamples for this "
