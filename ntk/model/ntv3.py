@@ -420,7 +420,8 @@ class NTv3(nn.Module):
 
     @property
     def features(self) -> list[str]:
-        return self.config.features
+        """What ``ntk segment`` writes: the fine-tuned segment head's features, else the BED-head elements."""
+        return self.config.segment_features or self.config.features
 
     @property
     def species(self) -> list[str]:

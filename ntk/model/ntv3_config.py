@@ -168,13 +168,13 @@ class NTv3Config:
 
     @property
     def features(self) -> list[str]:
-        """What ``ntk segment`` writes: the fine-tuned segment head's features, else the BED-head elements (empty for
-        pre-trained models)."""
-        return self.segment_features or list(self.bed_elements_names or [])
+        """BED-head elements, empty for pre-trained models (a fine-tuned segment head's features:
+        :attr:`segment_features`; what ``ntk segment`` writes: ``NTv3.features``)."""
+        return list(self.bed_elements_names or [])
 
     @property
     def is_segmentation(self) -> bool:
-        return bool(self.features)
+        return bool(self.bed_elements_names) or bool(self.segment_features)
 
     def tracks_for(self, species: str) -> list[str]:
         return list((self.bigwigs_per_species or {}).get(species, []))
