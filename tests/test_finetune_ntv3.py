@@ -1,7 +1,7 @@
 """`ntk finetune classify|regress` with an NTv3 base (the golden tiny pre/post-trained models): the pooled final
 per-base embedding (N padding excluded) -> sequence head; best/ reloads with ntk.load_model and `ntk predict`
-reproduces the fine-tuned model's outputs; LoRA/IA3 adapters (merged == unmerged); one-line refusals (species, adapter targets). `ntk finetune segment` with NTv3:
-test_finetune_ntv3_segment.py."""
+reproduces the fine-tuned model's outputs; LoRA/IA3 adapters (merged == unmerged); one-line refusals (species, adapter targets).
+`ntk finetune segment` with NTv3: test_finetune_ntv3_segment.py."""
 import json
 
 import numpy as np

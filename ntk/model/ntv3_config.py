@@ -68,9 +68,11 @@ NTV3_PRESETS: dict[str, tuple[str, str, str, str]] = {
     "ntv3-650m-pre": ("InstaDeepAI/NTv3_650M_pre", "650M", "pre-trained (MLM)",
                       "embed, score-variants (llr, distances), finetune classify|regress|segment"),
     "ntv3-100m-post": ("InstaDeepAI/NTv3_100M_post", "100M", "post-trained (species; tracks + elements)",
-                       "segment, tracks, embed, score-variants (+ tracks, elements), finetune classify|regress|segment (--species)"),
+                       "segment, tracks, embed, score-variants (+ tracks, elements), "
+                       "finetune classify|regress|segment (--species)"),
     "ntv3-650m-post": ("InstaDeepAI/NTv3_650M_post", "650M", "post-trained (species; tracks + elements)",
-                       "segment, tracks, embed, score-variants (+ tracks, elements), finetune classify|regress|segment (--species)"),
+                       "segment, tracks, embed, score-variants (+ tracks, elements), "
+                       "finetune classify|regress|segment (--species)"),
 }
 MODEL_TYPES = ("ntv3", "ntv3_pretrained", "ntv3_posttrained")
 
