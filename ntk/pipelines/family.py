@@ -16,6 +16,8 @@ Two families run through ``segment``/``tracks``:
   than one window's kept centre (so N inside a window is allowed: NTv3 has an N token and was trained with N);
   longer N gaps are skipped. Positions that are N (or IUPAC codes) in the FASTA get no value, as for
   SegmentNT. A span shorter than a full window's centre gets the shortest window whose centre covers it.
+  An NTv3 model fine-tuned by ``ntk finetune segment`` has a per-base head over the whole window; ntk keeps the
+  same centre of it (its config.json's ``keep_target_center_fraction``), so the tiling is the same.
 """
 from __future__ import annotations
 
@@ -201,8 +203,14 @@ class NTv3Family(Family):
     def predict(self, ids, head, select, n_fwd, rc_average, species_id):
         m = self.m
         W = ids.shape[1]
-        s, e = m.crop_bounds(W)
         mg, K = self.margin(W), self.kept(W)
+        if head == "bed" and m.segment_head is not None:  # `ntk finetune segment` head: the whole window
+            vals = m(ids, species_ids=species_id, heads="segment").segment_probabilities.index_select(2, select)
+            fwd = vals[:n_fwd, mg: mg + K]
+            if rc_average:
+                fwd = (fwd + vals[n_fwd:].flip(1)[:, mg: mg + K]) * 0.5
+            return fwd, mg
+        s, e = m.crop_bounds(W)
         out = m(ids, species_ids=species_id)
         vals = out.bed_probabilities if head == "bed" else out.bigwig_tracks_logits.float()
         vals = vals.index_select(2, select)
@@ -215,9 +223,12 @@ class NTv3Family(Family):
 
     def head_names(self, head):
         cfg = self.m.config
+        if head == "bed" and cfg.segment_features:
+            return list(cfg.segment_features)
         if not cfg.is_post_trained:
             raise NtkError("this NTv3 model is pre-trained only (MLM head): ntk segment and ntk tracks need a "
-                           "post-trained NTv3 model (BED-element and BigWig-track heads)")
+                           "post-trained NTv3 model (BED-element and BigWig-track heads) or, for ntk segment, one "
+                           "fine-tuned by ntk finetune segment")
         if head == "bed":
             if not cfg.bed_elements_names:
                 raise NtkError("this NTv3 model has no BED-element head")

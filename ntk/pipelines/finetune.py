@@ -98,14 +98,6 @@ class FinetuneOptions:
 
 
 # -- model -----------------------------------------------------------------------------------------
-def refuse_ntv3(model, what: str) -> None:
-    """NTv3 bases are wired into ``ntk finetune classify|regress`` only (issue #17): say so in one line."""
-    if model.config.family.startswith("ntv3"):
-        raise NtkError(f"{what} with an NTv3 model is not supported yet in this version of ntk (NTv3 bases "
-                       "fine-tune with `ntk finetune classify|regress`; NTv3 also runs in segment, tracks, embed "
-                       "and score-variants); use an NT v1/v2 or SegmentNT base")
-
-
 def is_ntv3(model) -> bool:
     return model.config.family.startswith("ntv3")
 
@@ -127,33 +119,76 @@ def ntv3_species(base, species: str | None) -> str | None:
     return None
 
 
-def build_ntv3_task_model(base, label_names: list[str], problem_type: str, regression_mean=None,
-                          regression_std=None, species: str | None = None):
-    """An NTv3 base (pre- or post-trained) with a new sequence head (:class:`ntk.model.ntv3.NTv3SequenceHead`:
-    mean of the final per-base embedding over the real bases -> dense -> tanh -> out); base weights copied.
-    A post-trained base is conditioned on ``species`` (required; stored as ``ntk_species`` in config.json)."""
-    from ..model.ntv3 import NTv3
+def _ntv3_task_config(base, species: str | None):
+    """A copy of the base's config without earlier fine-tuning records; ``ntk_species`` set for a post-trained base."""
     from ..model.ntv3_config import NTv3Config
 
     cfg = NTv3Config.from_dict(json.loads(json.dumps(base.config.to_dict())))
-    for k in (ADAPTER_KEY, "regression_mean", "regression_std", "ntk_species"):
+    for k in (ADAPTER_KEY, "regression_mean", "regression_std", "ntk_species", "ntk_head", "features", "num_labels",
+              "problem_type", "id2label", "segment_window"):
         cfg.extra.pop(k, None)
     if ntv3_species(base, species):
         cfg.extra["ntk_species"] = species
-    cfg.extra.update(num_labels=len(label_names), problem_type=problem_type,
-                     id2label={str(i): n for i, n in enumerate(label_names)}, ntk_head="sequence")
-    if regression_mean is not None:
-        cfg.extra["regression_mean"] = [float(x) for x in regression_mean]
-        cfg.extra["regression_std"] = [float(x) for x in regression_std]
+    return cfg
+
+
+def _ntv3_with_base_weights(base, cfg):
+    """An NTv3 model for ``cfg`` (new heads seeded with 0) with every tensor it shares with ``base`` copied."""
+    from ..model.ntv3 import NTv3
+
     torch.manual_seed(0)
     model = NTv3(cfg, reference=base.reference)
     src = base.state_dict()
     dst = model.state_dict()
     with torch.no_grad():
         for k, v in dst.items():
-            if not k.startswith("classifier."):
+            if k.startswith("core.") and k in src:
                 v.copy_(src[k])
     model.load_state_dict(dst)
+    return model
+
+
+def build_ntv3_task_model(base, label_names: list[str], problem_type: str, regression_mean=None,
+                          regression_std=None, species: str | None = None):
+    """An NTv3 base (pre- or post-trained) with a new sequence head (:class:`ntk.model.ntv3.NTv3SequenceHead`:
+    mean of the final per-base embedding over the real bases -> dense -> tanh -> out); base weights copied.
+    A post-trained base is conditioned on ``species`` (required; stored as ``ntk_species`` in config.json)."""
+    cfg = _ntv3_task_config(base, species)
+    cfg.extra.update(num_labels=len(label_names), problem_type=problem_type,
+                     id2label={str(i): n for i, n in enumerate(label_names)}, ntk_head="sequence")
+    if regression_mean is not None:
+        cfg.extra["regression_mean"] = [float(x) for x in regression_mean]
+        cfg.extra["regression_std"] = [float(x) for x in regression_std]
+    return _ntv3_with_base_weights(base, cfg)
+
+
+def build_ntv3_segment_model(base, features: list[str], species: str | None = None,
+                             keep_fraction: float | None = None):
+    """An NTv3 base with a new per-base segment head (:class:`ntk.model.ntv3.NTv3SegmentHead`; config.json
+    ``ntk_head: "segment"``, ``features``); base weights copied. A post-trained base keeps its own
+    ``keep_target_center_fraction`` (the centre ``ntk segment`` keeps) and its BED-head rows of the features it
+    already predicts (same name) seed the new head; a pre-trained base gets ``keep_fraction``. A post-trained base
+    is conditioned on ``species`` (required; ``ntk_species``)."""
+    cfg = _ntv3_task_config(base, species)
+    cfg.extra.update(ntk_head="segment", features=list(features))
+    if not cfg.is_post_trained and keep_fraction is not None:
+        cfg.keep_target_center_fraction = float(keep_fraction)
+    cfg.validate()
+    model = _ntv3_with_base_weights(base, cfg)
+    old = list(base.config.bed_elements_names or [])
+    if set(old) & set(features):  # bed head rows laid out (element, class)
+        w_old = base.core.bed_head.head.weight.view(len(old), 2, -1)
+        b_old = base.core.bed_head.head.bias.view(len(old), 2)
+        h = model.segment_head.head
+        w_new = h.head.weight.data.view(len(features), 2, -1)
+        b_new = h.head.bias.data.view(len(features), 2)
+        with torch.no_grad():
+            for j, f in enumerate(features):
+                if f in old:
+                    w_new[j] = w_old[old.index(f)]
+                    b_new[j] = b_old[old.index(f)]
+            h.layer_norm.weight.copy_(base.core.bed_head.layer_norm.weight)
+            h.layer_norm.bias.copy_(base.core.bed_head.layer_norm.bias)
     return model
 
 
@@ -221,16 +256,14 @@ def build_task_model(base: NucleotideTransformer, head: str, *, label_names: lis
 
 
 def head_parameters(model: NucleotideTransformer) -> list[tuple[str, torch.nn.Parameter]]:
-    return [(n, p) for n, p in model.named_parameters() if n.startswith(("classifier.", "unet.", "fc."))]
+    return [(n, p) for n, p in model.named_parameters()
+            if n.startswith(("classifier.", "unet.", "fc.", "segment_head."))]
 
 
 def setup_method(model: NucleotideTransformer, opts: FinetuneOptions) -> list[tuple[str, torch.nn.Parameter]]:
     """Apply the method (adapters for lora/ia3) and return the parameters to train (always including the head)."""
     if opts.method not in METHODS:
         raise NtkError(f"--method {opts.method!r}: expected one of {', '.join(METHODS)}")
-    if is_ntv3(model) and opts.method not in ("full", "head"):
-        raise NtkError(f"--method {opts.method}: NTv3 bases fine-tune with --method full or head (LoRA/IA3 "
-                       "adapters are not wired for NTv3 yet)")
     try:
         if opts.method == "lora":
             model.config.extra[ADAPTER_KEY] = apply_lora(model, opts.lora_rank, opts.lora_alpha, opts.lora_targets,
@@ -542,8 +575,6 @@ def finetune_sequences(task: str, inp: SequenceTaskInput, run_dir: str | Path, o
                              "need validation data (raise --val-fraction or give --val-chroms)")
     base = load_model(opts.model)
     if is_ntv3(base):  # one-line refusals before anything is written
-        if opts.method not in ("full", "head"):
-            setup_method(base, opts)
         ntv3_species(base, opts.species)
     elif opts.species:
         raise NtkError("--species: only NTv3 post-trained models are conditioned on a species")

@@ -327,6 +327,8 @@ def segment_genome(
     species_id = None
     if is_ntv3:
         species_id = _species_id(m, species)
+        if species is None and species_id is not None:  # fine-tuned post-trained model: its own species
+            species = m.config.finetune_species
         if head == "bigwig":
             all_features = m.config.tracks_for(species)
             if not all_features:
@@ -546,10 +548,20 @@ def _check_open_files(n: int, what: str) -> None:
                        f"fewer with --{what}s (or raise the limit: ulimit -n {n + 256})")
 
 
-def _species_id(m, species: str | None) -> int:
+def _species_id(m, species: str | None) -> int | None:
+    """The species id an NTv3 run is conditioned on: ``species`` (one of the model's), else, for a post-trained base
+    fine-tuned by ntk, the species it was fine-tuned with; None for a pre-trained base fine-tuned by ntk finetune
+    segment (it takes no species)."""
     if not m.config.is_post_trained:
+        if m.config.segment_features:
+            if species is not None:
+                raise NtkError("--species: this NTv3 model (fine-tuned from a pre-trained base) is not conditioned "
+                               "on a species")
+            return None
         raise NtkError("this NTv3 model is pre-trained only (MLM head): ntk segment and ntk tracks need a "
                        "post-trained NTv3 model (BED-element and BigWig-track heads)")
+    if species is None:
+        species = m.config.finetune_species
     if species is None:
         raise NtkError(f"--species is required for this NTv3 model; choose one of: {', '.join(m.species)}")
     if species not in m.species:
@@ -562,7 +574,9 @@ def _model_info(m, species: str | None, head: str) -> dict:
     if not isinstance(family_of(m), NTv3Family):
         return {"features": list(m.config.features or []), "max_tokens": m.config.max_tokens}
     cfg = m.config
-    info = {"species": species, "species_id": m.species_id(species), "bed_elements": list(cfg.features),
+    species = species or cfg.finetune_species
+    info = {"species": species, "species_id": m.species_id(species) if species else None,
+            "bed_elements": list(cfg.features),
             "keep_target_center_fraction": cfg.keep_target_center_fraction, "window_unit": cfg.window_unit}
     if head == "bigwig":
         tracks = cfg.tracks_for(species)

@@ -355,11 +355,13 @@ class GenomeWindows:
             skipped_bp=self.skipped_bp)
 
 
-def genome_windows(fa: IndexedFasta, contigs: list[str], window: int, crop: int = 0) -> GenomeWindows:
-    """Windows of exactly ``window`` nt tiling every ACGT run of at least ``window`` nt (see plan.windows)."""
-    if window % NT_UNIT:
-        raise InputError(f"--window {window}: must be a multiple of {NT_UNIT} nt (6-mer tokens, two U-Net pooling "
-                         "levels)")
+def genome_windows(fa: IndexedFasta, contigs: list[str], window: int, crop: int = 0, unit: int = NT_UNIT
+                   ) -> GenomeWindows:
+    """Windows of exactly ``window`` nt tiling every ACGT run of at least ``window`` nt (see plan.windows);
+    ``unit``: what window lengths must be a multiple of (SegmentNT 24, NTv3 2^num_downsamples)."""
+    if window % unit:
+        raise InputError(f"--window {window}: must be a multiple of {unit} nt" + (
+            " (6-mer tokens, two U-Net pooling levels)" if unit == NT_UNIT else " (2^num_downsamples)"))
     cols: list[list[int]] = [[] for _ in range(6)]
     skipped = 0
     for ci, name in enumerate(contigs):
@@ -367,7 +369,7 @@ def genome_windows(fa: IndexedFasta, contigs: list[str], window: int, crop: int 
             if e - s < window:
                 skipped += e - s
                 continue
-            for w in tile(s, e, window, crop, NT_UNIT, name):
+            for w in tile(s, e, window, crop, unit, name):
                 for col, v in zip(cols, (ci, w.start, w.keep_start, w.keep_end, s, e)):
                     col.append(v)
     arrs = [np.asarray(c, dtype=np.int64) for c in cols]
