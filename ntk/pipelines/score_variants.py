@@ -65,7 +65,8 @@ from ..model.runtime import resolve_device, resolve_dtype, set_threads
 from ..model.tokenizer import reverse_complement
 from ..report import Reporter, default_reporter
 from ..plan.batching import auto_token_budget, by_token_budget
-from .shards import make_manifest, manifest_path, weighted_block, write_manifest
+from .engine import shard_block
+from .shards import make_manifest, manifest_path, write_manifest
 from ..plan.windows import Window, tile
 
 EMBEDDING_SCORES = ("cosine", "l2", "l1", "dot")
@@ -653,7 +654,7 @@ def shard_records(path: str, shard: tuple[int, int], chunk_size: int) -> tuple[i
     as in the unsharded run, and merged scores are identical)."""
     alts = np.asarray(_alts_per_record(path), dtype=np.int64)
     per_chunk = np.add.reduceat(alts, np.arange(0, alts.size, chunk_size)) if alts.size else alts
-    lo, hi = weighted_block(per_chunk, shard)
+    lo, hi = shard_block(per_chunk, shard)
     return lo * chunk_size, min(hi * chunk_size, int(alts.size))
 
 
