@@ -36,7 +36,7 @@ from ..plan.threads import Writer, background
 from .resume import Journal, partial_dir
 from .shards import make_manifest, write_manifest
 
-__all__ = ["shard_block", "shard_span", "open_journal", "overlap", "background", "write_run_json",
+__all__ = ["shard_block", "shard_span", "open_journal", "overlap", "written_behind", "background", "write_run_json",
            "write_part_manifest", "open_model"]
 
 
@@ -93,22 +93,38 @@ def overlap(items: Iterable, work: Callable, write: Callable, read_ahead: int = 
     once at the end. Returns the seconds spent in ``work``. A failure anywhere stops the others, drops what is
     queued and re-raises here."""
     stop = threading.Event()
-    writer = Writer(write, write_behind, stop)
     busy = 0.0
-    try:
+
+    def results():
+        nonlocal busy
         for item in background(items, read_ahead, stop):
             t = time.perf_counter()
             result = work(item)
             busy += time.perf_counter() - t
+            yield result
+
+    try:
+        written_behind(results(), write, write_behind, stop)
+    finally:
+        stop.set()  # the reader stops
+    return busy
+
+
+def written_behind(results: Iterable, write: Callable, maxsize: int = 4, stop: threading.Event | None = None) -> None:
+    """``write(result)`` for each of ``results`` (computed in the calling thread) in a writer thread, in order,
+    at most ``maxsize`` waiting; ``write(None)`` once at the end. A failure of either side stops the other and
+    re-raises here."""
+    stop = stop if stop is not None else threading.Event()
+    writer = Writer(write, maxsize, stop)
+    try:
+        for result in results:
             writer.submit(result)
         writer.submit(None)
     except BaseException:
-        stop.set()  # the reader stops, the writer drops what is queued
+        stop.set()  # the writer drops what is queued
         writer.join(check=False)
         raise
     writer.join()
-    stop.set()
-    return busy
 
 
 # ---------------------------------------------------------------------------------------------------
