@@ -703,8 +703,8 @@ def run_score(o: ScoreOptions, log: Callable[[str], None] | None = None) -> Scor
         identity = _identity(o, scorer, chr_map)
         journal = None
         if o.resume:
-            journal = open_journal("score-variants", "results", o.shard, inputs, model.config.fingerprint(),
-                                   identity, o.chunk_size, unit="records")
+            journal = open_journal("score-variants", "results", _kept_beside(o), o.shard, inputs,
+                                   model.config.fingerprint(), identity, o.chunk_size, unit="records")
         job = _ScoreJob(scorer, fasta, chr_map, inside, reader.label, journal)
         with _progress(o.progress, _total_alleles(o, records)) as bar:
             job.bar = bar
