@@ -27,36 +27,51 @@ def put(q: queue.Queue, item, stop: threading.Event) -> bool:
     return False
 
 
-def background(items: Iterable, maxsize: int, stop: threading.Event | None = None,
-               name: str = "ntk-reader") -> Iterator:
-    """Iterate ``items`` in a daemon thread, ``maxsize`` ahead; exceptions re-raise in the caller. Setting ``stop``
-    ends the thread (a consumer that leaves early must set it)."""
-    stop = stop if stop is not None else threading.Event()
-    q: queue.Queue = queue.Queue(maxsize)
+class background:
+    """Iterate ``items`` in a daemon thread, ``maxsize`` ahead; exceptions re-raise in the consumer. Setting ``stop``
+    ends the thread (a consumer that leaves early must set it, or call :meth:`close`, which also waits for the
+    thread: after it, ``items`` is no longer touched)."""
 
-    def run():
+    def __init__(self, items: Iterable, maxsize: int, stop: threading.Event | None = None, name: str = "ntk-reader"):
+        self._stop = stop if stop is not None else threading.Event()
+        self._q: queue.Queue = queue.Queue(maxsize)
+        self._done = False
+        self._t = threading.Thread(target=self._run, args=(items,), name=name, daemon=True)
+        self._t.start()
+
+    def _run(self, items: Iterable) -> None:
         try:
             for it in items:
-                if not put(q, it, stop):
+                if not put(self._q, it, self._stop):
                     return
-            put(q, _DONE, stop)
+            put(self._q, _DONE, self._stop)
         except BaseException as e:  # noqa: BLE001 - handed to the consuming thread
-            put(q, _Failure(e), stop)
+            put(self._q, _Failure(e), self._stop)
 
-    t = threading.Thread(target=run, name=name, daemon=True)
-    t.start()
-    while True:
-        try:
-            item = q.get(timeout=0.1)
-        except queue.Empty:
-            if stop.is_set():  # the consumer side failed: stop reading
-                return
-            continue
-        if item is _DONE:
-            return
-        if isinstance(item, _Failure):
-            raise item.exc
-        yield item
+    def __iter__(self) -> Iterator:
+        return self
+
+    def __next__(self):
+        while not self._done:
+            try:
+                item = self._q.get(timeout=0.1)
+            except queue.Empty:
+                if self._stop.is_set():  # the consumer side failed: stop reading
+                    self._done = True
+                continue
+            if item is _DONE:
+                self._done = True
+            elif isinstance(item, _Failure):
+                self._done = True
+                raise item.exc
+            else:
+                return item
+        raise StopIteration
+
+    def close(self) -> None:
+        self._stop.set()
+        self._t.join()
+        self._done = True
 
 
 class Writer:
