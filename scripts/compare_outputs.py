@@ -178,10 +178,10 @@ def run_tree(tree: Path, out: Path, todo, log) -> dict[str, tuple[int, str, floa
 # comparing files
 
 class Paths:
-    """Replaces a tree's root and output directory by placeholders."""
+    """Replaces a tree's root, its output directory and the inputs directory of its run by placeholders."""
 
-    def __init__(self, tree: Path, out: Path):
-        self.subs = [(str(out), "<OUT>"), (str(tree), "<TREE>")]
+    def __init__(self, tree: Path, out: Path, inputs: Path):
+        self.subs = [(str(out), "<OUT>"), (str(inputs), "<IN>"), (str(tree), "<TREE>")]
 
     def text(self, s: str) -> str:
         for a, b in self.subs:
@@ -340,6 +340,7 @@ def main(argv=None) -> int:
         results = []
         outs: list[Path] = []
         ran_in: list[Path] = []  # where each ref's cases ran (the paths written into its outputs)
+        inputs_of: list[Path] = []  # the inputs they read
         for label, ref in (("a", args.a), ("b", args.b)):
             cached = None
             if args.cache and ref != WORKTREE:
@@ -351,6 +352,7 @@ def main(argv=None) -> int:
                     st = json.loads((cached / "status.json").read_text())
                     trees.append(Path(st.pop("__tree__")))
                     ran_in.append(Path(st.pop("__out__")))
+                    inputs_of.append(Path(st.pop("__inputs__")))
                     outs.append(cached / "out")
                     results.append({k: tuple(v) for k, v in st.items()})
                     continue
@@ -362,15 +364,17 @@ def main(argv=None) -> int:
             out = tmp / f"out-{label}"
             results.append(run_tree(tree, out, todo, log))
             ran_in.append(out)
+            inputs_of.append(inputs)
             if cached is not None:
                 shutil.rmtree(cached, ignore_errors=True)
                 cached.mkdir(parents=True)
                 shutil.copytree(out, cached / "out")
                 (cached / "status.json").write_text(json.dumps({**results[-1], "__tree__": str(tree),
-                                                                    "__out__": str(ran_in[-1])}))
+                                                                    "__out__": str(ran_in[-1]),
+                                                                    "__inputs__": str(inputs)}))
                 out = cached / "out"
             outs.append(out)
-        pa, pb = Paths(trees[0], ran_in[0]), Paths(trees[1], ran_in[1])
+        pa, pb = (Paths(trees[k], ran_in[k], inputs_of[k]) for k in (0, 1))
         rows: list[tuple[str, str, str, str]] = []
         for name, _, _ in todo:
             (ra, ea, _), (rb, eb, _) = results[0][name], results[1][name]
