@@ -843,7 +843,7 @@ class _ScoreOutputs:
         info += scorer.extra_info()
         info.append(InfoField(STATUS_INFO, "A", "String",
                               "ntk score-variants status per ALT: " + ", ".join(STATUSES)))
-        source = getattr(model, "source", "?")
+        source = getattr(model, "source", None) or "?"
         extra = [f"##ntkVersion={__version__}",
                  f"##ntkCommand={o.command or 'ntk.pipelines.score_variants.score_variants'}",
                  f"##ntkModel={source}; fingerprint={model.config.fingerprint()}; window={W}; "
