@@ -36,7 +36,7 @@ from ntk.io.fasta import IndexedFasta
 from ntk.pipelines.embed import fasta_inputs, write_embeddings
 from ntk.pipelines.score_variants import score_variants
 
-SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"
+SAMPLE = Path(ntk.__file__).resolve().parents[1] / "data" / "sample"  # the tree under test (same files in each)
 
 
 class ModelClock:
