@@ -36,7 +36,10 @@ NTv3 (one token per base, no CLS; ``species`` required for post-trained models):
 
 Throughput: windows are collected in bounded chunks (a token budget, so memory stays flat for any input size,
 including single records of chromosome size), sorted by length within the chunk, grouped into batches by a
-token budget (batch size x padded length) and run; rows come back in input order.
+token budget (batch size x padded length) and run; rows come back in input order. Records are read and
+tokenized in a reader thread and rows written in a writer thread while the model runs (the engine's threads,
+``pipelines/engine.py``, which also provides shards, the ``--resume`` journal and the part manifest); the command
+is :func:`run_embed` over one :class:`~ntk.pipelines.options.EmbedOptions`.
 """
 from __future__ import annotations
 

@@ -36,7 +36,10 @@ length around the variant).
 
 Streaming: records are read in chunks; each chunk is sorted by position so that variants in the same window
 share its reference pass (a small cache carries windows across chunks); alternate and masked sequences are
-batched by token budget; records are written back in input order.
+batched by token budget; records are written back in input order. On the engine (``pipelines/engine.py``): chunks
+are read in a reader thread, scored in the main thread and written in a writer thread; shards, the ``--resume``
+journal and part manifests are the engine's; the command is :func:`run_score` over one
+:class:`~ntk.pipelines.options.ScoreOptions`.
 """
 from __future__ import annotations
 

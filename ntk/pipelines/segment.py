@@ -16,13 +16,16 @@ The flow, streaming contig by contig (memory does not grow with the genome):
    across their overlap by default; see ``plan/windows``), so that no step shows where windows meet.
    NTv3: see ``pipelines/family.py`` (kept centres abut: cut, nothing to blend).
 3. **Batches** (:func:`iter_batches`): consecutive windows of equal length, within a token budget.
-4. A producer thread reads and tokenizes batches (pinned memory on CUDA), the main thread runs the model under
+4. The engine's overlap (``pipelines/engine.overlap``): a reader thread reads and tokenizes batches (pinned
+   memory on CUDA), the main thread runs the model under
    ``torch.inference_mode()`` with the reference rotary rescaling for the window length, and a writer thread
    blends and cuts the kept part of each window and streams it, in genome order, to the outputs
    (:class:`TrackOutputs`): one float32 BigWig per feature, the segments BED (bgzip + tabix) and optionally
    one feature as bedGraph on a stream.
 
-Everything is written into a temporary directory that replaces ``out_dir`` only when the run succeeds.
+Everything is written into a temporary directory that replaces ``out_dir`` only when the run succeeds. Shards
+(``engine.shard_span``), the ``--resume`` journal, run.json and the part manifest come from ``pipelines/engine.py``;
+options are one :class:`~ntk.pipelines.options.SegmentOptions` (:func:`run_segment`).
 """
 from __future__ import annotations
 
