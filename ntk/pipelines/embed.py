@@ -43,12 +43,12 @@ is :func:`run_embed` over one :class:`~ntk.pipelines.options.EmbedOptions`.
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
 import os
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -594,14 +594,13 @@ class Embedder:
         is true are tokenized to find their end but not run (their events carry no block); the last event of
         every unit has ``unit_done`` set. Records are read and tokenized in a reader thread (the engine's), a few
         ahead of the model."""
-        stop = threading.Event()
         feed = _Feed(self, progress, skip)
-        records = (self._start_record(_as_input(x, i)) for i, x in enumerate(inputs))
+        records = background((self._start_record(_as_input(x, i)) for i, x in enumerate(inputs)), 4)
         try:
-            for rec, windows in background(records, 4, stop):
+            for rec, windows in records:
                 yield from feed.record(rec, windows)
         finally:
-            stop.set()
+            records.close(timeout=10.0)
         yield from feed.finish()
 
 
@@ -772,6 +771,18 @@ def write_embeddings(model, inputs: Iterable, output: str | Path, fmt: str = "pa
     journal = _embed_journal(emb, output, fmt, resume) if resume is not None else None
     events = emb.run_units(inputs, progress, skip=journal.has if journal is not None else None)
     reused = [0]
+    with contextlib.closing(events):  # on a failure: the reader thread stops before the outputs are removed
+        _write_events(emb, events, output, fmt, meta, journal, reused)
+    emb.stats.rows += reused[0]
+    if journal is not None:
+        emb.stats.resume = {"units_reused": journal.reused, "units_computed": journal.computed,
+                            "chunk_tokens": journal.chunk_bp}
+        journal.remove()
+    return emb.stats
+
+
+def _write_events(emb: Embedder, events, output, fmt: str, meta: dict, journal, reused: list[int]) -> None:
+    """The rows of ``events`` to Parquet or npy + row table, written in a writer thread."""
     if fmt == "parquet":
         schema = dict(RECORD_SCHEMA) | (TOKEN_SCHEMA if emb.pool == "none" else {})
         schema |= {c: pl.List(pl.Float32) for c in emb.embedding_columns}
@@ -788,12 +799,6 @@ def write_embeddings(model, inputs: Iterable, output: str | Path, fmt: str = "pa
                 w.write(block.embeddings.reshape(len(block), *shape))
                 rows.write(block.to_polars(()))
             written_behind(events, _unit_writer(journal, reused, write))
-    emb.stats.rows += reused[0]
-    if journal is not None:
-        emb.stats.resume = {"units_reused": journal.reused, "units_computed": journal.computed,
-                            "chunk_tokens": journal.chunk_bp}
-        journal.remove()
-    return emb.stats
 
 
 def _unit_writer(journal, reused: list[int], write: Callable[[EmbedBlock], None]) -> Callable:

@@ -93,11 +93,12 @@ def overlap(items: Iterable, work: Callable, write: Callable, read_ahead: int = 
     once at the end. Returns the seconds spent in ``work``. A failure anywhere stops the others, drops what is
     queued and re-raises here."""
     stop = threading.Event()
+    reader = background(items, read_ahead, stop)
     busy = 0.0
 
     def results():
         nonlocal busy
-        for item in background(items, read_ahead, stop):
+        for item in reader:
             t = time.perf_counter()
             result = work(item)
             busy += time.perf_counter() - t
@@ -106,7 +107,7 @@ def overlap(items: Iterable, work: Callable, write: Callable, read_ahead: int = 
     try:
         written_behind(results(), write, write_behind, stop)
     finally:
-        stop.set()  # the reader stops
+        reader.close(timeout=10.0)  # the reader stops; its inputs are the caller's again (e.g. to close them)
     return busy
 
 

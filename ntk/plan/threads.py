@@ -30,7 +30,7 @@ def put(q: queue.Queue, item, stop: threading.Event) -> bool:
 class background:
     """Iterate ``items`` in a daemon thread, ``maxsize`` ahead; exceptions re-raise in the consumer. Setting ``stop``
     ends the thread (a consumer that leaves early must set it, or call :meth:`close`, which also waits for the
-    thread: after it, ``items`` is no longer touched)."""
+    thread: after it, ``items`` is no longer touched, e.g. a reader can be closed safely)."""
 
     def __init__(self, items: Iterable, maxsize: int, stop: threading.Event | None = None, name: str = "ntk-reader"):
         self._stop = stop if stop is not None else threading.Event()
@@ -68,9 +68,11 @@ class background:
                 return item
         raise StopIteration
 
-    def close(self) -> None:
+    def close(self, timeout: float | None = None) -> None:
+        """Stop the thread and wait for it (at most ``timeout`` seconds: a thread blocked reading a stream that
+        never ends is left behind, a daemon)."""
         self._stop.set()
-        self._t.join()
+        self._t.join(timeout)
         self._done = True
 
 
