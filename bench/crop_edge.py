@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 import ntk  # noqa: E402
 from ntk.model import preset_config  # noqa: E402
 from ntk.model.tokenizer import sequence_codes  # noqa: E402
-from ntk.pipelines.windows import Blender, tile  # noqa: E402
+from ntk.plan.windows import Blender, tile  # noqa: E402
 
 STEP = 24  # 6 nt per token x 2**2 U-Net pooling: windows this far apart see the same frame
 YEAST = ROOT.parent / "shared" / "data" / "yeast" / "genome.fa.gz"
@@ -215,9 +215,7 @@ def main() -> None:
     fasta = Path(args.fasta) if args.fasta else (YEAST if YEAST.is_file() else SAMPLE)
     chrom = args.chrom or ("XVI" if fasta == YEAST else "chrI")
     m = ntk.load_model(args.model, device="cpu", dtype=torch.float32).eval()
-    from ntk.pipelines.segment import default_window
-
-    W = default_window(m)
+    W = m.config.default_window("segment")
     seq = read_slice(fasta, chrom, args.start, args.length)
     pred = Predictor(m, seq, W, args.batch)
     feats = list(m.config.features)

@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 from ntk.io.fasta import IndexedFasta  # noqa: E402
 from ntk.model.ntv3 import NTv3  # noqa: E402
 from ntk.model.ntv3_config import NTv3Config  # noqa: E402
-from ntk.pipelines.batching import auto_token_budget  # noqa: E402
+from ntk.plan.batching import auto_token_budget  # noqa: E402
 from ntk.pipelines.family import NTv3Family  # noqa: E402
 from ntk.pipelines.segment import iter_batches, plan_units, segment_genome  # noqa: E402
 from ntk.pipelines.tracks import tracks_genome  # noqa: E402

@@ -6,7 +6,7 @@ predictions across their overlap (``--blend linear``). This bench runs ``segment
 chromosome (default XVI of ../shared/data/yeast) with the embedded default model and default options, then:
 
 - boundaries: the first kept position of every window after the first of its ACGT run (the same tiling as the
-  pipeline: ``pipelines.windows.tile`` with the default window and crop);
+  pipeline: ``plan.windows.tile`` with the default window and crop);
 - jump at a position x: |p(x) - p(x-1)| per feature;
 - ratio = mean jump at boundaries / mean jump at every other position (all features pooled; goal <= 1.5),
   also per feature. ``--compare none`` adds the same figures for the hard cut (``--blend none``), measured in
@@ -32,11 +32,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import ntk  # noqa: E402
-from ntk.io.fasta import IndexedFasta  # noqa: E402
+from ntk.io.fasta import IndexedFasta, scan_acgt_runs  # noqa: E402
 from ntk.io.intervals import parse_region  # noqa: E402
-from ntk.pipelines.segment import UNIT, default_window, scan_runs  # noqa: E402
 from ntk.pipelines.segment import segment_genome  # noqa: E402
-from ntk.pipelines.windows import tile  # noqa: E402
+from ntk.plan.windows import tile  # noqa: E402
 
 
 def jumps(genome: str, region: str, model, blend: str, device: str, rc_average: bool) -> dict:
@@ -44,9 +43,10 @@ def jumps(genome: str, region: str, model, blend: str, device: str, rc_average: 
 
     fa = IndexedFasta(genome)
     iv = parse_region(region, fa.lengths)
-    window = default_window(model)
+    window, unit = model.config.default_window("segment"), model.config.window_unit
     crop = window // 8
-    bounds = [w.keep_start for s, e in scan_runs(fa, iv) for w in tile(s, e, window, crop, UNIT, iv.chrom)[1:]]
+    runs = scan_acgt_runs(fa, iv.chrom, iv.start, iv.end, unit)
+    bounds = [w.keep_start for s, e in runs for w in tile(s, e, window, crop, unit, iv.chrom)[1:]]
     feats = list(model.config.features)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:

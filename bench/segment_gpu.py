@@ -45,8 +45,8 @@ from ntk.io.fasta import IndexedFasta  # noqa: E402
 from ntk.model import NucleotideTransformer, preset_config  # noqa: E402
 from ntk.model.runtime import resolve_dtype  # noqa: E402
 from ntk.model.tokenizer import sequence_codes  # noqa: E402
-from ntk.pipelines.batching import auto_token_budget  # noqa: E402
-from ntk.pipelines.segment import default_window, iter_batches, iter_windows, plan_units, segment_genome  # noqa: E402
+from ntk.plan.batching import auto_token_budget  # noqa: E402
+from ntk.pipelines.segment import family_of, iter_batches, iter_windows, plan_units, segment_genome  # noqa: E402
 
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 HUMAN_BP = 3.1e9
@@ -63,10 +63,10 @@ class Bench:
     def __init__(self, m, dev: torch.device, fasta: Path, crop: int | None, tmp: Path):
         self.m, self.dev, self.fasta, self.tmp = m, dev, fasta, tmp
         self.cfg = m.config
-        self.W = default_window(m)
+        self.W = m.config.default_window("segment")
         self.crop = crop if crop is not None else self.W // 8
         fa = IndexedFasta(fasta)
-        self.jobs = list(iter_windows(fa, plan_units(fa), self.W, self.crop))
+        self.jobs = list(iter_windows(fa, plan_units(fa), self.W, self.crop, family_of(self.m)))
         self.ids = {}  # window start -> token ids
         for j in self.jobs:
             w = j.window
@@ -90,7 +90,8 @@ class Bench:
         """The windows in segment's batches (token budget), or ``per_batch`` windows of equal length each."""
         if per_batch is None:
             fa = IndexedFasta(self.fasta)
-            groups = list(iter_batches(iter_windows(fa, plan_units(fa), self.W, self.crop), self.budget, None))
+            jobs = iter_windows(fa, plan_units(fa), self.W, self.crop, family_of(self.m))
+            groups = list(iter_batches(jobs, self.budget, None))
             fa.close()
         else:
             groups, cur = [], []

@@ -38,9 +38,8 @@ sys.path.insert(0, str(ROOT))
 import ntk  # noqa: E402
 from ntk.io.fasta import IndexedFasta  # noqa: E402
 from ntk.model import NTConfig, NucleotideTransformer  # noqa: E402
-from ntk.pipelines.batching import auto_token_budget  # noqa: E402
-from ntk.pipelines.segment import (default_window, iter_batches, iter_windows, plan_units,  # noqa: E402
-                                   segment_genome)
+from ntk.plan.batching import auto_token_budget  # noqa: E402
+from ntk.pipelines.segment import family_of, iter_batches, iter_windows, plan_units, segment_genome  # noqa: E402
 from ntk.model.tokenizer import sequence_codes  # noqa: E402
 
 GOLDEN = ROOT / "tests" / "data" / "golden" / "segment_nt_tiny"
@@ -80,10 +79,10 @@ def model_only(m, fasta: Path, rounds_of: int = 1) -> float:
     """Forward time of exactly the windows and batches segment_genome runs (tokenized beforehand)."""
     fa = IndexedFasta(fasta)
     units = plan_units(fa)
-    W = default_window(m)
+    W = m.config.default_window("segment")
     budget = auto_token_budget("cpu", m.config.hidden_size, m.config.num_hidden_layers)
     batches = []
-    for batch in iter_batches(iter_windows(fa, units, W, W // 8), budget, None):
+    for batch in iter_batches(iter_windows(fa, units, W, W // 8, family_of(m)), budget, None):
         ids = np.stack([m.tokenizer.tokenize_codes(sequence_codes(fa.fetch(j.window.chrom, j.window.start,
                                                                            j.window.end)))[0] for j in batch])
         batches.append(torch.from_numpy(ids.astype(np.int64)))

@@ -7,7 +7,7 @@ import ntk
 from ntk.errors import NtkError
 from ntk.model.tokenizer import CLS, reverse_complement, sequence_codes
 from ntk.pipelines.embed import embed_sequences, normalise_layers, tokenize_long
-from ntk.pipelines.windows import tile
+from ntk.plan.windows import tile
 
 from conftest import assert_f32_close
 

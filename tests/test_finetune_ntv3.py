@@ -1,6 +1,7 @@
 """`ntk finetune classify|regress` with an NTv3 base (the golden tiny pre/post-trained models): the pooled final
 per-base embedding (N padding excluded) -> sequence head; best/ reloads with ntk.load_model and `ntk predict`
-reproduces the fine-tuned model's outputs; one-line refusals (segment, adapters, species)."""
+reproduces the fine-tuned model's outputs; LoRA/IA3 adapters (merged == unmerged); one-line refusals (species, adapter targets).
+`ntk finetune segment` with NTv3: test_finetune_ntv3_segment.py."""
 import json
 
 import numpy as np
@@ -137,21 +138,66 @@ def test_ntv3_refusals(tmp_path, golden_dir):
     seqs, labels = motif_rows(20, seed=0)
     pl.DataFrame({"sequence": seqs, "label": labels}).write_csv(tmp_path / "m.csv")
     inp = SequenceTaskInput(path=str(tmp_path / "m.csv"))
-    with pytest.raises(NtkError, match="--method lora: NTv3 bases fine-tune with --method full or head"):
-        finetune_sequences("classify", inp, tmp_path / "r", opts(golden_dir / "ntv3_pre_tiny", method="lora"))
-    assert not (tmp_path / "r").exists()
     with pytest.raises(NtkError, match="only NTv3 post-trained"):
         finetune_sequences("classify", inp, tmp_path / "r", opts(golden_dir / "ntv3_pre_tiny", species="x"))
+    assert not (tmp_path / "r").exists()
     r = run_ntk("finetune", "classify", tmp_path / "m.csv", "-o", tmp_path / "r2", "-m", golden_dir / "ntv3_pre_tiny",
-                "--method", "ia3", "--device", "cpu")
+                "--method", "lora", "--lora-targets", "query,nope", "--device", "cpu")
     assert r.returncode != 0 and "Traceback" not in r.stderr
-    assert "ntk: error: --method ia3: NTv3 bases fine-tune with --method full or head" in r.stderr
+    assert "ntk: error: --method lora: unknown adapter target 'nope'" in r.stderr
 
 
-def test_finetune_segment_refuses_ntv3_in_one_line(tmp_path, golden_dir, sample_dir):
-    from ntk.pipelines.finetune_segment import SegmentTaskInput, finetune_segment
+@pytest.mark.parametrize("method", ["lora", "ia3"])
+def test_ntv3_adapters_merged_equal_unmerged(tmp_path, golden_dir, method):
+    """LoRA/IA3 on the NTv3 Transformer blocks: an unmerged checkpoint (config.json ntk_adapter + adapter tensors)
+    reloads with the adapters folded in, and its outputs equal those of the adapted model."""
+    from conftest import MERGE_ULPS, assert_f32_close
 
-    with pytest.raises(NtkError, match="ntk finetune segment with an NTv3 model is not supported yet.*classify"):
-        finetune_segment(SegmentTaskInput(str(sample_dir / "genome.fa.gz"), str(sample_dir / "genes.gtf.gz"),
-                                          ["exon"], val_chroms=["III"]), tmp_path / "seg",
-                         FinetuneOptions(model=str(golden_dir / "ntv3_pre_tiny"), device="cpu", quiet=True, steps=1))
+    from ntk.model.adapters import ADAPTER_KEY, adapter_parameters, has_adapters
+    from ntk.pipelines.finetune import build_ntv3_segment_model, setup_method
+
+    base = ntk.load_model(golden_dir / "ntv3_post_tiny")
+    m = build_ntv3_segment_model(base, ["exon", "new"], "human")
+    targets = "query,key,value,attn_out,ffn_in,ffn_out"
+    params = setup_method(m, FinetuneOptions(method=method, lora_targets=targets, ia3_targets=targets))
+    adapters = adapter_parameters(m)
+    n_layers = base.config.num_layers
+    assert len(adapters) == n_layers * 6 * (2 if method == "lora" else 1)
+    trained = {id(p) for _, p in params}
+    assert all(id(p) in trained for p in adapters) and len(params) == len(adapters) + 4  # + segment head
+    assert sum(p.numel() for _, p in params) < m.num_parameters() // 3
+    torch.manual_seed(1)
+    with torch.no_grad():  # move the adapters away from their identity start
+        for p in adapters:
+            p.add_(torch.randn_like(p) * 0.2)
+    rng = np.random.default_rng(2)
+    ids = torch.tensor([[6 + int(i) for i in rng.integers(0, 4, 64)]])
+    m.eval()
+    with torch.no_grad():
+        want = m(ids)
+        plain = base(ids, species_ids=base.species_id("human"))
+    assert not torch.allclose(want.embedding, plain.embedding, atol=1e-3)  # the adapters change the output
+    ntk.save_model(m, tmp_path / "unmerged")
+    cfg = json.loads((tmp_path / "unmerged" / "config.json").read_text())
+    assert cfg[ADAPTER_KEY]["method"] == method
+    again = ntk.load_model(tmp_path / "unmerged")
+    assert not has_adapters(again) and ADAPTER_KEY not in again.config.extra
+    with torch.no_grad():
+        got = again(ids)
+    # mathematically equal, the adapter folded into the weights (one rounding per adapted layer): MERGE_ULPS
+    assert_f32_close(got.segment_logits, want.segment_logits, MERGE_ULPS, what="segment logits")
+    assert_f32_close(got.embedding, want.embedding, MERGE_ULPS, what="embedding")
+    assert_f32_close(got.bigwig_tracks_logits, want.bigwig_tracks_logits, MERGE_ULPS, what="tracks")
+
+
+def test_ntv3_lora_classify_with_merge(tmp_path, golden_dir):
+    seqs, labels = motif_rows(40, seed=3)
+    pl.DataFrame({"sequence": seqs, "label": labels}).write_csv(tmp_path / "m.csv")
+    run = tmp_path / "run"
+    rep = finetune_sequences("classify", SequenceTaskInput(path=str(tmp_path / "m.csv")), run,
+                             opts(golden_dir / "ntv3_pre_tiny", method="lora", merge=True, epochs=None, steps=3))
+    assert rep["method"] == "lora" and rep["trainable_parameters"] < rep["total_parameters"] // 3
+    cfg = json.loads((run / "best" / "config.json").read_text())
+    assert "ntk_adapter" not in cfg and cfg["num_labels"] == 2  # --merge: a plain checkpoint
+    m = ntk.load_model(run / "best")
+    assert m.classifier is not None

@@ -3,7 +3,7 @@ import io
 
 from rich.console import Console
 
-from ntk.progress import progress_bar, stderr_console
+from ntk.cli.progress import progress_bar, stderr_console
 
 
 def render(progress, width=80) -> list[str]:

@@ -24,7 +24,7 @@ import ntk
 from ntk.errors import NtkError
 from ntk.model.tokenizer import reverse_complement
 from ntk.pipelines.score_variants import score_variants
-from ntk.pipelines.windows import tile
+from ntk.plan.windows import tile
 
 from conftest import GOLDEN, SAMPLE, need_tool, run_ntk
 

@@ -20,8 +20,8 @@ import torch
 import ntk
 from ntk.errors import NtkError
 from ntk.io.segments import SegmentCaller
-from ntk.pipelines.segment import default_window, segment_genome
-from ntk.pipelines.windows import tile
+from ntk.pipelines.segment import segment_genome
+from ntk.plan.windows import tile
 
 from conftest import F32_EPS, REORDER_ULPS, assert_f32_close
 
@@ -72,7 +72,7 @@ def tracks(out: Path, m, chrom: str) -> np.ndarray:
 
 def test_default_window_is_trained_length(m):
     assert m.config.max_tokens == 157
-    assert default_window(m) == 936  # (157 - 1) * 6, a multiple of 24
+    assert m.config.default_window("segment") == 936  # (157 - 1) * 6, a multiple of 24
 
 
 def test_one_window_equals_python_api(m, tmp_path):

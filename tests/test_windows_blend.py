@@ -1,11 +1,11 @@
-"""Blending of neighbouring windows (pipelines/windows.Blender): the ramp formula, exactness where one window
+"""Blending of neighbouring windows (plan/windows.Blender): the ramp formula, exactness where one window
 covers a position, the hard cut of ``none``, and streaming order."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from ntk.pipelines.windows import Blender, Window, blend_zone, ramp, tile
+from ntk.plan.windows import Blender, Window, blend_zone, ramp, tile
 
 
 def run(wins, values, mode):

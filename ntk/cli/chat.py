@@ -63,7 +63,7 @@ def register(app: typer.Typer) -> None:
     ):
         from ..io.atomic import check_writable_target
         from ..io.fasta import IndexedFasta, iter_fasta
-        from ..io.intervals import parse_region, read_bed, read_chr_map
+        from ..io.intervals import iter_regions, read_chr_map
         from ..model import load_model
         from ..model.runtime import set_threads
         from ..pipelines import chat as P
@@ -102,10 +102,7 @@ def register(app: typer.Typer) -> None:
         cmap = read_chr_map(chr_map)
 
         def region_list():
-            ivs = [parse_region(r, ref.lengths) for r in (region or [])]
-            if regions:
-                ivs += list(read_bed(regions, ref.lengths, cmap))
-            return ivs
+            return list(iter_regions(region or (), regions, ref.lengths, cmap))
 
         set_threads(threads)
         m = load_model(model, device=device, dtype=precision)

@@ -6,10 +6,16 @@ from typing import Annotated
 import typer
 
 from ..errors import NtkError
-from ..progress import stderr_console
+from .progress import RichReporter, stderr_console
 
 # logs, progress and summaries go to stderr; data goes to stdout/files
 console = stderr_console()
+
+
+def reporter(quiet: bool = False, bar: bool = True) -> RichReporter:
+    """The reporter the CLI hands to pipelines (ntk/report.py): bar and log lines on the stderr console;
+    ``quiet``: warnings only."""
+    return RichReporter(console, quiet=quiet, bar=bar)
 
 ModelOpt = Annotated[str | None, typer.Option(
     "--model", "-m", help="Checkpoint directory or preset name (from the local HF cache); default: the "
@@ -58,8 +64,3 @@ def parse_batch_size(text: str | int | None) -> int | None:
     if b < 1:
         raise NtkError("--batch-size must be >= 1")
     return b
-
-
-def not_built(command: str, issue: str) -> None:
-    console.print(f"[red]ntk {command}[/red]: not built yet in this version of ntk ({issue}).")
-    raise typer.Exit(2)

@@ -29,7 +29,7 @@ def _progress(quiet: bool, total: int | None):
     """A rich progress bar on stderr, advanced from EmbedStats; returns (context manager, callback)."""
     import contextlib
 
-    from ..progress import progress_bar
+    from .progress import progress_bar
 
     if quiet or not console.is_terminal:  # a live bar only on a terminal (no stray lines in logs)
         return contextlib.nullcontext(), None
@@ -86,8 +86,9 @@ def register(app: typer.Typer) -> None:
     ):
         from ..io.atomic import check_writable_target, refuse_inputs_as_outputs
         from ..io.fasta import IndexedFasta
-        from ..io.intervals import parse_region, read_bed, read_chr_map
+        from ..io.intervals import iter_regions, load_regions, read_bed, read_chr_map
         from ..model import load_model
+        from ..model.checkpoint import check_window_before_loading
         from ..model.runtime import set_threads
         from ..pipelines.embed import (FORMATS, POOLINGS, Embedder, embed_shard, fasta_inputs, npy_rows_path,
                                        region_inputs, write_embeddings)
@@ -143,16 +144,14 @@ def register(app: typer.Typer) -> None:
                 raise NtkError("stdin can feed only one input")
             fasta = IndexedFasta(ref)
             cmap = read_chr_map(chr_map)
-            intervals = [parse_region(r, fasta.lengths) for r in (region or [])]
+            intervals = load_regions(region or (), None, fasta.lengths)  # a bad -r fails here
             if regions and regions != "-":
                 total = sum(1 for _ in read_bed(regions, fasta.lengths, cmap))  # validate every line up front
             if total is not None:
                 total += len(intervals)
 
             def make_records():
-                yield from region_inputs(fasta, intervals)
-                if regions:
-                    yield from region_inputs(fasta, read_bed(regions, fasta.lengths, cmap))
+                return region_inputs(fasta, iter_regions(region or (), regions, fasta.lengths, cmap))
 
             records = make_records()
             source = {"reference": ref, "regions_file": regions, "chr_map": chr_map}
@@ -172,6 +171,7 @@ def register(app: typer.Typer) -> None:
                 return fasta_inputs(input)
             source = {"input": input}
 
+        check_window_before_loading(model, window, "embed")  # from config.json, before the weights load
         set_threads(threads)
         options = {"layers": layer, "pool": pool, "rc_average": rc_average, "regions": region or None,
                    "species": species, "window": window}

@@ -9,7 +9,8 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import NtkError
-from .common import ChrMapOpt, DeviceOpt, ForceOpt, ModelOpt, PrecisionOpt, QuietOpt, RegionsFileOpt, ThreadsOpt, console
+from .common import (ChrMapOpt, DeviceOpt, ForceOpt, ModelOpt, PrecisionOpt, QuietOpt, RegionsFileOpt, ThreadsOpt, console,
+                     reporter)
 
 OutOpt = Annotated[str, typer.Option("--output", "-o", help="Run directory: best/, final/, metrics.json, "
                                      "metrics.parquet, training_curves.png", show_default=False)]
@@ -207,7 +208,7 @@ def _sequence_cmd(
                     seed=seed, device=device, precision=precision, threads=threads, save_every=save_every,
                     quiet=quiet, force=force, resume=resume, baseline=baseline, shift_augment=shift_augment,
                     species=species)
-    rep = finetune_sequences(task, inp, output, opts)
+    rep = finetune_sequences(task, inp, output, opts, reporter())
     if not quiet:
         _summary(task, rep, output)
 
@@ -258,10 +259,12 @@ def register(app: typer.Typer) -> None:
         chr_map: ChrMapOpt = None,
         annotation_format: Annotated[Optional[str], typer.Option("--annotation-format", help="gtf | gff3 | bed "
                                                                  "[default: from the file name]")] = None,
-        window: Annotated[Optional[int], typer.Option("--window", help="Window in nt, a multiple of 24 [default: "
-                                                      "the model's context, at most 6144]")] = None,
+        window: Annotated[Optional[int], typer.Option("--window", help="Window in nt, a multiple of 24 (NTv3: of "
+                                                      "2^num_downsamples) [default: the model's context, at most 6144; "
+                                                      "NTv3: 8192]")] = None,
         eval_crop: Annotated[Optional[int], typer.Option("--eval-crop", help="nt ignored at each end of evaluation "
-                                                         "windows [default: window/8]")] = None,
+                                                         "windows [default: window/8; NTv3 post-trained base: its own "
+                                                         "centre]")] = None,
         max_eval_windows: Annotated[int, typer.Option("--max-eval-windows", help="Validation windows, evenly spaced "
                                                       "(0 = all); test always uses all")] = 256,
         rc_augment: Annotated[bool, typer.Option("--rc-augment/--no-rc-augment", help="Reverse-complement half of "
@@ -269,6 +272,7 @@ def register(app: typer.Typer) -> None:
         pos_weight: Annotated[str, typer.Option("--pos-weight", help="Weight of positive nucleotides in the loss: "
                                                 "none, auto (sqrt(neg/pos) per feature, 1..100) or a number")] = "none",
         model: ModelOpt = None,
+        species: FtSpeciesOpt = None,
         method: MethodOpt = "full",
         lora_rank: LoraRankOpt = 8,
         lora_alpha: LoraAlphaOpt = 16.0,
@@ -296,7 +300,9 @@ def register(app: typer.Typer) -> None:
     ):
         """Train a SegmentNT-style U-Net head on per-nucleotide targets from an annotation.
 
-        The result (RUN_DIR/best/) is a SegmentNT-type checkpoint that ntk segment runs.
+        The result (RUN_DIR/best/) is a SegmentNT-type checkpoint that ntk segment runs. With an NTv3 base
+        (pre-trained, or post-trained with --species) the head is a per-base one on the final per-base
+        embedding and the result is an NTv3 checkpoint that ntk segment runs.
 
         \b
         Examples:
@@ -305,6 +311,8 @@ def register(app: typer.Typer) -> None:
             --val-chroms III --test-chroms VI -m nt-v2-50m -o runs/seg
           ntk finetune segment -f hg38.fa -a gencode.gtf.gz -m segment-nt \\
             --features exon,5UTR --val-chroms chr8 --method lora -o runs/utr
+          ntk finetune segment -f hg38.fa -a gencode.gtf.gz -m ntv3-100m-post \\
+            --species human --features exon,intron --val-chroms chr8 -o runs/v3
         """
         from ..io.intervals import read_chr_map
         from ..pipelines.finetune_segment import SegmentTaskInput, finetune_segment
@@ -319,7 +327,7 @@ def register(app: typer.Typer) -> None:
                         epochs=epochs, steps=steps, batch_size=batch_size, lr=lr, warmup=warmup,
                         weight_decay=weight_decay, eval_every=eval_every, patience=patience, monitor=monitor,
                         seed=seed, device=device, precision=precision, threads=threads, save_every=save_every,
-                        quiet=quiet, force=force, resume=resume)
-        rep = finetune_segment(inp, output, opts)
+                        quiet=quiet, force=force, resume=resume, species=species)
+        rep = finetune_segment(inp, output, opts, reporter())
         if not quiet:
             _summary("segment", rep, output)

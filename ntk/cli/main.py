@@ -13,7 +13,8 @@ from rich.markup import escape
 from .. import __version__
 from ..errors import Interrupted, NtkError
 from ..io.atomic import is_closed_pipe
-from .common import console
+from ..report import set_default_reporter
+from .common import console, reporter
 
 app = typer.Typer(
     name="ntk",
@@ -35,7 +36,7 @@ def _version(value: bool):
 @app.callback()
 def _root(version: Annotated[bool | None, typer.Option("--version", callback=_version, is_eager=True,
                                                           help="Print the version and exit")] = None):
-    pass
+    set_default_reporter(reporter())  # io/ code without a reporter argument logs on the CLI's console
 
 
 def _register() -> None:

@@ -157,8 +157,15 @@ def info(model: Annotated[str, typer.Argument(metavar="MODEL", help="Checkpoint 
         if cfg.is_post_trained:
             rows += [("species", ", ".join(cfg.species)),
                      ("tracks per species", ", ".join(f"{s_}: {len(cfg.tracks_for(s_))}" for s_ in cfg.species)),
-                     ("BED elements", ", ".join(cfg.features) or "-"),
+                     ("BED elements", ", ".join(cfg.bed_elements_names or []) or "-"),
                      ("heads' centre", f"{cfg.keep_target_center_fraction} of the window")]
+        if cfg.segment_features:  # ntk finetune segment
+            rows += [("fine-tuned segment head", f"{', '.join(cfg.segment_features)} (per base; ntk segment keeps "
+                                                 f"{cfg.keep_target_center_fraction} of the window)")]
+        elif cfg.num_labels:  # ntk finetune classify|regress
+            rows += [("fine-tuned sequence head", f"{cfg.problem_type}: {cfg.num_labels} outputs")]
+        if cfg.finetune_species:
+            rows += [("fine-tuned species", cfg.finetune_species)]
         for k, v in rows:
             t.add_row(k, str(v))
         console.print(t)

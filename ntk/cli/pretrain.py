@@ -103,7 +103,7 @@ def register(app: typer.Typer) -> None:
         """
         from ..pipelines.pretrain import PretrainOptions, pretrain
         from ..train.distributed import env_world_size
-        from .common import parse_batch_size
+        from .common import parse_batch_size, reporter
 
         opts = PretrainOptions(
             config=config, init_from=init_from, weights=_floats(weights, "--weights"), regions=list(region or []),
@@ -114,7 +114,7 @@ def register(app: typer.Typer) -> None:
             eval_every=eval_every, log_every=log_every, keep_checkpoints=keep_checkpoints, stop_after=stop_after,
             resume=resume, force=force, device=device, precision=precision, grad_checkpointing=grad_checkpointing,
             threads=threads, quiet=quiet)
-        s = pretrain(corpora, output, opts)  # TrainingInterrupted: one line, exit 128 + signal (cli/main.py)
+        s = pretrain(corpora, output, opts, reporter())  # TrainingInterrupted: one line, exit 128 + signal (cli/main.py)
         import os
 
         if quiet or int(os.environ.get("RANK", "0")) != 0:

@@ -38,7 +38,7 @@ def run_genome_job(name: str, fn, genome: str, output: str | None, shard: str | 
     """Run a genome-tiling job (``segment_genome`` or ``tracks_genome``) with a progress bar, or, under torchrun,
     this rank's shard (returns None). Shared by ``ntk segment`` and ``ntk tracks``."""
     from ..errors import NtkError
-    from ..progress import progress_bar
+    from .progress import progress_bar
     from ..pipelines.distributed import run_ranks, world_size
 
     shard_ix = parse_shard(shard)

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from ..report import default_reporter
 
 _TMP_DIRS: list[str] = []
 
@@ -78,7 +79,8 @@ def normalise_sequence(raw: str | bytes, where: str = "", offset: int = 0) -> st
     bad = np.flatnonzero(out == 0)
     if bad.size:
         i = int(bad[0])
-        raise InputError(f"{where}: invalid nucleotide {_show_byte(int(b[i]))} at position {offset + i + 1}")
+        shown = repr(raw[i]) if isinstance(raw, str) and not raw[i].isascii() else _show_byte(int(b[i]))
+        raise InputError(f"{where}: invalid nucleotide {shown} at position {offset + i + 1}")
     return out.tobytes().decode("ascii")
 
 
@@ -118,9 +120,8 @@ class IndexedFasta:
         _check_fasta_start(src)
         if is_gzip(src) and not is_bgzip(src):
             tmp = _private_tmp() / (src.name[:-3] if src.name.endswith(".gz") else src.name + ".fa")
-            from ..progress import stderr_console
-            stderr_console().log(f"{src} is plain gzip (not bgzip); decompressing to {tmp} for indexed access "
-                                     "(use `bgzip` to avoid this)")
+            default_reporter().log(f"{src} is plain gzip (not bgzip); decompressing to {tmp} for indexed access "
+                                   "(use `bgzip` to avoid this)")
             try:
                 with gzip.open(src, "rb") as fi, open(tmp, "wb") as fo:
                     shutil.copyfileobj(fi, fo, 1 << 22)
@@ -201,6 +202,26 @@ def acgt_runs(seq: str, offset: int = 0, min_length: int = 1) -> list[tuple[int,
     starts = np.flatnonzero(d == 1)
     ends = np.flatnonzero(d == -1)
     return [(int(s) + offset, int(e) + offset) for s, e in zip(starts, ends) if e - s >= min_length]
+
+
+def scan_acgt_runs(fasta: IndexedFasta, chrom: str, start: int = 0, end: int | None = None, min_length: int = 1,
+                   block: int = 1 << 22) -> Iterator[tuple[int, int]]:
+    """Maximal ACGT runs of ``chrom[start:end]`` (``end`` None: the contig's end) of at least ``min_length`` nt,
+    as absolute (start, end), streaming: the sequence is read ``block`` nt at a time (a whole chromosome is never
+    held as one string) and a run that crosses a block boundary comes out as one run. The one ACGT-run scanner
+    of ntk (segment's work units, score-variants' window plan, finetune segment's genome windows)."""
+    end = fasta.lengths[chrom] if end is None else end
+    cur: tuple[int, int] | None = None
+    for b in range(start, end, block):
+        for s, t in acgt_runs(fasta.fetch(chrom, b, min(b + block, end)), offset=b):
+            if cur is not None and s == cur[1]:  # continues across the block boundary
+                cur = (cur[0], t)
+                continue
+            if cur is not None and cur[1] - cur[0] >= min_length:
+                yield cur
+            cur = (s, t)
+    if cur is not None and cur[1] - cur[0] >= min_length:
+        yield cur
 
 
 @dataclass

@@ -6,9 +6,10 @@ Everything inside ntk is 0-based half-open; conversion happens here, once.
 from __future__ import annotations
 
 import gzip
+import itertools
 import re
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -170,3 +171,27 @@ def merge_overlapping(intervals: Iterable[Interval], order: list[str]) -> list[I
         else:
             out.append(Interval(x.chrom, x.start, x.end, name=x.name))
     return out
+
+
+def iter_regions(regions: Sequence[str] = (), regions_file: str | None = None, lengths: dict[str, int] | None = None,
+                 chr_map: dict[str, str] | None = None) -> Iterator[Interval]:
+    """The regions a command is given, in input order: the ``-r`` strings (1-based inclusive; all parsed and
+    checked against ``lengths`` now, so a bad one fails before any work), then the records of the ``-R`` BED
+    file (0-based half-open; ``-`` = stdin), read lazily (streaming). An empty BED yields nothing here; see
+    :func:`load_regions`."""
+    parsed = [parse_region(r, lengths) for r in regions]
+    if not regions_file:
+        return iter(parsed)
+    return itertools.chain(parsed, read_bed(regions_file, lengths, chr_map))
+
+
+def load_regions(regions: Sequence[str] = (), regions_file: str | None = None, lengths: dict[str, int] | None = None,
+                 chr_map: dict[str, str] | None = None, *, merge: bool = False) -> list[Interval]:
+    """Every region of ``-r`` strings and a ``-R`` BED file (see :func:`iter_regions`), as a list; a BED file
+    with no regions is an error. ``merge``: sorted in the order of ``lengths`` (FASTA contig order) with
+    overlapping and adjacent regions merged (:func:`merge_overlapping`). The one region loader of every
+    command (segment, tracks, score-variants; embed streams :func:`iter_regions`)."""
+    out = list(iter_regions(regions, regions_file, lengths, chr_map))
+    if regions_file and len(out) == len(regions):
+        raise InputError(f"{regions_file}: no regions in the file")
+    return merge_overlapping(out, list(lengths or {})) if merge else out

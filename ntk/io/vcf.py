@@ -198,7 +198,7 @@ class VcfWriter(AtomicOutput):
 
     def write(self, rec, values: Mapping[str, Sequence | None] | None = None) -> None:
         """Write one input record with ``values`` (INFO id -> tuple per ALT, ``None`` entries missing; a ``None``
-        tuple writes nothing for that id)."""
+        or empty tuple writes nothing for that id)."""
         self._write_header()
         line = str(rec)
         if values:
@@ -207,7 +207,7 @@ class VcfWriter(AtomicOutput):
             if self._replace:
                 info = [x for x in info if x.split("=", 1)[0] not in self._replace]
             for key, val in values.items():
-                if val is not None:
+                if val is not None and len(val):  # ``KEY=`` with no value is not VCF: an empty tuple writes nothing
                     info.append(f"{key}={','.join(self._format(v) for v in val)}")
             cols[7] = ";".join(info) if info else "."
             line = "\t".join(cols) + "\n"

@@ -15,6 +15,10 @@ replaces the layers by ordinary ``nn.Linear`` modules: the result is a plain che
 
 Targets name encoder linear layers (in every block): ``query``, ``key``, ``value``, ``attn_out``
 (attention output projection), ``ffn_in`` (FFN first projection), ``ffn_out`` (FFN output projection).
+NTv3 models (Transformer blocks ``core.transformer_blocks.N``) map them onto ``sa_layer.query_head.linear``,
+``key_head.linear``, ``value_head.linear``, ``sa_layer.mha_output``, ``fc1`` (the SwiGLU input projection, both
+halves) and ``fc2`` (whose input is the SwiGLU activation); the U-Net convolutions and the species modulation
+layers are not adapted.
 """
 from __future__ import annotations
 
@@ -36,6 +40,15 @@ TARGETS = {
 }
 LORA_DEFAULT_TARGETS = ("query", "value")
 IA3_DEFAULT_TARGETS = ("key", "value", "ffn_out")
+NTV3_TARGETS = {  # NTv3 Transformer blocks (model/ntv3.py)
+    "query": r"sa_layer\.query_head\.linear",
+    "key": r"sa_layer\.key_head\.linear",
+    "value": r"sa_layer\.value_head\.linear",
+    "attn_out": r"sa_layer\.mha_output",
+    "ffn_in": r"fc1",
+    "ffn_out": r"fc2",
+}
+_NTV3_BLOCK = r"core\.transformer_blocks\.\d+\."
 # IA3 rescales the *input* of these layers (the FFN activations), the *output* of the others
 IA3_INPUT_SIDE = {"ffn_out"}
 ADAPTER_KEY = "ntk_adapter"  # config.json entry describing the adapters of an unmerged checkpoint
@@ -102,7 +115,9 @@ def parse_targets(targets: str | Iterable[str] | None, default: Iterable[str]) -
 
 def _encoder_linears(model: nn.Module, target: str) -> list[tuple[nn.Module, str, nn.Linear]]:
     """(parent, attribute, layer) for every encoder-block linear layer matching a target alias."""
-    pattern = re.compile(r"encoder\.layer\.\d+\." + TARGETS[target] + r"$")
+    ntv3 = any(re.match(_NTV3_BLOCK, name) for name, _ in model.named_modules())
+    block, table = (_NTV3_BLOCK, NTV3_TARGETS) if ntv3 else (r"encoder\.layer\.\d+\.", TARGETS)
+    pattern = re.compile(block + table[target] + r"$")
     found = []
     for name, mod in model.named_modules():
         if isinstance(mod, nn.Linear) and pattern.search(name):

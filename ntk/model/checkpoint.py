@@ -228,6 +228,29 @@ def _is_chatnt(directory: Path) -> bool:
     return isinstance(d, dict) and is_chatnt_config(d)
 
 
+def read_config(path_or_name=None):
+    """The config of a model (NTConfig or NTv3Config) from its config.json alone, no weights read: what the
+    window rules (``cfg.check_window``) need before a job loads the model. None for ChatNT checkpoints."""
+    directory = resolve_model_path(path_or_name)
+    if _is_chatnt(directory):
+        return None
+    if _model_type(directory) in NTV3_MODEL_TYPES:
+        from .ntv3_config import NTv3Config
+
+        return NTv3Config.from_json(directory / "config.json")
+    return NTConfig.from_json(directory / "config.json")
+
+
+def check_window_before_loading(model, window: int | None, job: str) -> None:
+    """Refuse a ``--window`` the model cannot take from its config.json, before any weights load (``model``: a
+    path or preset name; a loaded model is checked by the job itself)."""
+    if window is None or isinstance(model, torch.nn.Module):
+        return
+    cfg = read_config(model)
+    if cfg is not None:
+        cfg.check_window(window, job)
+
+
 def load_model(path_or_name=None, device="cpu", dtype=torch.float32) -> NucleotideTransformer:
     """Load a model for inference (eval mode) from a directory, preset name, cached HF repo, or the default."""
     directory = resolve_model_path(path_or_name)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CheckpointError
+from . import window_rules
 
 
 @dataclass
@@ -86,6 +87,20 @@ class NTConfig:
         if self.rotary:
             return "nt-v2"
         return "nt-v1"
+
+    # -- window facts (model/window_rules.py) ------------------------------------------------------
+    @property
+    def window_unit(self) -> int:
+        """Window lengths (nt) must be multiples of this: SegmentNT 6 x 2**num_layers_head, other NT models 1."""
+        return window_rules.nt_window_unit(self)
+
+    def default_window(self, job: str) -> int:
+        """The default window of ``job`` (``segment``, ``score``; ``embed``: in DNA tokens)."""
+        return window_rules.nt_default_window(self, job)
+
+    def check_window(self, window: int | None, job: str) -> int:
+        """``window`` (None: the default) checked for ``job``; NtkError when the model cannot take it."""
+        return window_rules.nt_check_window(self, window, job)
 
     def rescaling_for_tokens(self, n_tokens: int) -> float | None:
         """Rotary base rescaling factor for an input of ``n_tokens`` tokens (incl. CLS), by the reference rule:

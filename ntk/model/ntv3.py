@@ -314,6 +314,21 @@ class NTv3SequenceHead(nn.Module):
         return out
 
 
+class NTv3SegmentHead(nn.Module):
+    """``ntk finetune segment`` head on NTv3 (config ``ntk_head: "segment"``, ``features``): per base, LayerNorm of the
+    final per-base embedding -> linear -> one (no, yes) logit pair per feature, ``[B, L, F, 2]`` over the whole
+    window (the layout of the post-trained BED head, without its centre crop; ``ntk segment`` keeps the centre)."""
+
+    def __init__(self, cfg: NTv3Config):
+        super().__init__()
+        self.n_features = len(cfg.segment_features)
+        self.head = _Head(cfg.filter_list[0], 2 * self.n_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, L, _ = x.shape
+        return self.head(x, 1e-5).reshape(B, L, self.n_features, 2)
+
+
 class NTv3Core(nn.Module):
     def __init__(self, cfg: NTv3Config):
         super().__init__()
@@ -350,6 +365,7 @@ class NTv3Output:
     bigwig_tracks_logits: torch.Tensor | None = None
     bed_tracks_logits: torch.Tensor | None = None
     crop: tuple[int, int] | None = None  # [start, end) of the heads' centre crop within the window
+    segment_logits: torch.Tensor | None = None  # fine-tuned segment head: [B, L, F, 2], the whole window
 
     @property
     def last_hidden_state(self) -> torch.Tensor | None:
@@ -361,6 +377,13 @@ class NTv3Output:
         if self.bed_tracks_logits is None:
             return None
         return torch.softmax(self.bed_tracks_logits.float(), dim=-1)[..., 1]
+
+    @property
+    def segment_probabilities(self) -> torch.Tensor | None:
+        """Fine-tuned segment head: P(feature) per base of the whole window, ``[B, L, F]``."""
+        if self.segment_logits is None:
+            return None
+        return torch.softmax(self.segment_logits.float(), dim=-1)[..., 1]
 
     def __getitem__(self, key: str):
         if key.startswith("embeddings_deconv_"):
@@ -383,6 +406,8 @@ class NTv3(nn.Module):
         self.tokenizer = NTv3Tokenizer(cfg.window_unit)
         # ``ntk finetune classify|regress`` checkpoints: a sequence head (``classifier.*`` tensors)
         self.classifier = NTv3SequenceHead(cfg) if cfg.num_labels else None
+        # ``ntk finetune segment`` checkpoints: a per-base head (``segment_head.*`` tensors)
+        self.segment_head = NTv3SegmentHead(cfg) if cfg.segment_features else None
 
     # -- conveniences ----------------------------------------------------------------------------------
     @property
@@ -395,7 +420,8 @@ class NTv3(nn.Module):
 
     @property
     def features(self) -> list[str]:
-        return self.config.features
+        """What ``ntk segment`` writes: the fine-tuned segment head's features, else the BED-head elements."""
+        return self.config.segment_features or self.config.features
 
     @property
     def species(self) -> list[str]:
@@ -431,26 +457,32 @@ class NTv3(nn.Module):
             ids = ids.unsqueeze(0)
         return ids.to(self.device, torch.long)
 
-    def forward(self, input_ids, species_ids=None, output_hidden_states: bool = False, heads: bool = True,
+    def forward(self, input_ids, species_ids=None, output_hidden_states: bool = False, heads: bool | str = True,
                 attention_mask=None) -> NTv3Output:
         """``attention_mask`` does not mask the Transformer (padding is ``N``, a real token; the released code runs
         the Transformer unmasked); it only selects the bases the fine-tuned sequence head pools. ``heads=False``
         stops after the per-base embedding; ``heads="classifier"`` (fine-tuned models) gives ``logits [B, K]`` of
-        the sequence head (a post-trained base is conditioned on the species it was fine-tuned with unless
-        ``species_ids`` is given)."""
+        the sequence head; ``heads="segment"`` gives ``segment_logits [B, L, F, 2]`` of the fine-tuned per-base
+        head only (``heads=True`` computes it too, besides the base's heads). A post-trained base fine-tuned by
+        ntk is conditioned on the species it was fine-tuned with (``ntk_species``) unless ``species_ids`` is
+        given."""
         cfg, core = self.config, self.core
         ids = self._ids(input_ids)
         B, L = ids.shape
+        if species_ids is None and cfg.is_post_trained and cfg.finetune_species:
+            species_ids = self.species_id(cfg.finetune_species)
         if heads == "classifier":
             if self.classifier is None:
                 raise ValueError("this NTv3 model has no fine-tuned sequence head (ntk finetune classify|regress)")
-            if species_ids is None and cfg.is_post_trained:
-                if not cfg.finetune_species:
-                    raise ValueError("this post-trained NTv3 model needs species_ids")
-                species_ids = self.species_id(cfg.finetune_species)
             out = self(ids, species_ids=species_ids, output_hidden_states=output_hidden_states, heads=False)
             mask = torch.ones(B, L, dtype=torch.bool) if attention_mask is None else torch.as_tensor(attention_mask)
             out.logits = self.classifier(out.embedding, mask.bool())
+            return out
+        if heads == "segment":
+            if self.segment_head is None:
+                raise ValueError("this NTv3 model has no fine-tuned segment head (ntk finetune segment)")
+            out = self(ids, species_ids=species_ids, output_hidden_states=output_hidden_states, heads=False)
+            out.segment_logits = self.segment_head(out.embedding)
             return out
         unit = cfg.window_unit
         if L % unit:
@@ -505,6 +537,8 @@ class NTv3(nn.Module):
             out.bigwig_tracks_logits = core.bigwig_head(xc, sp - (cfg.num_species_special_tokens or 6), eps)
             n_el = len(cfg.bed_elements_names or [])
             out.bed_tracks_logits = core.bed_head(xc, eps).reshape(B, e - s, n_el, 2)
+        if self.segment_head is not None:
+            out.segment_logits = self.segment_head(x)
         return out
 
     def embed(self, input_ids, species_ids=None, layer: int | None = None) -> torch.Tensor:
@@ -525,8 +559,18 @@ class NTv3(nn.Module):
 
 def build_from_state_dict(cfg: NTv3Config, sd: dict[str, torch.Tensor], where: str) -> NTv3:
     """Build the model for ``cfg`` and load ``sd`` strictly (rotary ``inv_freq`` buffers ignored); raises
-    ValueError naming missing / unexpected / mis-shaped tensors."""
+    ValueError naming missing / unexpected / mis-shaped tensors. A checkpoint of ``ntk finetune --method
+    lora|ia3`` saved without ``--merge`` (config.json ``ntk_adapter``) gets its adapters re-created, loaded and
+    folded into plain weights (the ``ntk_adapter`` entry is then dropped from the config)."""
+    from .adapters import ADAPTER_KEY, apply_adapters, merge_adapters
+
     model = NTv3(cfg)
+    adapter = cfg.extra.get(ADAPTER_KEY)
+    if adapter:
+        try:
+            apply_adapters(model, adapter)
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{where}: config.json {ADAPTER_KEY}: {e}") from None
     want = model.state_dict()
     sd = {k: v for k, v in sd.items() if not k.endswith("inv_freq")}
     missing = [k for k in want if k not in sd]
@@ -540,5 +584,8 @@ def build_from_state_dict(cfg: NTv3Config, sd: dict[str, torch.Tensor], where: s
                 parts.append(f"{len(items)} {label}: " + ", ".join(items[:4]) + (" ..." if len(items) > 4 else ""))
         raise ValueError(f"{where}: weights do not match config.json: " + "; ".join(parts))
     model.load_state_dict({k: sd[k].float() for k in want}, strict=True)
+    if adapter:
+        merge_adapters(model)
+        cfg.extra.pop(ADAPTER_KEY)
     return model
 

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from . import window_rules
 from .config import config_from_json
 
 NUM_SPECIAL_TOKENS = 6  # <unk> <pad> <mask> <cls> <eos> <bos>
@@ -52,7 +53,8 @@ HF_DEFAULT_COMPUTE_DTYPES = {
 }
 # keys written by ntk itself (fine-tuning records)
 _NTK_KEYS = {"segment_window", "ntk_adapters", "ntk_task", "ntk_head", "ntk_base", "num_labels", "problem_type",
-             "regression_mean", "regression_std"}
+             "regression_mean", "regression_std", "features"}
+NTK_HEADS = ("sequence", "segment")  # ``ntk_head``: classify/regress (``num_labels``) | segment (``features``)
 _DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
                 "float16": "float16", "fp16": "float16"}
 
@@ -61,15 +63,17 @@ _DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16",
 # `ntk models download NAME`): name -> (repo, nominal size, kind, what ntk runs with it)
 NTV3_PRESETS: dict[str, tuple[str, str, str, str]] = {
     "ntv3-8m-pre": ("InstaDeepAI/NTv3_8M_pre", "8M", "pre-trained (MLM)",
-                    "embed, score-variants (llr, distances), finetune classify|regress"),
+                    "embed, score-variants (llr, distances), finetune classify|regress|segment"),
     "ntv3-100m-pre": ("InstaDeepAI/NTv3_100M_pre", "100M", "pre-trained (MLM)",
-                      "embed, score-variants (llr, distances), finetune classify|regress"),
+                      "embed, score-variants (llr, distances), finetune classify|regress|segment"),
     "ntv3-650m-pre": ("InstaDeepAI/NTv3_650M_pre", "650M", "pre-trained (MLM)",
-                      "embed, score-variants (llr, distances), finetune classify|regress"),
+                      "embed, score-variants (llr, distances), finetune classify|regress|segment"),
     "ntv3-100m-post": ("InstaDeepAI/NTv3_100M_post", "100M", "post-trained (species; tracks + elements)",
-                       "segment, tracks, embed, score-variants (+ tracks, elements), finetune classify|regress (--species)"),
+                       "segment, tracks, embed, score-variants (+ tracks, elements), "
+                       "finetune classify|regress|segment (--species)"),
     "ntv3-650m-post": ("InstaDeepAI/NTv3_650M_post", "650M", "post-trained (species; tracks + elements)",
-                       "segment, tracks, embed, score-variants (+ tracks, elements), finetune classify|regress (--species)"),
+                       "segment, tracks, embed, score-variants (+ tracks, elements), "
+                       "finetune classify|regress|segment (--species)"),
 }
 MODEL_TYPES = ("ntv3", "ntv3_pretrained", "ntv3_posttrained")
 
@@ -144,7 +148,15 @@ class NTv3Config:
     @property
     def window_unit(self) -> int:
         """Window lengths must be multiples of this (one token per base, ``num_downsamples`` halvings)."""
-        return 2 ** self.num_downsamples
+        return window_rules.ntv3_window_unit(self)
+
+    def default_window(self, job: str) -> int:
+        """The default window (nt) of ``job`` (``segment``, ``score``, ``embed``; see model/window_rules.py)."""
+        return window_rules.ntv3_default_window(self, job)
+
+    def check_window(self, window: int | None, job: str) -> int:
+        """``window`` (None: the default) checked for ``job``; NtkError when the model cannot take it."""
+        return window_rules.ntv3_check_window(self, window, job)
 
     @property
     def filter_list(self) -> list[int]:
@@ -159,13 +171,21 @@ class NTv3Config:
         return [s for s, i in sorted(self.species_to_token_id.items(), key=lambda t: t[1]) if i >= k]
 
     @property
+    def segment_features(self) -> list[str]:
+        """Features of an ``ntk finetune segment`` per-base head (``ntk_head: "segment"``, ``features``); else []."""
+        if self.extra.get("ntk_head") != "segment":
+            return []
+        return list(self.extra.get("features") or [])
+
+    @property
     def features(self) -> list[str]:
-        """BED-head elements (what ``ntk segment`` writes), empty for pre-trained models."""
+        """BED-head elements, empty for pre-trained models (a fine-tuned segment head's features:
+        :attr:`segment_features`; what ``ntk segment`` writes: ``NTv3.features``)."""
         return list(self.bed_elements_names or [])
 
     @property
     def is_segmentation(self) -> bool:
-        return bool(self.bed_elements_names)
+        return bool(self.bed_elements_names) or bool(self.segment_features)
 
     def tracks_for(self, species: str) -> list[str]:
         return list((self.bigwigs_per_species or {}).get(species, []))
@@ -238,6 +258,23 @@ class NTv3Config:
     def fingerprint(self) -> str:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
 
+    def _validate_ntk_head(self) -> None:
+        head = self.extra.get("ntk_head")
+        if head is not None and head not in NTK_HEADS:
+            raise ValueError(f"ntk_head {head!r} is not implemented ({', '.join(NTK_HEADS)})")
+        feats = self.extra.get("features")
+        if head == "segment":
+            if (not isinstance(feats, list) or not feats or not all(isinstance(f, str) and f for f in feats)
+                    or len(set(feats)) != len(feats)):
+                raise ValueError("ntk_head 'segment' needs 'features': a list of distinct feature names")
+            if self.num_labels:
+                raise ValueError("ntk_head 'segment' and num_labels (a sequence head) exclude each other")
+        elif feats is not None:
+            raise ValueError("config field 'features' without ntk_head 'segment' is not implemented for NTv3")
+        f = self.keep_target_center_fraction
+        if f is not None and not 0 < f <= 1:
+            raise ValueError("keep_target_center_fraction must be in (0, 1]")
+
     def validate(self) -> None:
         if self.model_type not in MODEL_TYPES:
             raise ValueError(f"model_type {self.model_type!r} is not an NTv3 type ({', '.join(MODEL_TYPES)})")
@@ -255,6 +292,7 @@ class NTv3Config:
             raise ValueError("rotary attention needs an even key_size")
         if self.num_downsamples < 0:
             raise ValueError("num_downsamples must be >= 0")
+        self._validate_ntk_head()
         if self.is_post_trained:
             if list(self.conditions_names or []) != ["species"]:
                 raise ValueError(f"conditions_names {self.conditions_names!r}: ntk implements one condition, "

@@ -6,13 +6,13 @@ Rules (documented in the README, section ``ntk embed``):
 - A record is embedded as the model tokenizes it whole: 6-mers from the start of every N-free run, single
   nucleotides for the remainders, every ``N`` its own token, ``<cls>`` first. Records are *not* split at N.
 - A record whose tokens fit the context (``m.config.max_tokens`` incl. CLS) is one forward pass. A longer
-  record is tiled **in token coordinates** with :func:`ntk.pipelines.windows.tile` (``unit=1``): windows of
+  record is tiled **in token coordinates** with :func:`ntk.plan.windows.tile` (``unit=1``): windows of
   ``max_tokens - 1`` DNA tokens (+ CLS) overlapping by ``2 * crop`` tokens (default crop = 1/8 of the window);
   each token of the record is kept from exactly one window, the one where it lies most centrally. Tiling the
   record's own tokenization (rather than nucleotides) means every window fits whatever the N content, and the
   tokens pooled for a long record are exactly the tokens a short record would get. Per-token rows
   (``pool="none"``) near the boundary of two windows are the two windows' vectors blended with a linear ramp
-  across their overlap (:class:`ntk.pipelines.windows.Blender`), so they change smoothly where windows meet;
+  across their overlap (:class:`ntk.plan.windows.Blender`), so they change smoothly where windows meet;
   the pooled modes pool each window's own kept tokens.
 - Pooling over the kept tokens of the record (CLS and padding never included):
   ``mean`` = mean over all kept tokens; ``max`` = element-wise max; ``cls`` = the CLS vector (for a tiled record,
@@ -58,10 +58,11 @@ from ..io.fasta import IndexedFasta, iter_fasta
 from ..io.intervals import Interval, parse_region
 from ..io.tables import NpyStreamWriter, ParquetStreamWriter, TsvStreamWriter
 from ..model.tokenizer import N_CODE, NucleotideTokenizer, reverse_complement_codes, sequence_codes
-from .batching import auto_token_budget, by_token_budget
-from .windows import Blender, Window, tile
+from ..plan.batching import auto_token_budget, by_token_budget
+from .family import ntv3_species_id
+from ..plan.windows import Blender, Window, tile
 
-BLEND = "linear"  # how per-token rows of neighbouring windows are joined (pipelines/windows.py)
+BLEND = "linear"  # how per-token rows of neighbouring windows are joined (plan/windows.py)
 
 POOLINGS = ("mean", "max", "cls", "none")
 NTV3_FINAL = "final"  # NTv3: the final per-base embedding (default layer)
@@ -314,24 +315,16 @@ class Embedder:
                 raise NtkError("--pool cls: NTv3 has no CLS token; use --pool mean|max|none")
             self.species_id = ntv3_species_id(model, species)
             self.unit = cfg.window_unit
-            from .family import NTV3_DEFAULT_WINDOW
-            w = NTV3_DEFAULT_WINDOW if window is None else int(window)
-            if w < self.unit or w % self.unit:
-                raise NtkError(f"--window {w}: must be a positive multiple of {self.unit} (2^num_downsamples)")
-            self.window = w
+            self.window = cfg.check_window(window, "embed")
         else:
             if species is not None:
                 raise NtkError("--species: only NTv3 post-trained models are conditioned on a species")
             self.layers = normalise_layers(layers, cfg.num_hidden_layers)
             self.hidden_size = cfg.hidden_size
-            self.window = cfg.max_tokens - 1  # DNA tokens per window (CLS is the +1)
-            if window is not None:
-                self.window = min(self.window, int(window))
+            self.window = cfg.check_window(window, "embed")  # DNA tokens per window (CLS is the +1)
         self.pool = pool
         self.rc_average = rc_average
         self.tokenizer: NucleotideTokenizer = model.tokenizer
-        if self.window < 1:
-            raise NtkError(f"model context of {cfg.max_tokens} tokens is too small")
         self.crop = int(self.window * CROP_FRACTION) if crop is None else int(crop)
         if not 0 <= 2 * self.crop < self.window:
             raise NtkError(f"crop {self.crop} must be >= 0 and less than half the window ({self.window} tokens)")
@@ -680,24 +673,6 @@ def ntv3_layers(layers, cfg) -> tuple[list, int]:
         raise NtkError(f"--layer: the final per-base embedding ({cfg.conv_init_embed_dim} wide) and Transformer "
                        f"layers ({cfg.embed_dim} wide) cannot be combined in one run; run them separately")
     return out, widths.pop()
-
-
-def ntv3_species_id(model, species: str | None) -> int | None:
-    """The species id for a post-trained NTv3 model (NtkError listing the choices); None for pre-trained."""
-    if not model.config.is_post_trained:
-        if species is not None:
-            raise NtkError("--species: this NTv3 model is pre-trained (not conditioned on a species)")
-        return None
-    if species is None or species not in model.species:
-        what = "--species is required for this NTv3 post-trained model" if species is None else \
-            f"--species {species!r}: not a species of this model"
-        raise NtkError(f"{what}; choose one of: {', '.join(model.species)}")
-    return model.species_id(species)
-
-
-def iter_embeddings(model, inputs: Iterable, **options) -> Iterator[EmbedBlock]:
-    """Stream :class:`EmbedBlock` for ``inputs`` (EmbedInput, strings, or (name, sequence) pairs)."""
-    return Embedder(model, **options).run(inputs)
 
 
 def _collect(model, inputs: Iterable, options: dict) -> pl.DataFrame:

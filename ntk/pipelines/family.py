@@ -4,8 +4,9 @@ crop the heads predict on, which head gives per-base values, how a window is enc
 Two families run through ``segment``/``tracks``:
 
 - **SegmentNT** (6-mer tokens + CLS, U-Net head over tokens): windows lie inside ACGT runs (N is never fed),
-  are multiples of 24 nt and are never padded; the whole window is predicted and ``--crop`` nt are dropped at
-  each side where neighbouring windows overlap (``pipelines/windows.tile``).
+  are multiples of the config's window unit (6 nt x 2**num_layers_head: 24 nt for the released heads) and are
+  never padded; the whole window is predicted and ``--crop`` nt are dropped at
+  each side where neighbouring windows overlap (``plan/windows.tile``).
 - **NTv3** (one token per base, U-Net over bases, heads on the central ``keep_target_center_fraction`` of the
   window): window lengths are multiples of ``2**num_downsamples``; the kept centre of a window of W nt is
   ``[m, W - m)`` with ``m = W - (s + n)``, ``n = int(W * f)``, ``s = (W - n) // 2`` (the HF crop, made
@@ -15,6 +16,8 @@ Two families run through ``segment``/``tracks``:
   than one window's kept centre (so N inside a window is allowed: NTv3 has an N token and was trained with N);
   longer N gaps are skipped. Positions that are N (or IUPAC codes) in the FASTA get no value, as for
   SegmentNT. A span shorter than a full window's centre gets the shortest window whose centre covers it.
+  An NTv3 model fine-tuned by ``ntk finetune segment`` has a per-base head over the whole window; ntk keeps the
+  same centre of it (its config.json's ``keep_target_center_fraction``), so the tiling is the same.
 """
 from __future__ import annotations
 
@@ -25,15 +28,12 @@ import numpy as np
 import torch
 
 from ..errors import NtkError
-from ..io.fasta import IndexedFasta, acgt_runs
+from ..io.fasta import IndexedFasta, scan_acgt_runs
 from ..io.intervals import Interval
 from ..model.tokenizer import N_CODE, reverse_complement_codes, sequence_codes
-from .windows import Window, tile
+from ..plan.windows import Window, tile
 
-SEGMENT_NT_UNIT = 24  # 6 nt per token x 2**2 (two U-Net pooling levels)
 NT_PER_TOKEN = 6
-READ_BLOCK = 1 << 20
-NTV3_DEFAULT_WINDOW = 1 << 20  # the released NTv3 models' 1 Mb context
 
 
 @dataclass(frozen=True)
@@ -43,22 +43,6 @@ class Job:
     unit: int
     window: Window
     gpos: int = 0
-
-
-def scan_runs(fasta: IndexedFasta, unit: Interval, min_length: int = SEGMENT_NT_UNIT) -> Iterator[tuple[int, int]]:
-    """ACGT runs of at least ``min_length`` nt inside ``unit``, reading it in blocks (absolute coordinates)."""
-    cur: tuple[int, int] | None = None
-    for b in range(unit.start, unit.end, READ_BLOCK):
-        e = min(b + READ_BLOCK, unit.end)
-        for s, t in acgt_runs(fasta.fetch(unit.chrom, b, e), offset=b):
-            if cur is not None and s == cur[1]:  # a run that crosses the block boundary
-                cur = (cur[0], t)
-                continue
-            if cur is not None and cur[1] - cur[0] >= min_length:
-                yield cur
-            cur = (s, t)
-    if cur is not None and cur[1] - cur[0] >= min_length:
-        yield cur
 
 
 def fetch_codes(fa: IndexedFasta, chrom: str, start: int, end: int) -> np.ndarray:
@@ -73,16 +57,20 @@ def fetch_codes(fa: IndexedFasta, chrom: str, start: int, end: int) -> np.ndarra
 
 
 class Family:
-    """Interface; see the module docstring."""
+    """Interface; see the module docstring. Window facts (unit, default window, ``--window`` checks) are the model
+    config's (``cfg.window_unit``, ``cfg.default_window("segment")``, ``cfg.check_window``: model/window_rules.py)."""
     name = "?"
-    unit = 1
     fixed_crop = False
 
     def __init__(self, model):
         self.m = model
 
+    @property
+    def unit(self) -> int:
+        return self.m.config.window_unit
+
     def default_window(self) -> int:
-        raise NotImplementedError
+        return self.m.config.default_window("segment")
 
     def resolve(self, window: int | None, crop: int | None) -> tuple[int, int]:
         raise NotImplementedError
@@ -108,23 +96,10 @@ class Family:
 
 class SegmentNTFamily(Family):
     name = "segment_nt"
-    unit = SEGMENT_NT_UNIT
-
-    def default_window(self) -> int:
-        """The window the head was trained on (``segment_window`` in config.json, written by ``ntk finetune
-        segment``), else the trained length in nt ((max_tokens - 1) * 6), rounded down to a multiple of 24."""
-        cfg = self.m.config
-        trained = cfg.extra.get("segment_window")
-        if isinstance(trained, int) and trained >= self.unit and trained % self.unit == 0:
-            return trained
-        return max(self.unit, ((cfg.max_tokens - 1) * NT_PER_TOKEN) // self.unit * self.unit)
 
     def resolve(self, window, crop):
-        window = self.default_window() if window is None else int(window)
+        window = self.m.config.check_window(window, "segment")
         crop = window // 8 if crop is None else int(crop)
-        if window < self.unit or window % self.unit:
-            raise NtkError(f"--window {window}: must be a positive multiple of {self.unit} nt (6 nt per token x 4 "
-                           "for the U-Net pooling levels)")
         if crop < 0 or 2 * crop >= window:
             raise NtkError(f"--crop {crop}: must be >= 0 and less than half the window ({window} nt)")
         return window, crop
@@ -133,7 +108,7 @@ class SegmentNTFamily(Family):
         offset = 0
         for i, u in enumerate(units):
             base, offset = offset, offset + u.length
-            for s, e in scan_runs(fa, u):
+            for s, e in scan_acgt_runs(fa, u.chrom, u.start, u.end, min_length=self.unit):
                 for w in tile(s, e, window, crop, unit=self.unit, chrom=u.chrom):
                     yield Job(i, w, base + w.keep_start - u.start)
 
@@ -165,10 +140,6 @@ class NTv3Family(Family):
     name = "ntv3"
     fixed_crop = True
 
-    def __init__(self, model):
-        super().__init__(model)
-        self.unit = model.config.window_unit
-
     def margin(self, W: int) -> int:
         s, e = self.m.crop_bounds(W)
         return max(s, W - e)
@@ -176,27 +147,18 @@ class NTv3Family(Family):
     def kept(self, W: int) -> int:
         return W - 2 * self.margin(W)
 
-    def default_window(self) -> int:
-        trained = self.m.config.extra.get("segment_window")
-        if isinstance(trained, int) and trained >= self.unit and trained % self.unit == 0:
-            return trained
-        return max(self.unit, NTV3_DEFAULT_WINDOW // self.unit * self.unit)
-
     def resolve(self, window, crop):
         if crop is not None:
             raise NtkError("--crop: NTv3 heads predict on a fixed centre of each window (keep_target_center_fraction "
                            f"{self.m.config.keep_target_center_fraction}); the crop follows from --window")
-        window = self.default_window() if window is None else int(window)
-        if window < self.unit or window % self.unit:
-            raise NtkError(f"--window {window}: must be a positive multiple of {self.unit} nt (2^num_downsamples "
-                           "for this NTv3 model)")
+        window = self.m.config.check_window(window, "segment")
         if self.kept(window) < 1:
             raise NtkError(f"--window {window}: too short, its kept centre is empty")
         return window, self.margin(window)
 
     def spans(self, fa, u: Interval, gap: int) -> Iterator[tuple[int, int]]:
         cur = None
-        for s, e in scan_runs(fa, u, min_length=1):
+        for s, e in scan_acgt_runs(fa, u.chrom, u.start, u.end):
             if cur is not None and s - cur[1] < gap:
                 cur = (cur[0], e)
                 continue
@@ -241,8 +203,14 @@ class NTv3Family(Family):
     def predict(self, ids, head, select, n_fwd, rc_average, species_id):
         m = self.m
         W = ids.shape[1]
-        s, e = m.crop_bounds(W)
         mg, K = self.margin(W), self.kept(W)
+        if head == "bed" and m.segment_head is not None:  # `ntk finetune segment` head: the whole window
+            vals = m(ids, species_ids=species_id, heads="segment").segment_probabilities.index_select(2, select)
+            fwd = vals[:n_fwd, mg: mg + K]
+            if rc_average:
+                fwd = (fwd + vals[n_fwd:].flip(1)[:, mg: mg + K]) * 0.5
+            return fwd, mg
+        s, e = m.crop_bounds(W)
         out = m(ids, species_ids=species_id)
         vals = out.bed_probabilities if head == "bed" else out.bigwig_tracks_logits.float()
         vals = vals.index_select(2, select)
@@ -255,14 +223,30 @@ class NTv3Family(Family):
 
     def head_names(self, head):
         cfg = self.m.config
+        if head == "bed" and cfg.segment_features:
+            return list(cfg.segment_features)
         if not cfg.is_post_trained:
             raise NtkError("this NTv3 model is pre-trained only (MLM head): ntk segment and ntk tracks need a "
-                           "post-trained NTv3 model (BED-element and BigWig-track heads)")
+                           "post-trained NTv3 model (BED-element and BigWig-track heads) or, for ntk segment, one "
+                           "fine-tuned by ntk finetune segment")
         if head == "bed":
             if not cfg.bed_elements_names:
                 raise NtkError("this NTv3 model has no BED-element head")
             return list(cfg.bed_elements_names)
         return []  # BigWig tracks depend on the species: see tracks_for
+
+
+def ntv3_species_id(model, species: str | None) -> int | None:
+    """The species id for a post-trained NTv3 model (NtkError listing the choices); None for pre-trained."""
+    if not model.config.is_post_trained:
+        if species is not None:
+            raise NtkError("--species: this NTv3 model is pre-trained (not conditioned on a species)")
+        return None
+    if species is None or species not in model.species:
+        what = "--species is required for this NTv3 post-trained model" if species is None else \
+            f"--species {species!r}: not a species of this model"
+        raise NtkError(f"{what}; choose one of: {', '.join(model.species)}")
+    return model.species_id(species)
 
 
 def family_of(model) -> Family:

@@ -41,7 +41,8 @@ from ..train.finetune_data import (EncodedLabels, SequenceBatches, Split, encode
                                    split_by_column, split_kfold, split_random, tokenize_all)
 from ..train.loop import TrainConfig, Trainer
 from ..train.optim import default_pretrain_lr
-from .predict import pad_token, sequence_outputs
+from ..report import NULL, Reporter
+from .sequence_outputs import pad_token, sequence_outputs
 
 METHODS = ("full", "head", "lora", "ia3")
 # segmentation (``ntk finetune segment``) keeps these; classify/regress use the measured defaults (train_config)
@@ -97,14 +98,6 @@ class FinetuneOptions:
 
 
 # -- model -----------------------------------------------------------------------------------------
-def refuse_ntv3(model, what: str) -> None:
-    """NTv3 bases are wired into ``ntk finetune classify|regress`` only (issue #17): say so in one line."""
-    if model.config.family.startswith("ntv3"):
-        raise NtkError(f"{what} with an NTv3 model is not supported yet in this version of ntk (NTv3 bases "
-                       "fine-tune with `ntk finetune classify|regress`; NTv3 also runs in segment, tracks, embed "
-                       "and score-variants); use an NT v1/v2 or SegmentNT base")
-
-
 def is_ntv3(model) -> bool:
     return model.config.family.startswith("ntv3")
 
@@ -126,33 +119,76 @@ def ntv3_species(base, species: str | None) -> str | None:
     return None
 
 
-def build_ntv3_task_model(base, label_names: list[str], problem_type: str, regression_mean=None,
-                          regression_std=None, species: str | None = None):
-    """An NTv3 base (pre- or post-trained) with a new sequence head (:class:`ntk.model.ntv3.NTv3SequenceHead`:
-    mean of the final per-base embedding over the real bases -> dense -> tanh -> out); base weights copied.
-    A post-trained base is conditioned on ``species`` (required; stored as ``ntk_species`` in config.json)."""
-    from ..model.ntv3 import NTv3
+def _ntv3_task_config(base, species: str | None):
+    """A copy of the base's config without earlier fine-tuning records; ``ntk_species`` set for a post-trained base."""
     from ..model.ntv3_config import NTv3Config
 
     cfg = NTv3Config.from_dict(json.loads(json.dumps(base.config.to_dict())))
-    for k in (ADAPTER_KEY, "regression_mean", "regression_std", "ntk_species"):
+    for k in (ADAPTER_KEY, "regression_mean", "regression_std", "ntk_species", "ntk_head", "features", "num_labels",
+              "problem_type", "id2label", "segment_window"):
         cfg.extra.pop(k, None)
     if ntv3_species(base, species):
         cfg.extra["ntk_species"] = species
-    cfg.extra.update(num_labels=len(label_names), problem_type=problem_type,
-                     id2label={str(i): n for i, n in enumerate(label_names)}, ntk_head="sequence")
-    if regression_mean is not None:
-        cfg.extra["regression_mean"] = [float(x) for x in regression_mean]
-        cfg.extra["regression_std"] = [float(x) for x in regression_std]
+    return cfg
+
+
+def _ntv3_with_base_weights(base, cfg):
+    """An NTv3 model for ``cfg`` (new heads seeded with 0) with every tensor it shares with ``base`` copied."""
+    from ..model.ntv3 import NTv3
+
     torch.manual_seed(0)
     model = NTv3(cfg, reference=base.reference)
     src = base.state_dict()
     dst = model.state_dict()
     with torch.no_grad():
         for k, v in dst.items():
-            if not k.startswith("classifier."):
+            if k.startswith("core.") and k in src:
                 v.copy_(src[k])
     model.load_state_dict(dst)
+    return model
+
+
+def build_ntv3_task_model(base, label_names: list[str], problem_type: str, regression_mean=None,
+                          regression_std=None, species: str | None = None):
+    """An NTv3 base (pre- or post-trained) with a new sequence head (:class:`ntk.model.ntv3.NTv3SequenceHead`:
+    mean of the final per-base embedding over the real bases -> dense -> tanh -> out); base weights copied.
+    A post-trained base is conditioned on ``species`` (required; stored as ``ntk_species`` in config.json)."""
+    cfg = _ntv3_task_config(base, species)
+    cfg.extra.update(num_labels=len(label_names), problem_type=problem_type,
+                     id2label={str(i): n for i, n in enumerate(label_names)}, ntk_head="sequence")
+    if regression_mean is not None:
+        cfg.extra["regression_mean"] = [float(x) for x in regression_mean]
+        cfg.extra["regression_std"] = [float(x) for x in regression_std]
+    return _ntv3_with_base_weights(base, cfg)
+
+
+def build_ntv3_segment_model(base, features: list[str], species: str | None = None,
+                             keep_fraction: float | None = None):
+    """An NTv3 base with a new per-base segment head (:class:`ntk.model.ntv3.NTv3SegmentHead`; config.json
+    ``ntk_head: "segment"``, ``features``); base weights copied. A post-trained base keeps its own
+    ``keep_target_center_fraction`` (the centre ``ntk segment`` keeps) and its BED-head rows of the features it
+    already predicts (same name) seed the new head; a pre-trained base gets ``keep_fraction``. A post-trained base
+    is conditioned on ``species`` (required; ``ntk_species``)."""
+    cfg = _ntv3_task_config(base, species)
+    cfg.extra.update(ntk_head="segment", features=list(features))
+    if not cfg.is_post_trained and keep_fraction is not None:
+        cfg.keep_target_center_fraction = float(keep_fraction)
+    cfg.validate()
+    model = _ntv3_with_base_weights(base, cfg)
+    old = list(base.config.bed_elements_names or [])
+    if set(old) & set(features):  # bed head rows laid out (element, class)
+        w_old = base.core.bed_head.head.weight.view(len(old), 2, -1)
+        b_old = base.core.bed_head.head.bias.view(len(old), 2)
+        h = model.segment_head.head
+        w_new = h.head.weight.data.view(len(features), 2, -1)
+        b_new = h.head.bias.data.view(len(features), 2)
+        with torch.no_grad():
+            for j, f in enumerate(features):
+                if f in old:
+                    w_new[j] = w_old[old.index(f)]
+                    b_new[j] = b_old[old.index(f)]
+            h.layer_norm.weight.copy_(base.core.bed_head.layer_norm.weight)
+            h.layer_norm.bias.copy_(base.core.bed_head.layer_norm.bias)
     return model
 
 
@@ -220,16 +256,14 @@ def build_task_model(base: NucleotideTransformer, head: str, *, label_names: lis
 
 
 def head_parameters(model: NucleotideTransformer) -> list[tuple[str, torch.nn.Parameter]]:
-    return [(n, p) for n, p in model.named_parameters() if n.startswith(("classifier.", "unet.", "fc."))]
+    return [(n, p) for n, p in model.named_parameters()
+            if n.startswith(("classifier.", "unet.", "fc.", "segment_head."))]
 
 
 def setup_method(model: NucleotideTransformer, opts: FinetuneOptions) -> list[tuple[str, torch.nn.Parameter]]:
     """Apply the method (adapters for lora/ia3) and return the parameters to train (always including the head)."""
     if opts.method not in METHODS:
         raise NtkError(f"--method {opts.method!r}: expected one of {', '.join(METHODS)}")
-    if is_ntv3(model) and opts.method not in ("full", "head"):
-        raise NtkError(f"--method {opts.method}: NTv3 bases fine-tune with --method full or head (LoRA/IA3 "
-                       "adapters are not wired for NTv3 yet)")
     try:
         if opts.method == "lora":
             model.config.extra[ADAPTER_KEY] = apply_lora(model, opts.lora_rank, opts.lora_alpha, opts.lora_targets,
@@ -408,7 +442,7 @@ class _Evals:
 def train_and_report(model: NucleotideTransformer, params, opts: FinetuneOptions, run_dir: Path, loss_fn,
                      batches, steps_per_epoch: int, evaluate, problem_type: str, resume_from: Path | None,
                      test_eval=None, record: dict | None = None, sequence_task: bool = False,
-                     baseline=None, n_train: int | None = None) -> dict:
+                     baseline=None, n_train: int | None = None, reporter: Reporter = NULL) -> dict:
     """Run the shared Trainer, then evaluate ``best/`` on validation and test data; write metrics.json.
 
     ``baseline``: a callable returning the baseline's report (``{"kind", "val", "test", ...}``), run before
@@ -421,14 +455,12 @@ def train_and_report(model: NucleotideTransformer, params, opts: FinetuneOptions
                         sequence_task=sequence_task, n_train=n_train)
     evals = _Evals(evaluate, monitor)
     trainer = Trainer(model, tcfg, run_dir, loss_fn, batches, eval_fn=evals, trainable_params=params,
-                      resume_from=resume_from)
+                      resume_from=resume_from, reporter=reporter)
     if not opts.quiet:
-        from ..cli.common import console
-
-        console.log(f"finetune: {count_parameters(params):,} of {model.num_parameters():,} parameters trained "
-                    f"({opts.method}); {tcfg.steps} steps ({tcfg.steps / max(steps_per_epoch, 1):.3g} epochs), "
-                    f"eval every {tcfg.eval_every}, monitor {monitor} ({mode}), patience {tcfg.patience}; lr "
-                    f"{tcfg.lr:.2e}, warm-up {tcfg.warmup_steps}, weight decay {tcfg.weight_decay}")
+        reporter.log(f"finetune: {count_parameters(params):,} of {model.num_parameters():,} parameters trained "
+                     f"({opts.method}); {tcfg.steps} steps ({tcfg.steps / max(steps_per_epoch, 1):.3g} epochs), "
+                     f"eval every {tcfg.eval_every}, monitor {monitor} ({mode}), patience {tcfg.patience}; lr "
+                     f"{tcfg.lr:.2e}, warm-up {tcfg.warmup_steps}, weight decay {tcfg.weight_decay}")
     base_report = None
     if baseline is not None:
         base_report = baseline()
@@ -450,12 +482,10 @@ def train_and_report(model: NucleotideTransformer, params, opts: FinetuneOptions
                   "weight_decay": tcfg.weight_decay}, **(record or {})}
     report["best_is_untrained"] = report["best_step"] == 0
     if report["best_is_untrained"]:
-        from ..cli.common import console
-
-        console.print(f"[bold yellow]ntk finetune: warning: no evaluation beat the untrained head ({monitor} "
+        reporter.warn(f"ntk finetune: warning: no evaluation beat the untrained head ({monitor} "
                       f"{summary['best']:.4g} at step 0): best/ is the untrained model. The model did not learn "
                       "this task with these options (try more data, --epochs, --lr or --method; compare with the "
-                      "k-mer baseline in metrics.json).[/bold yellow]", soft_wrap=True)
+                      "k-mer baseline in metrics.json).")
     model = trainer.model.eval()
     if best_dir.is_dir():
         load_into(model, load_state_dict(best_dir), str(best_dir))
@@ -524,10 +554,10 @@ def make_splits(data: LabeledSequences, enc: EncodedLabels, inp: SequenceTaskInp
     return [split_random(len(data), enc.strata(), inp.val_fraction, inp.test_fraction, seed)]
 
 
-def finetune_sequences(task: str, inp: SequenceTaskInput, run_dir: str | Path, opts: FinetuneOptions | None = None
-                       ) -> dict:
+def finetune_sequences(task: str, inp: SequenceTaskInput, run_dir: str | Path, opts: FinetuneOptions | None = None,
+                       reporter: Reporter = NULL) -> dict:
     """``ntk finetune classify`` (task ``classify``) or ``ntk finetune regress`` (``regress``); returns the report
-    written to ``RUN_DIR/metrics.json``."""
+    written to ``RUN_DIR/metrics.json``. ``reporter``: progress, log lines and warnings (default: silent)."""
     opts = opts or FinetuneOptions()
     run_dir = Path(run_dir)
     check_single_process()
@@ -545,8 +575,6 @@ def finetune_sequences(task: str, inp: SequenceTaskInput, run_dir: str | Path, o
                              "need validation data (raise --val-fraction or give --val-chroms)")
     base = load_model(opts.model)
     if is_ntv3(base):  # one-line refusals before anything is written
-        if opts.method not in ("full", "head"):
-            setup_method(base, opts)
         ntv3_species(base, opts.species)
     elif opts.species:
         raise NtkError("--species: only NTv3 post-trained models are conditioned on a species")
@@ -570,7 +598,7 @@ def finetune_sequences(task: str, inp: SequenceTaskInput, run_dir: str | Path, o
                 continue
             rd.mkdir(parents=True, exist_ok=True)
             resume_from = latest_checkpoint(rd) if opts.resume else None
-        reports.append(_run_one(base, enc, ids, sp, opts, rd, resume_from, data))
+        reports.append(_run_one(base, enc, ids, sp, opts, rd, resume_from, data, reporter))
     if not inp.folds:
         return reports[0]
     summary = {"folds": len(reports), "problem_type": enc.problem_type, "labels": enc.names,
@@ -600,7 +628,7 @@ def _start_kfold(run_dir: Path, options: dict, opts: FinetuneOptions) -> None:
 
 
 def _run_one(base, enc: EncodedLabels, ids, sp: Split, opts: FinetuneOptions, run_dir: Path,
-             resume_from: Path | None, data: LabeledSequences) -> dict:
+             resume_from: Path | None, data: LabeledSequences, reporter: Reporter = NULL) -> dict:
     pt = enc.problem_type
     mean = std = None
     if pt == "regression":
@@ -661,4 +689,4 @@ def _run_one(base, enc: EncodedLabels, ids, sp: Split, opts: FinetuneOptions, ru
                             evaluate_on(sp.val), pt, resume_from,
                             test_eval=evaluate_on(sp.test) if len(sp.test) else None, record=record,
                             sequence_task=True, baseline=kmer_baseline if use_baseline else None,
-                            n_train=len(sp.train))
+                            n_train=len(sp.train), reporter=reporter)

@@ -8,13 +8,23 @@ per-nucleotide genomic features derived from an annotation (GTF, GFF3 or BED; se
 - Splits: whole chromosomes (``--val-chroms``, ``--test-chroms``); training uses every other annotated
   contig. Validation uses at most ``--max-eval-windows`` windows evenly spaced along the validation contigs
   (each nucleotide scored once, from the centre of its window, as ``ntk segment`` does: where two evaluated
-  windows are neighbours their probabilities are blended across the overlap, see ``pipelines/windows``; the
+  windows are neighbours their probabilities are blended across the overlap, see ``plan/windows``; the
   evaluation loss is the cross-entropy of those probabilities); test uses them all.
 - Loss: cross-entropy of the two-class per-nucleotide, per-feature logits (SegmentNT's output layout
   ``[B, 6(T-1), F, 2]``). Metrics: per-feature nucleotide-level MCC (threshold 0.5) and AUPRC, and their means.
 - Result: a SegmentNT-type checkpoint (``architectures: ["SegmentNT"]``, your ``features``) in ``best/`` that
   ``ntk.load_model`` and ``ntk segment`` run. When the window needs more tokens than a rotary base model was
   trained on, ``rescaling_factor`` is set to ``tokens / (max_position_embeddings - 2)`` as SegmentNT does.
+
+**NTv3 bases** (pre-trained, or post-trained with ``--species``): the head is a per-base one
+(:class:`ntk.model.ntv3.NTv3SegmentHead`: LayerNorm + linear -> a logit pair per feature and base, on the final
+per-base embedding; single-base tokens, so base ``i`` of a window is token ``i``); windows are multiples of
+``2**num_downsamples`` (default :data:`NTV3_DEFAULT_WINDOW` rounded down), inside ACGT runs (never ``<pad>``), and
+the loss covers the whole window. Evaluation keeps each window's centre as ``ntk segment`` does for NTv3: the
+model's ``keep_target_center_fraction`` (a post-trained base's own; for a pre-trained base
+``1 - 2 * eval_crop / window``, ``eval_crop`` default window/8, written to config.json); kept centres abut, so
+nothing is blended. The result is an NTv3 checkpoint (config.json ``ntk_head: "segment"``, ``features``,
+``ntk_species`` for a post-trained base) that ``ntk.load_model`` and ``ntk segment -m`` run.
 """
 from __future__ import annotations
 
@@ -32,12 +42,15 @@ from ..io.intervals import suggest_contig
 from ..model.checkpoint import load_model
 from ..model.nt import NUC_PER_TOKEN
 from ..model.runtime import set_threads
+from ..report import NULL, Reporter
 from ..train.finetune_data import NT_UNIT, WindowBatches, genome_windows
 from ..train.metrics import SegmentationMetrics
-from .windows import Blender, Window
-from .finetune import (FinetuneOptions, build_task_model, check_single_process, clean_json, monitor_name, refuse_ntv3,
-                       setup_method,
-                       start_run, train_and_report)
+from ..plan.windows import Blender, Window
+from ..errors import NtkError
+from .finetune import (FinetuneOptions, build_ntv3_segment_model, build_task_model, check_single_process, clean_json,
+                       is_ntv3, monitor_name, ntv3_species, setup_method, start_run, train_and_report)
+
+NTV3_DEFAULT_WINDOW = 8192  # nt, rounded down to a multiple of the model's window unit
 
 
 @dataclass
@@ -103,8 +116,10 @@ def _check_contigs(names: list[str], lengths: dict[str, int], option: str) -> No
             raise InputError(f"{option}: contig {n!r} is not in the FASTA{suggest_contig(n, lengths)}")
 
 
-def finetune_segment(inp: SegmentTaskInput, run_dir: str | Path, opts: FinetuneOptions | None = None) -> dict:
-    """Train the segmentation head; return the report written to ``RUN_DIR/metrics.json``."""
+def finetune_segment(inp: SegmentTaskInput, run_dir: str | Path, opts: FinetuneOptions | None = None,
+                     reporter: Reporter = NULL) -> dict:
+    """Train the segmentation head; return the report written to ``RUN_DIR/metrics.json`` (``reporter``: progress,
+    log lines and warnings; default: silent)."""
     opts = opts or FinetuneOptions()
     run_dir = Path(run_dir)
     check_single_process()
@@ -131,30 +146,22 @@ def finetune_segment(inp: SegmentTaskInput, run_dir: str | Path, opts: FinetuneO
         raise InputError("no annotated contig is left for training after --val-chroms/--test-chroms")
 
     base = load_model(opts.model)
-    refuse_ntv3(base, "ntk finetune segment")
-    cfg = base.config
-    window = inp.window or default_window(cfg.max_tokens)
-    if window % NT_UNIT or window <= 0:
-        raise InputError(f"--window {window}: must be a positive multiple of {NT_UNIT} nt")
-    tokens = window // NUC_PER_TOKEN + 1
-    rescaling = None
-    if tokens > cfg.max_tokens:
-        if not cfg.rotary:
-            raise InputError(f"--window {window}: {tokens} tokens exceed the {cfg.max_tokens} this model takes "
-                             f"(learned positions; at most {default_window(cfg.max_tokens)} nt)")
-        rescaling = (tokens - 1) / (cfg.max_position_embeddings - 2)
-    crop = inp.eval_crop if inp.eval_crop is not None else window // 8
-    train_w = genome_windows(fa, train_contigs, window, 0)
-    val_w = genome_windows(fa, list(inp.val_chroms), window, crop).subsample(inp.max_eval_windows)
-    test_w = genome_windows(fa, list(inp.test_chroms), window, crop) if inp.test_chroms else None
+    if is_ntv3(base):
+        setup = _ntv3_setup(base, inp, opts, ann.features)
+    else:
+        if opts.species:
+            raise NtkError("--species: only NTv3 post-trained models are conditioned on a species")
+        setup = _nt_setup(base, inp, ann.features)
+    model, window, crop, unit, blend = setup
+    train_w = genome_windows(fa, train_contigs, window, 0, unit)
+    val_w = genome_windows(fa, list(inp.val_chroms), window, crop, unit).subsample(inp.max_eval_windows)
+    test_w = genome_windows(fa, list(inp.test_chroms), window, crop, unit) if inp.test_chroms else None
     if len(train_w) == 0:
         raise InputError(f"no ACGT run of {window} nt on the training contigs: lower --window")
     if len(val_w) == 0:
         raise InputError(f"no ACGT run of {window} nt on --val-chroms: lower --window")
 
     monitor_name("segmentation", opts.monitor)  # a bad --monitor fails before anything is written
-    model = build_task_model(base, "segment", features=ann.features, num_layers_head=inp.num_layers_head,
-                             rescaling_factor=rescaling)
     model.config.extra["segment_window"] = window  # `ntk segment` uses the trained window by default
     del base
     params = setup_method(model, opts)
@@ -174,50 +181,107 @@ def finetune_segment(inp: SegmentTaskInput, run_dir: str | Path, opts: FinetuneO
         return loss, {"n_windows": batch["input_ids"].shape[0]}
 
     def evaluate_on(windows):
-        def fn(m):
-            acc = SegmentationMetrics(ann.features)
-            loss_sum, n = 0.0, 0
-            dev = m.device
-            blender = Blender("linear")
-
-            def score(kept: np.ndarray, t: np.ndarray) -> None:
-                nonlocal loss_sum, n
-                acc.update(kept, t)
-                p = np.clip(kept.astype(np.float64), 1e-12, 1 - 1e-12)  # CE of the (blended) probabilities
-                loss_sum += float(-np.where(t > 0, np.log(p), np.log1p(-p)).sum())
-                n += t.size
-
-            for sel, batch in WindowBatches(fa, ann, windows, model.tokenizer, opts.batch_size, train=False):
-                logits = m(batch["input_ids"].to(dev), heads="segment").segment_logits.float().cpu()
-                proba = torch.softmax(logits, -1)[..., 1].numpy()
-                for k, i in enumerate(sel):
-                    s0 = int(windows.start[i])
-                    w = Window(windows.contigs[int(windows.contig[i])], s0, s0 + windows.window,
-                               int(windows.keep_start[i]), int(windows.keep_end[i]))
-                    t = batch["targets"][k, w.keep_start - s0:w.keep_end - s0].numpy()
-                    for _, kept, tt in blender.push(w, proba[k], t):
-                        score(kept, tt)
-            for _, kept, tt in blender.flush():
-                score(kept, tt)
-            res = acc.result()
-            out = {"loss": loss_sum / max(n, 1), "mcc": res["mcc"], "auprc": res["auprc"], "auroc": res["auroc"]}
-            for f in ann.features:
-                out[f"mcc/{f}"] = res[f"mcc/{f}"]
-                out[f"auprc/{f}"] = res[f"auprc/{f}"]
-            return out
-        return fn
+        return lambda m: evaluate_windows(m, fa, ann, windows, model.tokenizer, opts.batch_size, blend)
 
     record = {
-        "features": ann.features, "window": window, "rescaling_factor": model.config.rescaling_factor,
+        "features": ann.features, "window": window,
         "split": {"how": "by chromosome", "train_contigs": train_contigs, "val_contigs": list(inp.val_chroms),
                   "test_contigs": list(inp.test_chroms), "train_windows": len(train_w),
                   "val_windows": len(val_w), "test_windows": len(test_w) if test_w is not None else 0,
                   "skipped_short_run_bp": train_w.skipped_bp},
         "annotated_bp": {f: ann.covered_bp(f) for f in ann.features},
     }
+    if is_ntv3(model):
+        f = model.config.keep_target_center_fraction
+        record.update(eval_crop=crop, keep_target_center_fraction=f, species=model.config.finetune_species)
+    else:
+        record["rescaling_factor"] = model.config.rescaling_factor
     test_eval = evaluate_on(test_w) if test_w is not None and len(test_w) else None
     report = train_and_report(model, params, opts, run_dir, loss_fn, batches, batches.batches_per_epoch,
-                              evaluate_on(val_w), "segmentation", resume_from, test_eval=test_eval, record=record)
+                              evaluate_on(val_w), "segmentation", resume_from, test_eval=test_eval, record=record,
+                              reporter=reporter)
     fa.close()
     return report
 
+
+def _nt_setup(base, inp: SegmentTaskInput, features: list[str]):
+    """SegmentNT-type head on an NT base: (model, window, eval crop, window unit, blend mode)."""
+    cfg = base.config
+    window = inp.window or default_window(cfg.max_tokens)
+    if window % NT_UNIT or window <= 0:
+        raise InputError(f"--window {window}: must be a positive multiple of {NT_UNIT} nt")
+    tokens = window // NUC_PER_TOKEN + 1
+    rescaling = None
+    if tokens > cfg.max_tokens:
+        if not cfg.rotary:
+            raise InputError(f"--window {window}: {tokens} tokens exceed the {cfg.max_tokens} this model takes "
+                             f"(learned positions; at most {default_window(cfg.max_tokens)} nt)")
+        rescaling = (tokens - 1) / (cfg.max_position_embeddings - 2)
+    crop = inp.eval_crop if inp.eval_crop is not None else window // 8
+    model = build_task_model(base, "segment", features=features, num_layers_head=inp.num_layers_head,
+                             rescaling_factor=rescaling)
+    return model, window, crop, NT_UNIT, "linear"
+
+
+def _ntv3_setup(base, inp: SegmentTaskInput, opts: FinetuneOptions, features: list[str]):
+    """Per-base head on an NTv3 base: (model, window, eval crop = the kept centre's margin, unit, blend "none")."""
+    from .family import NTv3Family
+
+    unit = base.config.window_unit
+    ntv3_species(base, opts.species)
+    window = inp.window or max(unit, NTV3_DEFAULT_WINDOW // unit * unit)
+    if window <= 0 or window % unit:
+        raise InputError(f"--window {window}: must be a positive multiple of {unit} nt (2^num_downsamples for this "
+                         "NTv3 model)")
+    keep = None
+    if base.config.is_post_trained:
+        if inp.eval_crop is not None:
+            raise InputError(f"--eval-crop: an NTv3 post-trained base keeps its own centre of each window "
+                             f"(keep_target_center_fraction {base.config.keep_target_center_fraction}); the "
+                             "evaluation crop follows from --window")
+    else:
+        crop = inp.eval_crop if inp.eval_crop is not None else window // 8
+        if crop < 0 or 2 * crop >= window:
+            raise InputError(f"--eval-crop {crop}: must be >= 0 and less than half the window ({window} nt)")
+        keep = (window - 2 * crop) / window
+    model = build_ntv3_segment_model(base, features, opts.species, keep)
+    fam = NTv3Family(model)
+    if fam.kept(window) < 1 or 2 * fam.margin(window) >= window:
+        raise InputError(f"--window {window}: too short, its kept centre is empty")
+    return model, window, fam.margin(window), unit, "none"
+
+
+def evaluate_windows(m, fa: IndexedFasta, ann, windows, tokenizer, batch_size: int, blend: str = "linear") -> dict:
+    """Per-feature nucleotide-level metrics of ``m``'s segment head over ``windows``: each nucleotide scored once,
+    from the kept part of its window (``blend``: how neighbouring windows' values meet, see pipelines/windows);
+    ``loss`` is the cross-entropy of the kept probabilities."""
+    acc = SegmentationMetrics(ann.features)
+    loss_sum, n = 0.0, 0
+    dev = m.device
+    blender = Blender(blend)
+
+    def score(kept: np.ndarray, t: np.ndarray) -> None:
+        nonlocal loss_sum, n
+        acc.update(kept, t)
+        p = np.clip(kept.astype(np.float64), 1e-12, 1 - 1e-12)  # CE of the (blended) probabilities
+        loss_sum += float(-np.where(t > 0, np.log(p), np.log1p(-p)).sum())
+        n += t.size
+
+    for sel, batch in WindowBatches(fa, ann, windows, tokenizer, batch_size, train=False):
+        logits = m(batch["input_ids"].to(dev), heads="segment").segment_logits.float().cpu()
+        proba = torch.softmax(logits, -1)[..., 1].numpy()
+        for k, i in enumerate(sel):
+            s0 = int(windows.start[i])
+            w = Window(windows.contigs[int(windows.contig[i])], s0, s0 + windows.window,
+                       int(windows.keep_start[i]), int(windows.keep_end[i]))
+            t = batch["targets"][k, w.keep_start - s0:w.keep_end - s0].numpy()
+            for _, kept, tt in blender.push(w, proba[k], t):
+                score(kept, tt)
+    for _, kept, tt in blender.flush():
+        score(kept, tt)
+    res = acc.result()
+    out = {"loss": loss_sum / max(n, 1), "mcc": res["mcc"], "auprc": res["auprc"], "auroc": res["auroc"]}
+    for f in ann.features:
+        out[f"mcc/{f}"] = res[f"mcc/{f}"]
+        out[f"auprc/{f}"] = res[f"auprc/{f}"]
+    return out

@@ -33,29 +33,10 @@ from ..io.intervals import read_bed
 from ..io.labels import input_kind
 from ..model.checkpoint import load_model
 from ..model.runtime import set_threads
-from ..train.finetune_data import eval_batches
+from ..report import NULL, Reporter
+from .sequence_outputs import pad_token, sequence_outputs  # noqa: F401  (shared with finetune)
 
 CHUNK = 4096  # records tokenized and predicted together
-
-
-def sequence_outputs(model, ids: list[np.ndarray], batch_size: int, pad_id: int) -> np.ndarray:
-    """Head outputs (logits, or regression values) ``[N, K]`` float32 for tokenized sequences, in input order."""
-    out = None
-    dev = model.device
-    unit = getattr(model.tokenizer, "unit", 1)  # NTv3: lengths a multiple of 2^num_downsamples (pad_id: N)
-    for pos, batch in eval_batches(ids, None, batch_size, pad_id, unit):
-        o = model(input_ids=batch["input_ids"].to(dev), attention_mask=batch["attention_mask"].to(dev),
-                  heads="classifier").logits
-        o = o.float().cpu().numpy()
-        if out is None:
-            out = np.empty((len(ids), o.shape[1]), dtype=np.float32)
-        out[pos] = o
-    return out if out is not None else np.zeros((0, 0), dtype=np.float32)
-
-
-def pad_token(model) -> int:
-    """The id batches are padded with: ``<pad>`` for NT, ``N`` for NTv3 (never ``<pad>``; excluded from pooling)."""
-    return model.tokenizer.n_id if model.config.family.startswith("ntv3") else model.config.pad_token_id
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -248,8 +229,10 @@ def output_schema(model, genomic: bool) -> dict[str, pl.DataType]:
 def predict(model_path: str | Path, path: str | None, output: str, *, sequence_col: str = "sequence",
             name_col: str | None = None, regions: str | None = None, reference: str | None = None,
             chr_map: dict | None = None, batch_size: int = 32, threshold: float = 0.5, device: str = "auto",
-            precision: str = "auto", threads: int | None = None, force: bool = False, quiet: bool = True) -> dict:
-    """Predict every input record with a fine-tuned model; write Parquet to ``output`` (``-``: stdout)."""
+            precision: str = "auto", threads: int | None = None, force: bool = False, quiet: bool = True,
+            reporter: Reporter = NULL) -> dict:
+    """Predict every input record with a fine-tuned model; write Parquet to ``output`` (``-``: stdout);
+    unless ``quiet``, a line per chunk of records to ``reporter``."""
     from ..io.tables import ParquetStreamWriter
 
     set_threads(threads)
@@ -261,11 +244,7 @@ def predict(model_path: str | Path, path: str | None, output: str, *, sequence_c
     schema = output_schema(model, genomic=bool(regions))
     meta = {"ntk_version": __version__, "ntk_model": str(ckpt), "ntk_problem_type": model.config.problem_type}
     n = 0
-    progress = None
-    if not quiet:
-        from ..cli.common import console
-
-        progress = console
+    progress = None if quiet else reporter
     with torch.inference_mode(), ParquetStreamWriter(output, schema, metadata=meta) as writer:
         for chunk in iter_records(path, sequence_col, name_col, regions, reference, chr_map):
             ids = []

@@ -24,11 +24,12 @@ from ..model.config import PRESETS, NTConfig, preset_config
 from ..model.heads import LMHead
 from ..model.nt import NucleotideTransformer
 from ..model.runtime import set_threads
-from ..pipelines.batching import auto_token_budget
+from ..plan.batching import auto_token_budget
+from ..report import NULL, Reporter
 from ..train import distributed as D
 from ..train.checkpointing import prepare_run_dir, read_run_info, write_json_atomic
 from ..train.corpus import MaskedLMStream, Prefetcher, split_corpus, unigram_cross_entropy, validation_batches
-from ..train.loop import TrainConfig, Trainer, console, unwrap
+from ..train.loop import TrainConfig, Trainer, unwrap
 from ..train.masking import masked_lm_loss
 from ..train.optim import default_pretrain_lr, default_warmup, describe_schedule, schedule_warning
 
@@ -113,7 +114,7 @@ def new_model_config(spec: str) -> NTConfig:
     return cfg
 
 
-def build_model(opts: PretrainOptions, resume_from: Path | None) -> NucleotideTransformer:
+def build_model(opts: PretrainOptions, resume_from: Path | None, reporter: Reporter = NULL) -> NucleotideTransformer:
     torch.manual_seed(opts.seed)
     if resume_from is not None:  # weights are restored by the trainer
         return NucleotideTransformer(NTConfig.from_json(resume_from / "config.json"), lm_head=True)
@@ -128,7 +129,7 @@ def build_model(opts: PretrainOptions, resume_from: Path | None) -> NucleotideTr
         if model.lm_head is None:
             model.lm_head = LMHead(model.config)
             init_weights(model.lm_head)
-            console.log(f"--init-from {opts.init_from}: no LM head in the checkpoint; a new one is initialised")
+            reporter.warn(f"--init-from {opts.init_from}: no LM head in the checkpoint; a new one is initialised")
         model.classifier = None
         model.config.architectures = ["EsmForMaskedLM"]
         model.config.num_labels = model.config.problem_type = model.config.id2label = None
@@ -184,17 +185,19 @@ def _options_record(corpora: list[str], opts: PretrainOptions) -> dict:
     return d
 
 
-def _check_resume_options(run_dir: Path, record: dict) -> None:
+def _check_resume_options(run_dir: Path, record: dict, reporter: Reporter = NULL) -> None:
     info = read_run_info(run_dir) or {}
     before = info.get("options") or {}
     changed = [k for k in _STREAM_OPTIONS if k in before and before.get(k) != record.get(k)]
     if changed:
-        console.log(f"[yellow]--resume with different {', '.join(changed)} than the original run: the data stream "
-                    "will not continue exactly as an uninterrupted run[/yellow]")
+        reporter.warn(f"--resume with different {', '.join(changed)} than the original run: the data stream "
+                      "will not continue exactly as an uninterrupted run")
 
 
-def pretrain(corpora: list[str], run_dir: str | Path, opts: PretrainOptions | None = None) -> dict:
-    """Run masked-LM pretraining; return a summary (steps, final validation metrics, paths)."""
+def pretrain(corpora: list[str], run_dir: str | Path, opts: PretrainOptions | None = None,
+             reporter: Reporter = NULL) -> dict:
+    """Run masked-LM pretraining; return a summary (steps, final validation metrics, paths). ``reporter``: the
+    set-up lines, the training progress bar and warnings (default: silent; the CLI passes its rich one)."""
     opts = opts or PretrainOptions()
     if not corpora:
         raise NtkError("no corpus FASTA given")
@@ -213,13 +216,13 @@ def pretrain(corpora: list[str], run_dir: str | Path, opts: PretrainOptions | No
     run_dir = Path(run_dir)
     info = D.setup(opts.device)
     try:
-        return _pretrain(corpora, run_dir, opts, info)
+        return _pretrain(corpora, run_dir, opts, info, reporter)
     finally:
         D.teardown()
 
 
-def _pretrain(corpora: list[str], run_dir: Path, opts: PretrainOptions, info: D.DistInfo) -> dict:
-    say = console.log if (info.is_main and not opts.quiet) else (lambda *a, **k: None)
+def _pretrain(corpora: list[str], run_dir: Path, opts: PretrainOptions, info: D.DistInfo, reporter: Reporter) -> dict:
+    say = reporter.log if (info.is_main and not opts.quiet) else (lambda *a, **k: None)
     record = _options_record(corpora, opts)
 
     # 1. inputs first: a bad corpus fails before anything is written
@@ -239,10 +242,10 @@ def _pretrain(corpora: list[str], run_dir: Path, opts: PretrainOptions, info: D.
         raise NtkError(outcome[1])
     resume_from = Path(outcome[1]) if outcome[1] is not None else None
     if resume_from is not None and info.is_main:
-        _check_resume_options(run_dir, record)
+        _check_resume_options(run_dir, record, reporter)
 
     # 3. the model and its tokenizer
-    model = build_model(opts, resume_from)
+    model = build_model(opts, resume_from, reporter)
     cfg = model.config
     seq_len = opts.seq_len or min(cfg.max_tokens, 1000)
     if not 8 <= seq_len <= cfg.max_tokens:
@@ -291,7 +294,7 @@ def _pretrain(corpora: list[str], run_dir: Path, opts: PretrainOptions, info: D.
         + (f" ({'; '.join(why)})" if why else ""))
     warning = schedule_warning(tcfg.schedule, tcfg.warmup_steps, tcfg.steps, tcfg.lr)
     if warning and info.is_main:  # shown under --quiet too
-        console.log(f"[yellow]warning: {warning}[/yellow]")
+        reporter.warn(f"warning: {warning}")
 
     static = info.device.type == "xla"
 
@@ -319,7 +322,7 @@ def _pretrain(corpora: list[str], run_dir: Path, opts: PretrainOptions, info: D.
     batches = Prefetcher(stream)
     try:
         trainer = Trainer(model, tcfg, run_dir, loss_fn, batches, eval_fn=eval_fn if val_batches else None,
-                          resume_from=resume_from, dist_info=info)
+                          resume_from=resume_from, dist_info=info, reporter=reporter)
         summary = trainer.fit()
     finally:
         batches.close()

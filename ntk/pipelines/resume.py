@@ -46,7 +46,8 @@ class Journal:
     def __init__(self, directory: str | os.PathLike, identity: dict, chunk_bp: int = CHUNK_BP, unit: str = "bp"):
         self.dir = Path(directory)
         self.chunk_bp = int(chunk_bp)  # the size of a unit, in ``unit`` (bp, tokens, records)
-        self.identity = {**identity, f"chunk_{unit}": self.chunk_bp}
+        # compared as stored: JSON has no tuples (score-variants' --chr-map pairs), so compare the JSON round trip
+        self.identity = json.loads(json.dumps({**identity, f"chunk_{unit}": self.chunk_bp}))
         self.computed = 0
         journal = self.dir / JOURNAL
         if journal.is_file():

@@ -15,7 +15,7 @@ Scores, per ALT allele (a multi-allelic record is split; every score is a ``Numb
   through the edit (inserted and deleted bases are not compared).
 
 Windows. Reference windows are a fixed tiling of each contig (of each ACGT run for SegmentNT-type models,
-whose windows must be N-free multiples of 24 nt): :func:`ntk.pipelines.windows.tile` with the window ``W``
+whose windows must be N-free multiples of 24 nt): :func:`ntk.plan.windows.tile` with the window ``W``
 and ``crop = W // 4``, so windows start every ``W/2`` nt and each owns the middle half of itself. A variant's
 reference window is the one whose kept part contains its first REF base: the variant lies at least ``W/4`` nt
 from either window edge (except within ``W/4`` of a contig end, where the window is shifted to end there),
@@ -54,18 +54,19 @@ import torch
 from .. import __version__
 from ..errors import InputError, NtkError
 from ..io.atomic import check_writable_target, refuse_inputs_as_outputs
-from ..io.fasta import IndexedFasta, acgt_runs, normalise_sequence
-from ..io.intervals import Interval, check_contig_naming, parse_region, read_bed, read_chr_map, suggest_contig
+from ..io.fasta import IndexedFasta, normalise_sequence, scan_acgt_runs
+from ..io.intervals import Interval, check_contig_naming, load_regions, merge_overlapping, read_chr_map, suggest_contig
 from ..io.tables import ParquetStreamWriter
 from ..io.vcf import STAR, SYMBOLIC, InfoField, VcfReader, VcfWriter, split_alts
 from ..model import load_model
-from ..model.checkpoint import zero_shot_not_informative
+from ..model.checkpoint import check_window_before_loading, zero_shot_not_informative
 from ..model.nt import segment_probabilities
 from ..model.runtime import resolve_device, resolve_dtype, set_threads
 from ..model.tokenizer import reverse_complement
-from .batching import auto_token_budget, by_token_budget
+from ..report import Reporter, default_reporter
+from ..plan.batching import auto_token_budget, by_token_budget
 from .shards import make_manifest, manifest_path, weighted_block, write_manifest
-from .windows import Window, tile
+from ..plan.windows import Window, tile
 
 EMBEDDING_SCORES = ("cosine", "l2", "l1", "dot")
 ALL_SCORES = EMBEDDING_SCORES + ("llr", "segment")
@@ -73,7 +74,6 @@ INFO_IDS = {"cosine": "NTK_COS", "l2": "NTK_L2", "l1": "NTK_L1", "dot": "NTK_DOT
 STATUSES = ("ok", "ref_mismatch", "symbolic", "no_context", "unsupported")
 STATUS_INFO = "NTK_STATUS"
 NUC_PER_TOKEN = 6
-SEGMENT_UNIT = 24  # SegmentNT windows: whole 6-mers, token count divisible by 4
 DEFAULT_SEGMENT_RADIUS = 500
 
 
@@ -103,39 +103,17 @@ def parse_scores(scores: str | Sequence[str] | None, model) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def default_window(model) -> int:
-    """The model's context in nucleotides: ``(max_tokens - 1) * 6`` (a multiple of 24 for SegmentNT)."""
-    w = (model.config.max_tokens - 1) * NUC_PER_TOKEN
-    if model.config.is_segmentation:
-        w -= w % SEGMENT_UNIT
-    return w
-
-
-def check_window(model, window: int | None) -> int:
-    w = default_window(model) if window is None else int(window)
-    if w < SEGMENT_UNIT:
-        raise NtkError(f"--window {w}: must be at least {SEGMENT_UNIT} nt")
-    if model.config.is_segmentation and w % SEGMENT_UNIT:
-        raise NtkError(f"--window {w}: SegmentNT-type models need a multiple of {SEGMENT_UNIT} nt "
-                       f"(e.g. {w - w % SEGMENT_UNIT})")
-    limit = (model.config.max_tokens - 1) * NUC_PER_TOKEN
-    if not model.config.rotary and w > limit:
-        raise NtkError(f"--window {w}: this model has learned positions for at most {model.config.max_tokens} "
-                       f"tokens ({limit} nt)")
-    return w
-
-
 # -- where each variant's windows lie ---------------------------------------------------------------------------
 
 class WindowPlan:
     """The fixed tiling of reference windows (see module docstring) and sequence access around it."""
 
-    def __init__(self, fasta: IndexedFasta, window: int, segmentation: bool):
+    def __init__(self, fasta: IndexedFasta, window: int, segmentation: bool, unit: int = 1):
         self.fasta = fasta
         self.window = window
         self.crop = window // 4
         self.segmentation = segmentation
-        self.unit = SEGMENT_UNIT if segmentation else 1
+        self.unit = unit
         self._tiles: OrderedDict = OrderedDict()
         self._runs: OrderedDict = OrderedDict()
 
@@ -150,16 +128,7 @@ class WindowPlan:
 
     def runs(self, chrom: str) -> list[tuple[int, int]]:
         """ACGT runs of a contig, scanned in 4 Mb pieces (memory flat in the contig length)."""
-        def scan():
-            L, out = self.fasta.lengths[chrom], []
-            for a in range(0, L, 1 << 22):
-                for s, e in acgt_runs(self.fasta.fetch(chrom, a, min(L, a + (1 << 22))), a):
-                    if out and out[-1][1] == s:
-                        out[-1] = (out[-1][0], e)
-                    else:
-                        out.append((s, e))
-            return out
-        return self._lru(self._runs, chrom, scan, 8)
+        return self._lru(self._runs, chrom, lambda: list(scan_acgt_runs(self.fasta, chrom)), 8)
 
     def _tiling(self, chrom: str, lo: int, hi: int) -> tuple[list[Window], list[int]]:
         def make():
@@ -357,7 +326,7 @@ class VariantScorer:
         self.window = window
         self.rc_average = rc_average
         self.segment_radius = int(segment_radius)
-        self.plan = WindowPlan(fasta, window, model.config.is_segmentation)
+        self.plan = WindowPlan(fasta, window, model.config.is_segmentation, model.config.window_unit)
         self.runner = PassRunner(model, token_budget, max_batch)
         self.tokenizer = model.tokenizer
         self.features = list(model.config.features or [])
@@ -647,19 +616,11 @@ def segment_delta(ref_probs: np.ndarray, ref_start: int, alt_probs: np.ndarray, 
 def _region_filter(regions: Sequence[Interval] | None) -> Callable[[str, int, int], bool] | None:
     if not regions:
         return None
-    by_chrom: dict[str, list[tuple[int, int]]] = {}
-    for iv in regions:
-        by_chrom.setdefault(iv.chrom, []).append((iv.start, iv.end))
-    index = {}
-    for c, ivs in by_chrom.items():
-        ivs.sort()
-        merged: list[list[int]] = []
-        for s, e in ivs:
-            if merged and s <= merged[-1][1]:
-                merged[-1][1] = max(merged[-1][1], e)
-            else:
-                merged.append([s, e])
-        index[c] = ([m[0] for m in merged], [m[1] for m in merged])
+    index: dict[str, tuple[list[int], list[int]]] = {}
+    for iv in merge_overlapping(regions, list(dict.fromkeys(iv.chrom for iv in regions))):
+        starts, ends = index.setdefault(iv.chrom, ([], []))
+        starts.append(iv.start)
+        ends.append(iv.end)
 
     def inside(chrom: str, start: int, end: int) -> bool:
         if chrom not in index:
@@ -730,12 +691,7 @@ def score_variants(vcf: str, reference: str | IndexedFasta, *, model=None,
     fasta = reference if isinstance(reference, IndexedFasta) else IndexedFasta(reference)
     if isinstance(chr_map, str):
         chr_map = read_chr_map(chr_map)
-    region_list = [parse_region(r, fasta.lengths) for r in regions]
-    if regions_file:
-        region_list += list(read_bed(regions_file, fasta.lengths, chr_map))
-        if len(region_list) == len(regions):
-            raise InputError(f"{regions_file}: no regions in the file")
-    inside = _region_filter(region_list)
+    inside = _region_filter(load_regions(regions, regions_file, fasta.lengths, chr_map))
     selected: Callable[[int], bool] | None = None
     if shard is not None:  # contiguous blocks of records: shard outputs concatenate back in input order
         i, n = shard
@@ -759,6 +715,7 @@ def score_variants(vcf: str, reference: str | IndexedFasta, *, model=None,
         set_threads(threads)
         if not isinstance(model, torch.nn.Module):
             dev = resolve_device(device)
+            check_window_before_loading(model, window, "score")  # from config.json, before the weights load
             model = load_model(model, device=dev, dtype=resolve_dtype(precision, dev))
         order_rank = {c: i for i, c in enumerate(fasta.names)}
         from .score_variants_ntv3 import is_ntv3, ntv3_scorer
@@ -770,7 +727,7 @@ def score_variants(vcf: str, reference: str | IndexedFasta, *, model=None,
             if species is not None:
                 raise NtkError("--species: only NTv3 post-trained models are conditioned on a species")
             score_names = parse_scores(scores, model)
-            W = check_window(model, window)
+            W = model.config.check_window(window, "score")
             scorer = VariantScorer(model, fasta, score_names, W, rc_average, segment_radius, token_budget,
                                    batch_size)
         why = zero_shot_not_informative(model)
@@ -938,25 +895,28 @@ def _describe(name: str, window: int, rc: bool, radius: int) -> str:
 
 
 class _progress:
-    """A progress bar on stderr: variants (ALT alleles) scored of the total, variants/s, ETA; a no-op when
-    disabled."""
+    """A progress bar: variants (ALT alleles) scored of the total, through a :class:`ntk.report.Reporter`
+    (``True``: the process-wide default one, see ntk/report.py); a no-op when disabled."""
 
-    def __init__(self, enabled: bool, total: int | None = None):
+    def __init__(self, enabled: bool | Reporter, total: int | None = None):
         self.enabled = enabled
         self.total = total
-        self._p = None
+        self._r: Reporter | None = None
+        self._shown = 0
 
     def __enter__(self):
         if not self.enabled:
             return lambda *a: None
-        from ..progress import progress_bar
+        self._r = self.enabled if isinstance(self.enabled, Reporter) else default_reporter()
+        self._r.start("score-variants", self.total, "variants")
+        return self._update
 
-        self._p = progress_bar("score-variants", "variants")
-        self._p.__enter__()
-        task = self._p.add_task("score", total=self.total)
-        return lambda n: self._p.update(task, completed=min(n, self.total) if self.total is not None else n)
+    def _update(self, n: int) -> None:
+        n = min(n, self.total) if self.total is not None else n
+        self._r.advance(n - self._shown)
+        self._shown = n
 
     def __exit__(self, *a):
-        if self._p is not None:
-            self._p.__exit__(*a)
+        if self._r is not None:
+            self._r.finish()
 

@@ -40,11 +40,10 @@ from ..errors import NtkError
 from ..io.fasta import IndexedFasta
 from ..io.vcf import InfoField
 from ..model.tokenizer import reverse_complement
-from .batching import auto_token_budget, by_token_budget
+from ..plan.batching import auto_token_budget, by_token_budget
 from .score_variants import (EMBEDDING_SCORES, INFO_IDS, VariantScorer, _describe, _Job, _Pass, _RefWindow)
-from .windows import Window
+from ..plan.windows import Window
 
-NTV3_VARIANT_WINDOW = 1 << 15
 HEAD_SCORES = ("tracks", "elements")
 ALL_NTV3_SCORES = EMBEDDING_SCORES + ("llr",) + HEAD_SCORES
 _COMP = str.maketrans("ACGTN", "TGCAN")
@@ -125,7 +124,7 @@ def aligned_positions(ref_start: int, n_ref: int, alt_start: int, n_alt: int, po
 class NTv3Scorer(VariantScorer):
     def __init__(self, model, fasta: IndexedFasta, scores: list[str], window: int, rc_average: bool,
                  radius: int, token_budget, max_batch, species: str | None):
-        from .embed import ntv3_species_id
+        from .family import ntv3_species_id
         from .family import NTv3Family
 
         self.model, self.fasta, self.scores = model, fasta, list(scores)
@@ -389,13 +388,9 @@ def parse_ntv3_scores(scores, model, species: str | None) -> list[str]:
 
 
 def ntv3_scorer(model, fasta, scores, window, rc_average, radius, token_budget, max_batch, species) -> NTv3Scorer:
-    from .embed import ntv3_species_id
+    from .family import ntv3_species_id
 
     ntv3_species_id(model, species)  # species errors first
     names = parse_ntv3_scores(scores, model, species)
-    unit = model.config.window_unit
-    W = NTV3_VARIANT_WINDOW if window is None else int(window)
-    if W < unit or W % unit:
-        raise NtkError(f"--window {W}: must be a positive multiple of {unit} nt (2^num_downsamples) for this NTv3 "
-                       "model")
+    W = model.config.check_window(window, "score")
     return NTv3Scorer(model, fasta, names, W, rc_average, radius, token_budget, max_batch, species)

@@ -9,11 +9,11 @@ The flow, streaming contig by contig (memory does not grow with the genome):
 1. **Work units** (:func:`plan_units`): whole contigs, or the merged ``-r``/``-R`` regions, in FASTA order. A
    deterministic list, so that a run can later be split into shards.
 2. **Runs and windows** (``Family.jobs``): each unit is read in blocks to find its ACGT runs. SegmentNT: N and
-   IUPAC codes split runs (SegmentNT never sees N), and each run is tiled by ``pipelines/windows.tile`` with
+   IUPAC codes split runs (SegmentNT never sees N), and each run is tiled by ``plan/windows.tile`` with
    windows of a multiple of 24 nt (6 nt per token x 4 for the two U-Net pooling levels), never padded; each
    position is owned by one window (the central part of each window, except at run ends), and near the
    boundary between neighbouring windows the two windows' predictions are blended (``blend``: a linear ramp
-   across their overlap by default; see ``pipelines/windows``), so that no step shows where windows meet.
+   across their overlap by default; see ``plan/windows``), so that no step shows where windows meet.
    NTv3: see ``pipelines/family.py`` (kept centres abut: cut, nothing to blend).
 3. **Batches** (:func:`iter_batches`): consecutive windows of equal length, within a token budget.
 4. A producer thread reads and tokenizes batches (pinned memory on CUDA), the main thread runs the model under
@@ -41,21 +41,20 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..errors import InputError, NtkError
+from ..errors import NtkError
 from ..io.atomic import atomic_dir, refuse_inputs_as_outputs
 from ..io.fasta import IndexedFasta
-from ..io.intervals import Interval, merge_overlapping, parse_region, read_bed, read_chr_map
+from ..io.intervals import Interval, load_regions, read_chr_map
 from ..io.segments import DEFAULT_MERGE_GAP
 from ..io.track_outputs import TrackOutputs
 from ..io.tracks import DEFAULT_BEDGRAPH_DIGITS
-from .batching import auto_token_budget, by_token_budget
-from .family import SEGMENT_NT_UNIT, Family, Job, NTv3Family, SegmentNTFamily, family_of, scan_runs  # noqa: F401
+from ..plan.batching import auto_token_budget, by_token_budget
+from .family import Family, Job, NTv3Family, family_of
 from .resume import CHUNK_BP, Journal, partial_dir
 from .shards import DIR_MANIFEST, bp_range, make_manifest, write_manifest
-from .windows import BLEND_MODES, Blender, Window
+from ..plan.windows import BLEND_MODES, Blender, Window
 
 NT_PER_TOKEN = 6
-UNIT = SEGMENT_NT_UNIT  # SegmentNT window lengths are multiples of 6 nt x 2**2 (two U-Net pooling levels)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -66,19 +65,12 @@ def plan_units(fasta: IndexedFasta, regions: Sequence[str] = (), regions_file: s
     """Whole contigs, or the given regions merged where they overlap; sorted in FASTA contig order."""
     if not regions and not regions_file:
         return [Interval(c.name, 0, c.length) for c in fasta.contigs if c.length > 0]
-    iv = [parse_region(r, fasta.lengths) for r in regions]
-    if regions_file:
-        iv.extend(read_bed(regions_file, fasta.lengths, chr_map))
-        if len(iv) == len(regions):
-            raise InputError(f"{regions_file}: no regions in the file")
-    return merge_overlapping(iv, fasta.names)
+    return load_regions(regions, regions_file, fasta.lengths, chr_map, merge=True)
 
 
-def iter_windows(fasta: IndexedFasta, units: Sequence[Interval], window: int, crop: int,
-                 family: Family | None = None) -> Iterator[Job]:
-    """The windows of the work units, in order (SegmentNT tiling unless a ``family`` is given)."""
-    fam = family if family is not None else SegmentNTFamily(None)
-    return fam.jobs(fasta, units, window, crop)
+def iter_windows(fasta: IndexedFasta, units: Sequence[Interval], window: int, crop: int, family: Family) -> Iterator[Job]:
+    """The windows of the work units, in order (the tiling of the model's ``family``)."""
+    return family.jobs(fasta, units, window, crop)
 
 
 def iter_batches(jobs: Iterable[Job], token_budget: int, max_items: int | None, copies: int = 1,
@@ -241,18 +233,6 @@ def note_span(spans: list[list], chrom: str, start: int, end: int) -> None:
         spans.append([chrom, start, end])
 
 
-def default_window(model) -> int:
-    """The window the model's per-base head was trained on (``segment_window`` in config.json, written by
-    ``ntk finetune segment``), else the family's default (SegmentNT: the trained length in nt, (max_tokens - 1)
-    * 6 rounded down to a multiple of 24; NTv3: 1 Mb)."""
-    return family_of(model).default_window()
-
-
-def check_window(window: int, crop: int) -> None:
-    """SegmentNT window rules (``Family.resolve`` checks every family)."""
-    SegmentNTFamily(None).resolve(window, crop)
-
-
 def segment_genome(
     fasta: str | os.PathLike,
     out_dir: str | os.PathLike | None,
@@ -306,6 +286,7 @@ def segment_genome(
     runs, see ``pipelines/tracks.py``) writes the BigWig-track head instead: ``features`` are then track ids,
     one float32 BigWig each, and no segments BED. NTv3 windows are cut (their heads predict only the centre)."""
     from ..model import load_model
+    from ..model.checkpoint import check_window_before_loading
     from ..model.runtime import Precision, choose_precision, resolve_device, set_threads
 
     t0 = time.perf_counter()
@@ -333,6 +314,7 @@ def segment_genome(
         prec = Precision(m.dtype, "given model")
     else:
         prec = choose_precision(precision, dev, task="segment")
+        check_window_before_loading(model, window, "segment")  # from config.json, before the weights load
         m = load_model(model, device=dev, dtype=prec.dtype)
     m.eval()
     fam = family_of(m)
@@ -345,6 +327,8 @@ def segment_genome(
     species_id = None
     if is_ntv3:
         species_id = _species_id(m, species)
+        if species is None and species_id is not None:  # fine-tuned post-trained model: its own species
+            species = m.config.finetune_species
         if head == "bigwig":
             all_features = m.config.tracks_for(species)
             if not all_features:
@@ -564,10 +548,20 @@ def _check_open_files(n: int, what: str) -> None:
                        f"fewer with --{what}s (or raise the limit: ulimit -n {n + 256})")
 
 
-def _species_id(m, species: str | None) -> int:
+def _species_id(m, species: str | None) -> int | None:
+    """The species id an NTv3 run is conditioned on: ``species`` (one of the model's), else, for a post-trained base
+    fine-tuned by ntk, the species it was fine-tuned with; None for a pre-trained base fine-tuned by ntk finetune
+    segment (it takes no species)."""
     if not m.config.is_post_trained:
+        if m.config.segment_features:
+            if species is not None:
+                raise NtkError("--species: this NTv3 model (fine-tuned from a pre-trained base) is not conditioned "
+                               "on a species")
+            return None
         raise NtkError("this NTv3 model is pre-trained only (MLM head): ntk segment and ntk tracks need a "
                        "post-trained NTv3 model (BED-element and BigWig-track heads)")
+    if species is None:
+        species = m.config.finetune_species
     if species is None:
         raise NtkError(f"--species is required for this NTv3 model; choose one of: {', '.join(m.species)}")
     if species not in m.species:
@@ -580,7 +574,9 @@ def _model_info(m, species: str | None, head: str) -> dict:
     if not isinstance(family_of(m), NTv3Family):
         return {"features": list(m.config.features or []), "max_tokens": m.config.max_tokens}
     cfg = m.config
-    info = {"species": species, "species_id": m.species_id(species), "bed_elements": list(cfg.features),
+    species = species or cfg.finetune_species
+    info = {"species": species, "species_id": m.species_id(species) if species else None,
+            "bed_elements": list(cfg.features),
             "keep_target_center_fraction": cfg.keep_target_center_fraction, "window_unit": cfg.window_unit}
     if head == "bigwig":
         tracks = cfg.tracks_for(species)

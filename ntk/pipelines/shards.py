@@ -9,7 +9,8 @@ score-variants) and balanced by the model's work, never by record count alone:
 
 - segment: bp of the work units (a window belongs to the shard that holds the first position it keeps, so a
   contig is cut between windows and every shard runs exactly the windows an unsharded run would);
-- embed: tokens of each record (estimated from its length: 6-mers plus leftover single nucleotides);
+- embed: tokens of the records' windows (the records are tokenized, and blocks are cut only where an unsharded
+  run flushes its chunk: ``Embedder.plan_shard``);
 - score-variants: variants (ALT alleles) of each record.
 
 The manifest names the shard, the inputs (file name, size and a checksum of their index), the model
@@ -63,11 +64,6 @@ def bp_range(total_bp: int, shard: tuple[int, int]) -> tuple[int, int]:
     position falls here belong to this shard)."""
     i, n = shard
     return (i - 1) * total_bp // n, i * total_bp // n
-
-
-def token_estimate(length: int) -> int:
-    """Tokens of a sequence of ``length`` nt for a 6-mer tokenizer: 6-mers, leftover single nt, CLS."""
-    return length // 6 + length % 6 + 1
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Callable
 
 _warned = False
 
@@ -18,8 +19,9 @@ def _smooth(values: list[float], alpha: float = 0.05) -> list[float]:
     return out
 
 
-def plot_training_curves(rows: list[dict], path: str | Path) -> Path | None:
-    """Draw loss (left) and evaluation metrics (right) from metrics rows; write ``path`` atomically."""
+def plot_training_curves(rows: list[dict], path: str | Path, log: Callable[[str], object] | None = None) -> Path | None:
+    """Draw loss (left) and evaluation metrics (right) from metrics rows; write ``path`` atomically
+    (``log``: where the one "matplotlib is not installed" line goes)."""
     global _warned
     try:
         import matplotlib
@@ -28,9 +30,8 @@ def plot_training_curves(rows: list[dict], path: str | Path) -> Path | None:
         import matplotlib.pyplot as plt
     except ImportError:
         if not _warned:
-            from ..progress import stderr_console
-
-            stderr_console().log("matplotlib is not installed: training_curves.png skipped (pip install 'ntk[plot]')")
+            if log is not None:
+                log("matplotlib is not installed: training_curves.png skipped (pip install 'ntk[plot]')")
             _warned = True
         return None
     from ..io.atomic import atomic_path

@@ -87,10 +87,6 @@ def broadcast_object(obj, info: DistInfo):
     return box[0]
 
 
-def is_xla(device: torch.device) -> bool:
-    return device.type == "xla"
-
-
 def mark_step(device: torch.device) -> None:
     """Cut the lazy XLA graph (no-op elsewhere): called after every optimiser step and evaluation batch."""
     if device.type == "xla":

@@ -20,9 +20,9 @@ import torch
 
 from ..errors import InputError
 from ..io.annotation import Annotation
-from ..io.fasta import IndexedFasta, acgt_runs
+from ..io.fasta import IndexedFasta, scan_acgt_runs
 from ..io.labels import LabeledSequences
-from ..pipelines.windows import tile
+from ..plan.windows import tile
 
 PROBLEM_TYPES = {"single": "single_label_classification", "multi": "multi_label_classification",
                  "regression": "regression"}
@@ -329,19 +329,6 @@ def eval_batches(ids: list[np.ndarray], y: np.ndarray | None, batch_size: int, p
 NT_UNIT = 24  # 6 nt per token x 4 (two U-Net pooling levels)
 
 
-def contig_acgt_runs(fa: IndexedFasta, contig: str, min_length: int, chunk: int = 1 << 22) -> list[tuple[int, int]]:
-    """ACGT runs of a contig, read in chunks (a whole chromosome is never held as one string)."""
-    n = fa.lengths[contig]
-    runs: list[tuple[int, int]] = []
-    for c0 in range(0, n, chunk):
-        for s, e in acgt_runs(fa.fetch(contig, c0, min(c0 + chunk, n)), c0):
-            if runs and runs[-1][1] == s:  # continues across the chunk boundary
-                runs[-1] = (runs[-1][0], e)
-            else:
-                runs.append((s, e))
-    return [(s, e) for s, e in runs if e - s >= min_length]
-
-
 @dataclass
 class GenomeWindows:
     """Full-length windows as arrays: contig index, window start, kept part, and the enclosing ACGT run."""
@@ -368,19 +355,21 @@ class GenomeWindows:
             skipped_bp=self.skipped_bp)
 
 
-def genome_windows(fa: IndexedFasta, contigs: list[str], window: int, crop: int = 0) -> GenomeWindows:
-    """Windows of exactly ``window`` nt tiling every ACGT run of at least ``window`` nt (see pipelines.windows)."""
-    if window % NT_UNIT:
-        raise InputError(f"--window {window}: must be a multiple of {NT_UNIT} nt (6-mer tokens, two U-Net pooling "
-                         "levels)")
+def genome_windows(fa: IndexedFasta, contigs: list[str], window: int, crop: int = 0, unit: int = NT_UNIT
+                   ) -> GenomeWindows:
+    """Windows of exactly ``window`` nt tiling every ACGT run of at least ``window`` nt (see plan.windows);
+    ``unit``: what window lengths must be a multiple of (SegmentNT 24, NTv3 2^num_downsamples)."""
+    if window % unit:
+        raise InputError(f"--window {window}: must be a multiple of {unit} nt" + (
+            " (6-mer tokens, two U-Net pooling levels)" if unit == NT_UNIT else " (2^num_downsamples)"))
     cols: list[list[int]] = [[] for _ in range(6)]
     skipped = 0
     for ci, name in enumerate(contigs):
-        for s, e in contig_acgt_runs(fa, name, 1):
+        for s, e in scan_acgt_runs(fa, name):
             if e - s < window:
                 skipped += e - s
                 continue
-            for w in tile(s, e, window, crop, NT_UNIT, name):
+            for w in tile(s, e, window, crop, unit, name):
                 for col, v in zip(cols, (ci, w.start, w.keep_start, w.keep_end, s, e)):
                     col.append(v)
     arrs = [np.asarray(c, dtype=np.int64) for c in cols]

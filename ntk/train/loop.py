@@ -37,7 +37,7 @@ Contract:
 What the trainer does: AdamW (no decay on biases/norms/embeddings), warm-up + cosine/inverse-sqrt/constant
 schedule, gradient clipping, gradient accumulation (``no_sync`` on all but the last micro-batch under DDP),
 autocast (bf16 on GPU/TPU by default, fp16 with a grad scaler on CUDA when asked, fp32 on CPU), optional
-activation checkpointing, DDP under torchrun, ``mark_step`` on XLA; a rich progress bar on stderr (rank 0);
+activation checkpointing, DDP under torchrun, ``mark_step`` on XLA; progress through ``reporter`` (rank 0);
 ``RUN_DIR/metrics.parquet`` (one row per ``log_every`` steps, eval columns filled at eval steps);
 ``RUN_DIR/training_curves.png`` at every eval; checkpoints every ``save_every`` steps (see checkpointing.py);
 ``RUN_DIR/final/`` at the end. SIGINT/SIGTERM save a checkpoint at the current step, then raise
@@ -61,12 +61,10 @@ import torch.distributed as dist
 
 from ..errors import Interrupted, NtkError
 from ..model.checkpoint import save_model
-from ..progress import progress_bar, stderr_console
+from ..report import NULL, Reporter
 from . import distributed as D
 from .checkpointing import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .optim import SCHEDULES, build_optimizer, build_scheduler
-
-console = stderr_console()
 
 LossFn = Callable[[torch.nn.Module, Any], "tuple[torch.Tensor, dict[str, Any]]"]
 EvalFn = Callable[[torch.nn.Module], "dict[str, float]"]
@@ -182,9 +180,10 @@ class Trainer:
                  train_batches: Iterable, eval_fn: EvalFn | None = None,
                  trainable_params: Iterable[tuple[str, torch.nn.Parameter]] | None = None,
                  resume_from: str | Path | None = None, dist_info: D.DistInfo | None = None,
-                 on_save: Callable[[Path], None] | None = None):
+                 on_save: Callable[[Path], None] | None = None, reporter: Reporter = NULL):
         cfg.validate()
         self.cfg = cfg
+        self.reporter = reporter  # progress bar, eval lines and warnings (the CLI passes its rich one)
         self.run_dir = Path(run_dir)
         self.loss_fn, self.eval_fn, self.on_save = loss_fn, eval_fn, on_save
         self.dist = dist_info or D.setup(cfg.device)
@@ -248,8 +247,8 @@ class Trainer:
             dist.all_gather_object(gathered, per_rank)
             ref = gathered[0]["param_sums"]
             if self.dist.is_main and any(not torch.equal(g["param_sums"], ref) for g in gathered[1:]):
-                console.log(f"[bold red]warning: the {self.dist.world_size} ranks' parameters differ at step "
-                            f"{self.step}[/bold red]")
+                self.reporter.warn(f"warning: the {self.dist.world_size} ranks' parameters differ at step "
+                                   f"{self.step}")
         else:
             gathered = [per_rank]
         return {
@@ -280,8 +279,8 @@ class Trainer:
         ranks = state.get("ranks") or []
         mine = ranks[self.dist.rank] if len(ranks) == self.dist.world_size else (ranks[0] if ranks else {})
         if len(ranks) != self.dist.world_size and self.dist.is_main:
-            console.log(f"[yellow]resuming a {len(ranks)}-process run with {self.dist.world_size} process(es): "
-                        "data streams and RNG continue from rank 0's state, not exactly as before[/yellow]")
+            self.reporter.warn(f"resuming a {len(ranks)}-process run with {self.dist.world_size} process(es): "
+                               "data streams and RNG continue from rank 0's state, not exactly as before")
         if mine.get("rng"):
             set_rng_state(mine["rng"])
         if mine.get("data") is not None and hasattr(self.batches, "load_state_dict"):
@@ -332,7 +331,7 @@ class Trainer:
         self._plotted = (len(self.rows), self.step)
         from .curves import plot_training_curves
 
-        plot_training_curves(self.rows, self.run_dir / "training_curves.png")
+        plot_training_curves(self.rows, self.run_dir / "training_curves.png", log=self.reporter.log)
 
     def _save(self, reason: str = "") -> Path:
         state = self._trainer_state()  # a collective under DDP: every rank gathers
@@ -368,7 +367,7 @@ class Trainer:
         row.update(res)
         if self.dist.is_main and not self.cfg.quiet:
             shown = "  ".join(f"{k} {v:.4g}" for k, v in res.items())
-            console.log(f"step {self.step}: {shown}")
+            self.reporter.log(f"step {self.step}: {shown}")
         stop = False
         m = res.get(self.cfg.monitor)
         if m is not None and math.isfinite(m):
@@ -493,9 +492,9 @@ class Trainer:
         old_handlers = self._install_signals()
         progress = None
         if self.dist.is_main and not cfg.quiet:
-            progress = progress_bar("train", "steps", console, transient=False, info=True)
-            task = progress.add_task("train", total=cfg.steps, completed=self.step, info="")
-            progress.start()
+            progress = self.reporter
+            progress.start("train", cfg.steps, "steps", completed=self.step, info=True, keep=True)
+        shown = self.step
         window: list[dict] = []
         t_window = time.perf_counter()
         last_saved = self.step if self.resumed else -1
@@ -517,11 +516,13 @@ class Trainer:
                         if "tokens_per_s" in row:
                             info += f"  {row['tokens_per_s']:,.0f} tok/s"
                         info += f"  lr {row['lr']:.2e}"
-                        progress.update(task, completed=self.step, info=info)
+                        progress.advance(self.step - shown, info=info)
+                        shown = self.step
                     if self.dist.is_main and now - self._last_flush > cfg.metrics_flush_s:
                         self._write_metrics()
                 elif progress is not None:
-                    progress.update(task, completed=self.step)
+                    progress.advance(self.step - shown)
+                    shown = self.step
                 if self.eval_fn is not None and cfg.eval_every and self.step % cfg.eval_every == 0 \
                         and self.step < target:
                     if self._after_eval(self.evaluate()):
@@ -534,7 +535,7 @@ class Trainer:
                     break
         finally:
             if progress is not None:
-                progress.stop()
+                progress.finish()
             for s, h in old_handlers.items():
                 signal.signal(s, h)
         if window:  # steps since the last row (end of data / interruption)

@@ -5,7 +5,8 @@ carry thousands separators and the total from the start; the ETA column is there
 until the first work is done, then rich's running estimate). The bar takes what the other columns leave, and an
 optional trailing ``info`` text (training metrics) is cut with an ellipsis before anything else is: the counts
 and the ETA always stay visible. Log lines carry no source paths (``log_path=False``).
-Imports nothing from ntk: cli/, pipelines/ and train/ all use it.
+:class:`RichReporter` is the CLI's implementation of :class:`ntk.report.Reporter`: the layers below the CLI
+report through that protocol and never import rich or this module.
 """
 from __future__ import annotations
 
@@ -63,3 +64,42 @@ def progress_bar(label: str, unit: str, console: Console | None = None, *, trans
                                                                             ratio=2, min_width=0)))
     return Progress(*[c for c in columns if c is not None], console=console or stderr_console(),
                     transient=transient, expand=True, disable=disable, speed_estimate_period=60.0)
+
+
+class RichReporter:
+    """:class:`ntk.report.Reporter` on a rich console (stderr): a :func:`progress_bar`, ``log`` lines with a
+    time stamp (``console.log``), ``warn`` lines in yellow, not wrapped. ``quiet``: no bar and no log lines,
+    warnings still shown; ``bar=False``: log lines but no bar (e.g. when stderr is not a terminal)."""
+
+    def __init__(self, console: Console | None = None, *, quiet: bool = False, bar: bool = True):
+        self.console = console or stderr_console()
+        self.quiet, self.bar = quiet, bar
+        self._progress: Progress | None = None
+        self._task = None
+
+    def start(self, label: str, total: int | None = None, unit: str = "", *, completed: int = 0,
+              info: bool = False, keep: bool = False) -> None:
+        self.finish()
+        if self.quiet or not self.bar:
+            return
+        self._progress = progress_bar(label, unit, self.console, transient=not keep, info=info)
+        fields = {"info": ""} if info else {}
+        self._task = self._progress.add_task(label, total=total, completed=completed, **fields)
+        self._progress.start()
+
+    def advance(self, n: int = 1, info: str | None = None) -> None:
+        if self._progress is not None:
+            fields = {"info": info} if info is not None else {}
+            self._progress.update(self._task, advance=n, **fields)
+
+    def finish(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+    def log(self, msg: str) -> None:
+        if not self.quiet:
+            self.console.log(Text(msg))
+
+    def warn(self, msg: str) -> None:
+        self.console.print(Text(msg, style="yellow"), soft_wrap=True)
