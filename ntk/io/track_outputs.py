@@ -243,6 +243,7 @@ class _Workers:
         self._lock = threading.Lock()
         self._next = 0
         pkg = str(Path(__file__).resolve().parents[1])
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
         try:
             for k in range(n):
                 c_r, c_w = os.pipe()
@@ -254,7 +255,7 @@ class _Workers:
                         "merge_gap": merge_gap, "slot_fds": fds}
                 p = subprocess.Popen([sys.executable, "-c", _BOOT, pkg, str(c_r), str(a_w)],
                                      pass_fds=[c_r, a_w, *fds], stdin=subprocess.DEVNULL, close_fds=True,
-                                     start_new_session=False)
+                                     env=env)  # one thread each: numpy's BLAS must not spread over the cores
                 os.close(c_r)
                 os.close(a_w)
                 self.procs.append(p)
