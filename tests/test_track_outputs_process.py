@@ -128,11 +128,14 @@ def test_worker_error_is_raised_in_the_caller(tmp_path):
     assert children(os.getpid()) == []
 
 
-def test_unwritable_output_fails_at_construction(tmp_path):
+def test_unwritable_output_fails_at_the_first_chunk(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
+    t = TrackOutputs(blocker / "sub", SIZES, FEATS, 0.5, 1, writers="process")  # workers start meanwhile
     with pytest.raises(NtkError, match="cannot create BigWig file"):
-        TrackOutputs(blocker / "sub", SIZES, FEATS, 0.5, 1, writers="process")
+        t.add("a", 0, np.zeros((10, 3), np.float32))
+        t.close()
+    t.abort()
     assert children(os.getpid()) == []
 
 

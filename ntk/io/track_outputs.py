@@ -242,8 +242,8 @@ class _Workers:
         self.files: list[list[str]] = []
         self._lock = threading.Lock()
         self._next = 0
+        self._opened = False
         pkg = str(Path(__file__).resolve().parents[1])
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
         try:
             for k in range(n):
                 c_r, c_w = os.pipe()
@@ -254,8 +254,9 @@ class _Workers:
                         "segments": k == seg_worker, "threshold": threshold, "min_length": min_length,
                         "merge_gap": merge_gap, "slot_fds": fds}
                 p = subprocess.Popen([sys.executable, "-c", _BOOT, pkg, str(c_r), str(a_w)],
-                                     pass_fds=[c_r, a_w, *fds], stdin=subprocess.DEVNULL, close_fds=True,
-                                     env=env)  # one thread each: numpy's BLAS must not spread over the cores
+                                     pass_fds=[c_r, a_w, *fds], stdin=subprocess.DEVNULL, close_fds=True)
+                # the parent's environment as it is: BigWigWriter's sum of squares (np.dot) follows numpy's BLAS
+                # threading, so the same settings keep the files byte-identical to in-process writing
                 os.close(c_r)
                 os.close(a_w)
                 self.procs.append(p)
@@ -264,8 +265,6 @@ class _Workers:
                 self.files.append([f"{features[f]}.bw" for f in jobs[k]] + (["segments.bed.gz"] if k == seg_worker
                                                                               else []))
                 self._send(k, ("open", spec))
-            for k in range(n):  # each opened its files (an unwritable directory is an error here, as in-process)
-                self._expect(k, "opened")
         except BaseException:
             self.abort()
             raise
@@ -313,6 +312,14 @@ class _Workers:
             if msg[0] == "free":
                 self.slots[msg[1]].busy.discard(k)
 
+    def _check_opened(self) -> None:
+        """Each worker opened its files (a file that cannot be created is an error here); checked at the first
+        chunk or close rather than at construction, so that the workers start while the model does."""
+        if not self._opened:
+            for k in range(len(self.procs)):
+                self._expect(k, "opened")
+            self._opened = True
+
     def _free_slot(self) -> _Slot:
         """The next ring buffer, once every worker has copied out the chunk it held."""
         slot = self.slots[self._next]
@@ -329,6 +336,7 @@ class _Workers:
     def add(self, chrom: str, start: int, vals: np.ndarray) -> None:
         vals = np.ascontiguousarray(vals)
         with self._lock:
+            self._check_opened()
             slot = self._free_slot()
             i = self._next
             slot.put(vals)
@@ -341,6 +349,7 @@ class _Workers:
         info: dict = {}
         with self._lock:
             try:
+                self._check_opened()
                 for k in range(len(self.procs)):
                     self._send(k, ("close",))
                 for k in range(len(self.procs)):  # the workers write their indexes and zooms in parallel
