@@ -178,7 +178,8 @@ def test_choose_writers(tmp_path, monkeypatch):
     monkeypatch.delenv("NTK_TRACK_WRITERS", raising=False)
     assert choose_writers(None, None, big) == "thread"  # bedGraph only
     assert choose_writers(None, tmp_path, small) == "thread"
-    assert choose_writers(None, tmp_path, big) == ("process" if len(os.sched_getaffinity(0)) >= 2 else "thread")
+    assert choose_writers(None, tmp_path, big, 14) == ("process" if len(os.sched_getaffinity(0)) >= 2 else "thread")
+    assert choose_writers(None, tmp_path, big, 500) == "thread"  # NTv3 tracks: hundreds of outputs
     monkeypatch.setenv("NTK_TRACK_WRITERS", "process")
     assert choose_writers(None, tmp_path, small) == "process"
     assert choose_writers("thread", tmp_path, big) == "thread"

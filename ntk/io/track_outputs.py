@@ -16,8 +16,11 @@ with zoom summaries is the heaviest host work, and its numpy code holds the GIL 
 - ``"thread"``: in-process, as before: the BigWigs of different features are written in parallel threads when
   the machine has cores to spare (zlib releases the GIL).
 - ``"auto"`` (default; environment ``NTK_TRACK_WRITERS`` overrides): processes when there is an output directory,
-  at least 2 cores and a genome (sum of contig lengths) of at least ``AUTO_MIN_BP``; otherwise threads (small
-  jobs: starting processes would cost more than it hides). Worker count: ``NTK_TRACK_WRITER_PROCESSES``, else
+  at least 2 cores, a genome (sum of contig lengths) of at least ``AUTO_MIN_BP`` and at most
+  ``AUTO_MAX_FEATURES`` features; otherwise threads (small jobs: starting processes would cost more than it
+  hides; NTv3 tracks runs with hundreds of tracks hand over window-sized chunks that would need a ring of
+  gigabytes). The ring lives in /dev/shm when it has room (twice the ring), else in the temporary directory;
+  a chunk buffer that cannot grow there is an ``NtkError``, never a SIGBUS. Worker count: ``NTK_TRACK_WRITER_PROCESSES``, else
   one per output (BigWigs + segments BED) up to the cores left after the model and reader/writer threads
   (cores - 2, at least 1, per local torchrun rank), at most ``MAX_PROCESSES``.
 
@@ -46,6 +49,7 @@ from .tracks import DEFAULT_BEDGRAPH_DIGITS, BedGraphWriter, BigWigWriter
 CHUNK = 1 << 18  # nt per contiguous chunk handed to the writers
 WRITERS = ("auto", "process", "thread")
 AUTO_MIN_BP = 2_000_000  # "auto" uses worker processes for genomes at least this large
+AUTO_MAX_FEATURES = 64  # ... and at most this many outputs (NTv3 tracks: hundreds, in window-sized chunks)
 MAX_PROCESSES = 8
 RING = 4  # shared chunk buffers: how many chunks the workers may lag behind
 
@@ -59,7 +63,8 @@ def _cores() -> int:
     return max(1, n // max(1, ranks))
 
 
-def choose_writers(writers: str | None, out_dir: Path | None, chrom_sizes: list[tuple[str, int]]) -> str:
+def choose_writers(writers: str | None, out_dir: Path | None, chrom_sizes: list[tuple[str, int]],
+                   n_features: int = 1) -> str:
     """``"process"`` or ``"thread"`` for a run (see the module docstring)."""
     w = (writers or os.environ.get("NTK_TRACK_WRITERS") or "auto").strip().lower()
     if w not in WRITERS:
@@ -68,7 +73,7 @@ def choose_writers(writers: str | None, out_dir: Path | None, chrom_sizes: list[
         return "thread"  # bedGraph only: nothing to hand to workers
     if w == "auto":
         big = sum(int(n) for _, n in chrom_sizes) >= AUTO_MIN_BP
-        return "process" if big and _cores() >= 2 else "thread"
+        return "process" if big and n_features <= AUTO_MAX_FEATURES and _cores() >= 2 else "thread"
     return w
 
 
@@ -90,7 +95,7 @@ class TrackOutputs:
         self.bedgraph_index = bedgraph_index
         self._pool: ThreadPoolExecutor | None = None
         self._remote: _Workers | None = None
-        self.writers = choose_writers(writers, out_dir, chrom_sizes)
+        self.writers = choose_writers(writers, out_dir, chrom_sizes, len(features))
         if out_dir is not None and self.writers == "process":
             seg = segments
             n = processes or int(os.environ.get("NTK_TRACK_WRITER_PROCESSES", "0") or 0) or \
@@ -200,15 +205,29 @@ _worker_main(sys.argv[2:])
 """  # the bare ntk package: its __init__ imports torch, which a writer does not need
 
 
-def _shm_dir() -> str | None:
-    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+def _free_bytes(directory: str) -> int:
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return 0
+    return st.f_bavail * st.f_frsize
+
+
+def _shm_dir(need: int) -> str | None:
+    """/dev/shm (memory) when it is writable and has room for the ring (a container's default /dev/shm is
+    64 MB), else the temporary directory."""
+    shm = "/dev/shm"
+    if os.path.isdir(shm) and os.access(shm, os.W_OK) and _free_bytes(shm) >= 2 * need:
+        return shm
+    return None
 
 
 class _Slot:
     """One shared chunk buffer: an unlinked temporary file (in /dev/shm: memory) that workers inherit."""
 
-    def __init__(self):
-        self.file = tempfile.TemporaryFile(dir=_shm_dir())
+    def __init__(self, directory: str | None):
+        self.file = tempfile.TemporaryFile(dir=directory)
+        self.directory = directory or tempfile.gettempdir()
         self.size = 0
         self.map: np.ndarray | None = None
         self.busy: set[int] = set()  # workers that have not copied the chunk out yet
@@ -216,8 +235,12 @@ class _Slot:
     def put(self, vals: np.ndarray) -> int:
         need = max(vals.nbytes, 1)
         if need > self.size:
+            grow = max(need, 2 * self.size)
+            if _free_bytes(self.directory) < grow - self.size:  # a mapped file without room ends in SIGBUS
+                raise NtkError(f"{self.directory}: no room for a {grow / 1e6:.0f} MB buffer of track values for "
+                               "the writer processes; free space there or set NTK_TRACK_WRITERS=thread")
             self.map = None
-            self.size = max(need, 2 * self.size)
+            self.size = grow
             os.ftruncate(self.file.fileno(), self.size)
             self.map = np.memmap(self.file, dtype=np.uint8, mode="r+", shape=(self.size,))
         self.map[:vals.nbytes].view(vals.dtype).reshape(vals.shape)[...] = vals
@@ -234,7 +257,9 @@ class _Workers:
         for f in range(len(features)):
             jobs[f % n].append(f)
         seg_worker = min(range(n), key=lambda k: (len(jobs[k]), -k)) if segments else -1
-        self.slots = [_Slot() for _ in range(RING)]
+        chunk_bytes = max(1 << 12, CHUNK * 16 // max(16, len(features))) * len(features) * 4
+        directory = _shm_dir(RING * chunk_bytes)
+        self.slots = [_Slot(directory) for _ in range(RING)]
         self.out_dir = out_dir
         self.procs: list[subprocess.Popen] = []
         self.cmd: list[Connection] = []
