@@ -77,3 +77,24 @@ def test_embed_window_rules_through_the_api(golden_dir):
     m = ntk.load_model(golden_dir / "ntv3_pre_tiny")
     with pytest.raises(NtkError, match="multiple of 8"):
         embed_sequences(m, ["ACGT"], window=60)
+
+
+def test_finetune_segment_windows_follow_the_trained_head(golden_dir):
+    """finetune segment checks --window with the config of the model it trains: the new head's depth sets the
+    unit; the defaults are those of before (6,144 nt at most; NTv3 8 kb rounded down to the unit)."""
+    from ntk.pipelines.finetune_segment import SegmentTaskInput, trained_config
+
+    v2 = read_config(golden_dir / "nt_v2_tiny")
+    two = trained_config(v2, SegmentTaskInput("g.fa", "a.gtf", ["exon"]), ["exon"])
+    three = trained_config(v2, SegmentTaskInput("g.fa", "a.gtf", ["exon"], num_layers_head=3), ["exon"])
+    assert (two.window_unit, three.window_unit) == (24, 48) and v2.window_unit == 1
+    assert two.default_window("finetune") == min(v2.max_tokens - 1, 1024) * 6 // 24 * 24
+    assert three.check_window(480, "finetune") == 480
+    with pytest.raises(NtkError, match="--window 504: must be a positive multiple of 48 nt"):
+        three.check_window(504, "finetune")
+    v1 = read_config(golden_dir / "nt_v1_tiny")
+    with pytest.raises(NtkError, match="learned positions"):
+        trained_config(v1, SegmentTaskInput("g.fa", "a.gtf", ["exon"]), ["exon"]).check_window(6 * 2400, "finetune")
+    pre = read_config(golden_dir / "ntv3_pre_tiny")
+    assert trained_config(pre, SegmentTaskInput("g.fa", "a.gtf", ["exon"]), ["exon"]) is pre
+    assert pre.default_window("finetune") == 8192

@@ -99,7 +99,7 @@ class NTConfig:
         return window_rules.nt_default_window(self, job)
 
     def check_window(self, window: int | None, job: str) -> int:
-        """``window`` (None: the default) checked for ``job``; NtkError when the model cannot take it."""
+        """``window`` (None: the default) checked for ``job``; InputError when the model cannot take it."""
         return window_rules.nt_check_window(self, window, job)
 
     def rescaling_for_tokens(self, n_tokens: int) -> float | None:

@@ -155,7 +155,7 @@ class NTv3Config:
         return window_rules.ntv3_default_window(self, job)
 
     def check_window(self, window: int | None, job: str) -> int:
-        """``window`` (None: the default) checked for ``job``; NtkError when the model cannot take it."""
+        """``window`` (None: the default) checked for ``job``; InputError when the model cannot take it."""
         return window_rules.ntv3_check_window(self, window, job)
 
     @property

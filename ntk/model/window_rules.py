@@ -1,5 +1,6 @@
 """Window facts of each model family, owned by the model config: what window lengths a model takes (the *unit*),
-each job's default window, and the one check of ``--window`` (one exception type, :class:`ntk.errors.NtkError`).
+each job's default window, and the one check of ``--window`` (one exception type,
+:class:`ntk.errors.InputError`: the window does not fit the model).
 
 Everything here reads the config only, so a bad ``--window`` is refused from ``config.json`` before any weights
 load (:func:`ntk.model.checkpoint.read_config`). ``NTConfig`` and ``NTv3Config`` expose these rules as
@@ -20,17 +21,26 @@ load (:func:`ntk.model.checkpoint.read_config`). ``NTConfig`` and ``NTv3Config``
   score      ``(max_tokens - 1) * 6`` rounded down to the unit        32 kb (:data:`NTV3_VARIANT_WINDOW`)
   embed      ``max_tokens - 1`` **DNA tokens** (embed tiles tokens;   1 Mb
              a larger ``--window`` is capped to it)
+  finetune   ``min(max_tokens - 1, 1024)`` tokens x 6 rounded down   8 kb rounded down to the unit
+             to the unit (called on the config of the model being
+             trained: its head sets the unit)
   ========== ======================================================== =====================================
+
+The check refuses a window that is not a positive multiple of the unit (score: also one under 24 nt; score and
+finetune: one longer than a learned-position model's context); embed caps NT windows to the context.
 """
 from __future__ import annotations
 
-from ..errors import NtkError
+from ..errors import InputError
 
-JOBS = ("segment", "score", "embed")
+JOBS = ("segment", "score", "embed", "finetune")
 NT_PER_TOKEN = 6
 SEGMENT_NT_HEAD_LEVELS = 2  # U-Net levels of a SegmentNT head whose config.json does not say (the released ones)
+SEGMENT_NT_UNIT = NT_PER_TOKEN * 2 ** SEGMENT_NT_HEAD_LEVELS  # 24 nt: the unit of those heads
 NTV3_DEFAULT_WINDOW = 1 << 20  # the released NTv3 models' 1 Mb context
 NTV3_VARIANT_WINDOW = 1 << 15  # NTv3 score-variants: a 32 kb window centred on each variant
+NTV3_FINETUNE_WINDOW = 8192  # NTv3 finetune segment: training windows (rounded down to the unit)
+FINETUNE_MAX_TOKENS = 1024  # NT finetune segment: default windows of at most this many tokens (6,144 nt)
 SCORE_MIN_WINDOW = 24  # score-variants: the shortest window (nt) around a variant
 
 
@@ -63,27 +73,29 @@ def nt_default_window(cfg, job: str) -> int:
         return trained if trained is not None else max(unit, context // unit * unit)
     if job == "score":
         return context - context % unit
+    if job == "finetune":
+        return min(cfg.max_tokens - 1, FINETUNE_MAX_TOKENS) * NT_PER_TOKEN // unit * unit
     return cfg.max_tokens - 1  # embed: tokens
 
 
 def nt_check_window(cfg, window: int | None, job: str) -> int:
-    """The window of ``job`` (``window``, else the default), or NtkError."""
+    """The window of ``job`` (``window``, else the default), or InputError."""
     w = nt_default_window(cfg, job) if window is None else int(window)
     unit = nt_window_unit(cfg)
     if job == "embed":
         w = min(w, cfg.max_tokens - 1)
         if w < 1:
-            raise NtkError(f"model context of {cfg.max_tokens} tokens is too small")
+            raise InputError(f"model context of {cfg.max_tokens} tokens is too small")
         return w
     if job == "score" and w < SCORE_MIN_WINDOW:
-        raise NtkError(f"--window {w}: must be at least {SCORE_MIN_WINDOW} nt")
+        raise InputError(f"--window {w}: must be at least {SCORE_MIN_WINDOW} nt")
     if w < unit or w % unit:
-        raise NtkError(f"--window {w}: must be a positive multiple of {unit} nt (6 nt per token x "
+        raise InputError(f"--window {w}: must be a positive multiple of {unit} nt (6 nt per token x "
                        f"{2 ** nt_head_levels(cfg)} for the U-Net pooling levels)"
                        + (f"; e.g. {w - w % unit}" if w > unit else ""))
     limit = (cfg.max_tokens - 1) * NT_PER_TOKEN
-    if job == "score" and not cfg.rotary and w > limit:
-        raise NtkError(f"--window {w}: this model has learned positions for at most {cfg.max_tokens} tokens "
+    if job in ("score", "finetune") and not cfg.rotary and w > limit:
+        raise InputError(f"--window {w}: this model has learned positions for at most {cfg.max_tokens} tokens "
                        f"({limit} nt)")
     return w
 
@@ -99,6 +111,8 @@ def ntv3_default_window(cfg, job: str) -> int:
     if _job(job) == "segment":
         trained = _trained(cfg, unit)
         return trained if trained is not None else max(unit, NTV3_DEFAULT_WINDOW // unit * unit)
+    if job == "finetune":
+        return max(unit, NTV3_FINETUNE_WINDOW // unit * unit)
     return NTV3_VARIANT_WINDOW if job == "score" else NTV3_DEFAULT_WINDOW
 
 
@@ -106,6 +120,6 @@ def ntv3_check_window(cfg, window: int | None, job: str) -> int:
     w = ntv3_default_window(cfg, job) if window is None else int(window)
     unit = ntv3_window_unit(cfg)
     if w < unit or w % unit:
-        raise NtkError(f"--window {w}: must be a positive multiple of {unit} nt (2^num_downsamples for this NTv3 "
+        raise InputError(f"--window {w}: must be a positive multiple of {unit} nt (2^num_downsamples for this NTv3 "
                        "model)")
     return w

@@ -19,7 +19,7 @@ per-nucleotide genomic features derived from an annotation (GTF, GFF3 or BED; se
 **NTv3 bases** (pre-trained, or post-trained with ``--species``): the head is a per-base one
 (:class:`ntk.model.ntv3.NTv3SegmentHead`: LayerNorm + linear -> a logit pair per feature and base, on the final
 per-base embedding; single-base tokens, so base ``i`` of a window is token ``i``); windows are multiples of
-``2**num_downsamples`` (default :data:`NTV3_DEFAULT_WINDOW` rounded down), inside ACGT runs (never ``<pad>``), and
+``2**num_downsamples`` (default 8 kb rounded down: model/window_rules.py), inside ACGT runs (never ``<pad>``), and
 the loss covers the whole window. Evaluation keeps each window's centre as ``ntk segment`` does for NTv3: the
 model's ``keep_target_center_fraction`` (a post-trained base's own; for a pre-trained base
 ``1 - 2 * eval_crop / window``, ``eval_crop`` default window/8, written to config.json); kept centres abut, so
@@ -28,7 +28,7 @@ nothing is blended. The result is an NTv3 checkpoint (config.json ``ntk_head: "s
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -39,18 +39,17 @@ from ..errors import InputError
 from ..io.annotation import read_annotation
 from ..io.fasta import IndexedFasta
 from ..io.intervals import suggest_contig
-from ..model.checkpoint import load_model
+from ..model.checkpoint import load_model, read_config
+from ..model.config import NTConfig
 from ..model.nt import NUC_PER_TOKEN
 from ..model.runtime import set_threads
 from ..report import NULL, Reporter
-from ..train.finetune_data import NT_UNIT, WindowBatches, genome_windows
+from ..train.finetune_data import WindowBatches, genome_windows
 from ..train.metrics import SegmentationMetrics
 from ..plan.windows import Blender, Window
 from ..errors import NtkError
 from .finetune import (FinetuneOptions, build_ntv3_segment_model, build_task_model, check_single_process, clean_json,
                        is_ntv3, monitor_name, ntv3_species, setup_method, start_run, train_and_report)
-
-NTV3_DEFAULT_WINDOW = 8192  # nt, rounded down to a multiple of the model's window unit
 
 
 @dataclass
@@ -104,10 +103,12 @@ def weighted_segment_loss(logits: torch.Tensor, targets: torch.Tensor, pos_w: to
     return -(w * picked).sum() / w.sum()
 
 
-def default_window(max_tokens: int) -> int:
-    """Largest multiple of 24 nt whose tokens (plus CLS) fit the model, capped at 1024 tokens (6,144 nt)."""
-    tokens = min(max_tokens - 1, 1024)
-    return (tokens * NUC_PER_TOKEN // NT_UNIT) * NT_UNIT
+def trained_config(base_config, inp: SegmentTaskInput, features: list[str]):
+    """The config whose window rules apply (model/window_rules.py, job ``finetune``): for an NT base the config of
+    the SegmentNT-type model being trained (its ``num_layers_head`` sets the window unit), for NTv3 the base's."""
+    if isinstance(base_config, NTConfig):
+        return replace(base_config, features=list(features), num_layers_head=inp.num_layers_head)
+    return base_config
 
 
 def _check_contigs(names: list[str], lengths: dict[str, int], option: str) -> None:
@@ -145,6 +146,9 @@ def finetune_segment(inp: SegmentTaskInput, run_dir: str | Path, opts: FinetuneO
     if not train_contigs:
         raise InputError("no annotated contig is left for training after --val-chroms/--test-chroms")
 
+    early = read_config(opts.model)  # a bad --window fails from config.json, before the weights load
+    if early is not None:
+        trained_config(early, inp, ann.features).check_window(inp.window or None, "finetune")
     base = load_model(opts.model)
     if is_ntv3(base):
         setup = _ntv3_setup(base, inp, opts, ann.features)
@@ -207,20 +211,16 @@ def finetune_segment(inp: SegmentTaskInput, run_dir: str | Path, opts: FinetuneO
 def _nt_setup(base, inp: SegmentTaskInput, features: list[str]):
     """SegmentNT-type head on an NT base: (model, window, eval crop, window unit, blend mode)."""
     cfg = base.config
-    window = inp.window or default_window(cfg.max_tokens)
-    if window % NT_UNIT or window <= 0:
-        raise InputError(f"--window {window}: must be a positive multiple of {NT_UNIT} nt")
+    target = trained_config(cfg, inp, features)
+    window = target.check_window(inp.window or None, "finetune")
     tokens = window // NUC_PER_TOKEN + 1
     rescaling = None
-    if tokens > cfg.max_tokens:
-        if not cfg.rotary:
-            raise InputError(f"--window {window}: {tokens} tokens exceed the {cfg.max_tokens} this model takes "
-                             f"(learned positions; at most {default_window(cfg.max_tokens)} nt)")
+    if tokens > cfg.max_tokens:  # a rotary base (check_window refuses this for learned positions)
         rescaling = (tokens - 1) / (cfg.max_position_embeddings - 2)
     crop = inp.eval_crop if inp.eval_crop is not None else window // 8
     model = build_task_model(base, "segment", features=features, num_layers_head=inp.num_layers_head,
                              rescaling_factor=rescaling)
-    return model, window, crop, NT_UNIT, "linear"
+    return model, window, crop, target.window_unit, "linear"
 
 
 def _ntv3_setup(base, inp: SegmentTaskInput, opts: FinetuneOptions, features: list[str]):
@@ -229,10 +229,7 @@ def _ntv3_setup(base, inp: SegmentTaskInput, opts: FinetuneOptions, features: li
 
     unit = base.config.window_unit
     ntv3_species(base, opts.species)
-    window = inp.window or max(unit, NTV3_DEFAULT_WINDOW // unit * unit)
-    if window <= 0 or window % unit:
-        raise InputError(f"--window {window}: must be a positive multiple of {unit} nt (2^num_downsamples for this "
-                         "NTv3 model)")
+    window = base.config.check_window(inp.window or None, "finetune")
     keep = None
     if base.config.is_post_trained:
         if inp.eval_crop is not None:

@@ -21,6 +21,7 @@ import torch
 from ..errors import InputError
 from ..io.annotation import Annotation
 from ..io.fasta import IndexedFasta, scan_acgt_runs
+from ..model.window_rules import SEGMENT_NT_UNIT
 from ..io.labels import LabeledSequences
 from ..plan.windows import tile
 
@@ -326,7 +327,7 @@ def eval_batches(ids: list[np.ndarray], y: np.ndarray | None, batch_size: int, p
 
 
 # -- segmentation windows --------------------------------------------------------------------------
-NT_UNIT = 24  # 6 nt per token x 4 (two U-Net pooling levels)
+NT_UNIT = SEGMENT_NT_UNIT  # the released SegmentNT heads' window unit (callers pass the model config's window_unit)
 
 
 @dataclass
@@ -359,9 +360,8 @@ def genome_windows(fa: IndexedFasta, contigs: list[str], window: int, crop: int 
                    ) -> GenomeWindows:
     """Windows of exactly ``window`` nt tiling every ACGT run of at least ``window`` nt (see plan.windows);
     ``unit``: what window lengths must be a multiple of (SegmentNT 24, NTv3 2^num_downsamples)."""
-    if window % unit:
-        raise InputError(f"--window {window}: must be a multiple of {unit} nt" + (
-            " (6-mer tokens, two U-Net pooling levels)" if unit == NT_UNIT else " (2^num_downsamples)"))
+    if window % unit:  # callers check --window with the model config (cfg.check_window) first
+        raise ValueError(f"window {window} is not a multiple of the window unit {unit}")
     cols: list[list[int]] = [[] for _ in range(6)]
     skipped = 0
     for ci, name in enumerate(contigs):

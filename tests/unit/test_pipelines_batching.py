@@ -1,4 +1,4 @@
-"""Unit tests of ntk/pipelines/batching.py: batches by token budget (batch size x longest item) and the automatic
+"""Unit tests of ntk/plan/batching.py: batches by token budget (batch size x longest item) and the automatic
 budget per device kind."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from ntk.pipelines.batching import auto_token_budget, by_token_budget
+from ntk.plan.batching import auto_token_budget, by_token_budget
 
 
 def _check(batches, items, n_tokens, budget, max_items=None):
