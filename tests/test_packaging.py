@@ -90,7 +90,7 @@ def test_build_makes_wheel_and_sdist_with_the_embedded_model(dist):
     assert len(wheels) == 1 and len(sdists) == 1
     names = zipfile.ZipFile(wheels[0]).namelist()
     for f in ("ntk/models/ntk-yeast-tiny/config.json", "ntk/models/ntk-yeast-tiny/model.safetensors",
-              "ntk/cli/main.py", "ntk/progress.py"):
+              "ntk/cli/main.py", "ntk/report.py", "ntk/cli/progress.py", "ntk/plan/windows.py"):
         assert f in names, f
     assert not any(n.startswith("tests/") for n in names)
     meta = zipfile.ZipFile(wheels[0]).read(next(n for n in names if n.endswith("/METADATA"))).decode()

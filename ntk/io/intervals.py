@@ -160,9 +160,12 @@ def check_contig_naming(names: Iterable[str], lengths: dict[str, int], source: s
 
 
 def merge_overlapping(intervals: Iterable[Interval], order: list[str]) -> list[Interval]:
-    """Sort by FASTA contig order and merge overlapping/adjacent intervals (strand ignored)."""
+    """Sort by FASTA contig order (contigs not in ``order`` last, by name) and merge overlapping/adjacent intervals
+    (strand ignored)."""
     rank = {c: i for i, c in enumerate(order)}
-    iv = sorted(intervals, key=lambda x: (rank.get(x.chrom, 1 << 30), x.start, x.end))
+    # contigs not in ``order`` share one rank: the name keeps each contig's intervals together
+    iv = sorted(intervals, key=lambda x: (rank.get(x.chrom, 1 << 30), "" if x.chrom in rank else x.chrom, x.start,
+                                          x.end))
     out: list[Interval] = []
     for x in iv:
         if out and out[-1].chrom == x.chrom and x.start <= out[-1].end:

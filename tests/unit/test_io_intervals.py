@@ -210,3 +210,13 @@ def test_merge_overlapping_agrees_with_bedtools(tmp_path):
     want = [tuple(line.split("\t")) for line in out.splitlines()]
     got = [(x.chrom, str(x.start), str(x.end)) for x in merge_overlapping(ivs, ["chr1", "chr2"])]
     assert got == want
+
+
+def test_merge_overlapping_keeps_contigs_apart_when_they_are_not_in_the_order():
+    """Contigs missing from ``order`` (or no order at all: load_regions(merge=True) without lengths) share one rank:
+    they must still be sorted and merged contig by contig, not interleaved by start."""
+    ivs = [Interval("chrX", 0, 10), Interval("chrY", 5, 15), Interval("chrX", 8, 20), Interval("chrY", 12, 30)]
+    got = merge_overlapping(ivs, [])
+    assert sorted((x.chrom, x.start, x.end) for x in got) == [("chrX", 0, 20), ("chrY", 5, 30)]
+    assert len({x.chrom for x in got}) == len(got)  # one interval per contig here: nothing left unmerged
+    assert [x.chrom for x in merge_overlapping(ivs, ["chrY"])] == ["chrY", "chrX"]  # known contigs first
