@@ -26,9 +26,12 @@ cp /tmp/emb/segment/best/config.json /tmp/emb/segment/best/model.safetensors "$O
 cp /tmp/emb/segment/metrics.json "$OUT/finetune_metrics.json" 2>/dev/null
 cp /tmp/emb/pretrain/summary.json "$OUT/pretrain_summary.json" 2>/dev/null
 
-echo "== segment_gpu (full-size SegmentNT, random weights)" | tee -a "$LOG"
-timeout 150 python3 bench/segment_gpu.py --mbp 3 2>&1 | tail -n 25 | tee -a "$LOG"
-timeout 100 python3 bench/segment_gpu.py --mbp 3 --crop 1872 2>&1 | tail -n 25 | tee -a "$LOG"
+echo "== segment_gpu (full-size SegmentNT, random weights): one row per issue #19 optimisation" | tee -a "$LOG"
+# rows: SDPA path/kernels, eager, forced SDPA kernels, batch sweep, end to end (writers in threads / processes),
+# torch.compile, CUDA graphs; a failing row is recorded and the others go on (checked first with --cpu-smoke)
+timeout 420 python3 bench/segment_gpu.py --mbp 3 --json "$OUT/segment_gpu_rows.json" 2>&1 \
+    | grep -v "^W1\|torch/_dynamo" | tail -n 40 | tee -a "$LOG"
+timeout 100 python3 bench/segment_gpu.py --mbp 3 --crop 1872 --rows e2e 2>&1 | tail -n 8 | tee -a "$LOG"
 
 echo "== variants_throughput on the GPU" | tee -a "$LOG"
 timeout 200 python3 bench/variants_throughput.py --device cuda --variants 400 2>&1 | tail -n 5 | tee -a "$LOG"

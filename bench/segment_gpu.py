@@ -1,16 +1,34 @@
 """ntk segment on a GPU with a full-size SegmentNT (random weights, the `segment-nt` preset: 29 layers, hidden
-1024, 30 kb windows, 557M parameters): end-to-end bp/s vs model-only forward time on the same windows, tokens/s,
-MFU, and the implied wall time for a 3.1 Gbp human genome.
+1024, 30 kb windows, 557M parameters): one row per optimisation of issue #19, each measured on its own:
 
-    python bench/segment_gpu.py [--mbp 3] [--precision bf16]
+- ``eager``: model-only forward (the windows and batches segment runs, tokenized beforehand; default SDPA
+  dispatch), the reference of every other row;
+- ``sdpa-flash`` / ``sdpa-efficient`` / ``sdpa-math``: the same with SDPA forced to one kernel
+  (``torch.nn.attention.sdpa_kernel``); plus the check that SegmentNT windows pass no attention mask (so flash
+  is eligible) and the attention ops/kernels the profiler saw in one forward;
+- ``compile``: ``torch.compile`` of the whole model (encoder + U-Net, static shapes, ``dynamic=False``);
+- ``cudagraphs``: the same in ``mode="reduce-overhead"`` (inductor with CUDA graphs); CUDA only;
+- ``batch=N``: the eager model with N windows per forward (tokens/s vs batch; peak memory);
+- ``e2e thread`` / ``e2e process``: ``segment_genome`` end to end with the track writers in threads / in worker
+  processes (``NTK_TRACK_WRITERS``), ratio against the eager model-only time.
+
+Columns: tokens/s, MFU (bf16 dense peak; GPU only), end-to-end / model-only (e2e rows), and the projected time for
+a 3.1 Gbp human genome (kept nt per second of that row). A row that fails records its error and the others go on.
+
+    python bench/segment_gpu.py [--mbp 3] [--precision bf16] [--crop N] [--rows eager,compile,...] [--json F]
+    python bench/segment_gpu.py --cpu-smoke     # every row on the CPU with the golden tiny SegmentNT (a dry run;
+                                                # the compile row with backend="eager": the plumbing, not inductor)
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +38,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from segment_throughput import THRESHOLD, write_genome  # noqa: E402
+from segment_throughput import GOLDEN, THRESHOLD, write_genome  # noqa: E402
 
+import ntk  # noqa: E402
 from ntk.io.fasta import IndexedFasta  # noqa: E402
 from ntk.model import NucleotideTransformer, preset_config  # noqa: E402
 from ntk.model.runtime import resolve_dtype  # noqa: E402
@@ -30,64 +49,271 @@ from ntk.plan.batching import auto_token_budget  # noqa: E402
 from ntk.pipelines.segment import family_of, iter_batches, iter_windows, plan_units, segment_genome  # noqa: E402
 
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+HUMAN_BP = 3.1e9
+ROWS = ["sdpa", "eager", "sdpa-flash", "sdpa-efficient", "sdpa-math", "batch", "e2e", "compile", "cudagraphs"]
+
+
+def flops_per_token(cfg, tokens: int) -> float:
+    """Forward FLOPs per token: encoder linear layers (SwiGLU) + attention scores/values + ~U-Net and fc."""
+    L, H, F_ = cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size
+    return L * (2 * (4 * H * H + 3 * H * F_) + 4 * tokens * H) + 2 * 66e6
+
+
+class Bench:
+    def __init__(self, m, dev: torch.device, fasta: Path, crop: int | None, tmp: Path):
+        self.m, self.dev, self.fasta, self.tmp = m, dev, fasta, tmp
+        self.cfg = m.config
+        self.W = m.config.default_window("segment")
+        self.crop = crop if crop is not None else self.W // 8
+        fa = IndexedFasta(fasta)
+        self.jobs = list(iter_windows(fa, plan_units(fa), self.W, self.crop, family_of(self.m)))
+        self.ids = {}  # window start -> token ids
+        for j in self.jobs:
+            w = j.window
+            self.ids[(w.chrom, w.start)] = self.m.tokenizer.tokenize_codes(
+                sequence_codes(fa.fetch(w.chrom, w.start, w.end)))[0].astype(np.int64)
+        fa.close()
+        self.kept_bp = sum(j.window.keep_end - j.window.keep_start for j in self.jobs)
+        self.budget = auto_token_budget(dev.type, self.cfg.hidden_size, self.cfg.num_hidden_layers)
+        self.tokens_per_window = self.W // 6 + 1
+        self.gpu = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+        self.peak = next((v for k, v in PEAK_BF16.items() if k in self.gpu), None)
+        self.model_only_s: float | None = None
+        self.rows: list[dict] = []
+        self.smoke = dev.type == "cpu"
+
+    def sync(self) -> None:
+        if self.dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    def batches(self, per_batch: int | None = None) -> list[torch.Tensor]:
+        """The windows in segment's batches (token budget), or ``per_batch`` windows of equal length each."""
+        if per_batch is None:
+            fa = IndexedFasta(self.fasta)
+            jobs = iter_windows(fa, plan_units(fa), self.W, self.crop, family_of(self.m))
+            groups = list(iter_batches(jobs, self.budget, None))
+            fa.close()
+        else:
+            groups, cur = [], []
+            for j in self.jobs:
+                if cur and (len(cur) == per_batch or cur[-1].window.length != j.window.length):
+                    groups.append(cur)
+                    cur = []
+                cur.append(j)
+            groups.append(cur)
+        out = []
+        for g in groups:
+            t = torch.from_numpy(np.stack([self.ids[(j.window.chrom, j.window.start)] for j in g]))
+            out.append(t.pin_memory() if self.dev.type == "cuda" else t)
+        return out
+
+    def forward_time(self, fwd, batches: list[torch.Tensor], warm: int = 1) -> float:
+        with torch.inference_mode():
+            for ids in batches[:warm]:  # kernels, allocator, compilation of the common shape
+                fwd(ids.to(self.dev)).float().cpu()
+            for ids in {tuple(b.shape): b for b in batches}.values():  # every other shape compiled too
+                fwd(ids.to(self.dev)).float().cpu()
+            self.sync()
+            t0 = time.perf_counter()
+            for ids in batches:
+                fwd(ids.to(self.dev, non_blocking=True)).float().cpu()
+            self.sync()
+        return time.perf_counter() - t0
+
+    def eager(self, ids: torch.Tensor) -> torch.Tensor:
+        m = self.m
+        return m(ids, rescaling_factor=m.config.rescaling_for_tokens(ids.shape[1]),
+                 heads="segment").segment_probabilities
+
+    def add(self, name: str, seconds: float | None, tokens: int | None = None, e2e: float | None = None,
+            note: str = "", **extra) -> dict:
+        r = {"row": name, "note": note, **extra}
+        if seconds is not None:
+            tps = tokens / seconds if tokens else None
+            r.update(seconds=seconds, tokens_per_s=tps,
+                     mfu=(tps * flops_per_token(self.cfg, self.tokens_per_window) / self.peak)
+                     if (tps and self.peak) else None)
+            t = e2e if e2e is not None else seconds
+            r["human_genome_minutes"] = HUMAN_BP / (self.kept_bp / t) / 60
+            if e2e is not None and self.model_only_s:
+                r["e2e_over_model_only"] = e2e / self.model_only_s
+        self.rows.append(r)
+        print(json.dumps(r), flush=True)
+        return r
+
+    def guarded(self, name: str, fn) -> None:
+        try:
+            fn()
+        except Exception as e:  # noqa: BLE001 - one failing optimisation must not lose the other rows
+            self.add(name, None, note=f"FAILED: {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}")
+            traceback.print_exc(limit=3)
+
+    # -- rows ----------------------------------------------------------------------------------------
+    def row_sdpa(self) -> None:
+        """Which SDPA path SegmentNT windows take: mask passed or not, and the ops/kernels in one forward."""
+        import torch.nn.functional as F
+
+        calls = []
+        orig = F.scaled_dot_product_attention
+
+        def spy(q, k, v, attn_mask=None, *a, **kw):
+            calls.append({"mask": attn_mask is not None, "dtype": str(q.dtype).replace("torch.", ""),
+                          "q_shape": list(q.shape), "q_last_dim_contiguous": q.stride(-1) == 1})
+            return orig(q, k, v, attn_mask, *a, **kw)
+        ids = self.batches(1)[0]
+        F.scaled_dot_product_attention = spy
+        try:
+            with torch.inference_mode():
+                self.eager(ids.to(self.dev))
+        finally:
+            F.scaled_dot_product_attention = orig
+        acts = [torch.profiler.ProfilerActivity.CPU] + \
+            ([torch.profiler.ProfilerActivity.CUDA] if self.dev.type == "cuda" else [])
+        with torch.inference_mode(), torch.profiler.profile(activities=acts) as prof:
+            self.eager(ids.to(self.dev))
+            self.sync()
+        keys = ("attention", "flash", "fmha", "sdpa", "efficient", "softmax")
+        names = sorted({e.key for e in prof.key_averages() if any(k in e.key.lower() for k in keys)})
+        self.add("sdpa", None, note="attention calls of one window and the attention ops/kernels profiled",
+                 calls=len(calls), any_mask=any(c["mask"] for c in calls), first_call=calls[0] if calls else None,
+                 profiled=names[:20])
+
+    def row_forced(self, backend: str) -> None:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        b = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+             "math": SDPBackend.MATH}[backend]
+        batches = self.batches()
+        with sdpa_kernel([b]):
+            t = self.forward_time(self.eager, batches)
+        self.add(f"sdpa-{backend}", t, sum(x.numel() for x in batches), note=f"SDPA forced to {backend}")
+
+    def row_eager(self) -> None:
+        batches = self.batches()
+        t = self.forward_time(self.eager, batches)
+        self.model_only_s = t
+        self.add("eager", t, sum(x.numel() for x in batches),
+                 note=f"model only, segment's batches ({len(batches)} of <= {self.budget} tokens)")
+
+    def row_batch(self, sizes: list[int]) -> None:
+        for n in sizes:
+            def one(n=n):
+                batches = self.batches(n)
+                if self.dev.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(self.dev)
+                t = self.forward_time(self.eager, batches)
+                mem = torch.cuda.max_memory_allocated(self.dev) / 2**30 if self.dev.type == "cuda" else None
+                self.add(f"batch={n}", t, sum(x.numel() for x in batches), note=f"{n} windows per forward",
+                         peak_gib=mem)
+            self.guarded(f"batch={n}", one)
+
+    def row_e2e(self, writers: str) -> None:
+        old = os.environ.get("NTK_TRACK_WRITERS")
+        os.environ["NTK_TRACK_WRITERS"] = writers
+        try:
+            segment_genome(self.fasta, self.tmp / "warm", model=self.m, regions=[f"chr1:1-{4 * self.W}"],
+                           threshold=THRESHOLD, force=True, crop=self.crop)
+            self.sync()
+            t0 = time.perf_counter()
+            r = segment_genome(self.fasta, self.tmp / "out", model=self.m, threshold=THRESHOLD, force=True,
+                               crop=self.crop)
+            self.sync()
+            t = time.perf_counter() - t0
+        finally:
+            if old is None:
+                os.environ.pop("NTK_TRACK_WRITERS", None)
+            else:
+                os.environ["NTK_TRACK_WRITERS"] = old
+        self.add(f"e2e {writers}", t, sum(len(v) for v in self.ids.values()), e2e=t,
+                 note=f"segment_genome end to end, track writers in {writers}es" if writers == "process" else
+                 f"segment_genome end to end, track writers in {writers}s",
+                 bp_scored=r.bp_scored, bp_per_s=r.bp_scored / t, end_to_end_s=t)
+
+    def row_compiled(self, name: str, **kw) -> None:
+        if self.smoke:  # the plumbing only: inductor's C++ compile of a model takes minutes on a busy CPU
+            kw.setdefault("backend", "eager")
+        torch._dynamo.reset()
+        t_c = time.perf_counter()
+        self.m.compile(dynamic=False, **kw)
+        try:
+            batches = self.batches()
+            t = self.forward_time(self.eager, batches)
+            t_c = time.perf_counter() - t_c - t
+            self.add(name, t, sum(x.numel() for x in batches),
+                     note=f"torch.compile(dynamic=False{''.join(f', {k}={v!r}' for k, v in kw.items())}) of the "
+                          f"whole model", compile_and_warmup_s=t_c)
+        finally:
+            self.m._compiled_call_impl = None  # back to eager for the next rows
+            torch._dynamo.reset()
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--mbp", type=float, default=3.0)
+    ap.add_argument("--mbp", type=float, default=None, help="synthetic genome size (default 3; smoke 0.1)")
     ap.add_argument("--preset", default="segment-nt")
     ap.add_argument("--precision", default="bf16")
     ap.add_argument("--crop", type=int, default=None, help="nt cropped at each window side (default: window/8)")
+    ap.add_argument("--rows", default="all", help=f"comma list of {','.join(ROWS)} (default all)")
+    ap.add_argument("--batch-sizes", default="1,2,4,8,16,24", help="windows per forward for the batch rows")
+    ap.add_argument("--cpu-smoke", "--dry-run", dest="smoke", action="store_true",
+                    help="run every row on the CPU with the golden tiny SegmentNT, small genome (checks the script)")
+    ap.add_argument("--json", default=None, help="write all rows to this file")
     args = ap.parse_args()
-    dev = torch.device("cuda")
-    cfg = preset_config(args.preset)
-    torch.manual_seed(0)
-    with torch.device(dev):
-        m = NucleotideTransformer(cfg)
-    m = m.to(resolve_dtype(args.precision, dev)).eval()
-    params = sum(p.numel() for p in m.parameters())
-    W = m.config.default_window("segment")
-    res = {"gpu": torch.cuda.get_device_name(dev), "preset": args.preset, "params": params, "window_nt": W,
-           "precision": args.precision}
+    rows = ROWS if args.rows == "all" else args.rows.split(",")
+    if args.smoke:
+        dev = torch.device("cpu")
+        torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+        m = ntk.load_model(str(GOLDEN), device="cpu", dtype=torch.float32).eval()
+        mbp = args.mbp or 0.1
+        sizes = [1, 4]
+    else:
+        dev = torch.device("cuda")
+        cfg = preset_config(args.preset)
+        torch.manual_seed(0)
+        with torch.device(dev):
+            m = NucleotideTransformer(cfg)
+        m = m.to(resolve_dtype(args.precision, dev)).eval()
+        mbp = args.mbp or 3.0
+        sizes = [int(x) for x in args.batch_sizes.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         fasta = Path(tmp) / "genome.fa"
-        n = int(args.mbp * 1e6)
-        write_genome(fasta, [n // 2, n - n // 2])
-        # warm-up (kernels, allocator) on a small region
-        segment_genome(fasta, Path(tmp) / "warm", model=m, regions=["chr1:1-200000"], threshold=THRESHOLD, force=True)
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        r = segment_genome(fasta, Path(tmp) / "out", model=m, threshold=THRESHOLD, force=True, crop=args.crop)
-        torch.cuda.synchronize()
-        e2e = time.perf_counter() - t0
-        # model only: the same windows and batches, tokenized beforehand, on the GPU
-        fa = IndexedFasta(fasta)
-        budget = auto_token_budget("cuda", cfg.hidden_size, cfg.num_hidden_layers)
-        batches = []
-        crop = args.crop if args.crop is not None else W // 8
-        for batch in iter_batches(iter_windows(fa, plan_units(fa), W, crop, family_of(m)), budget, None):
-            ids = np.stack([m.tokenizer.tokenize_codes(sequence_codes(fa.fetch(j.window.chrom, j.window.start,
-                                                                               j.window.end)))[0] for j in batch])
-            batches.append(torch.from_numpy(ids.astype(np.int64)).pin_memory())
-        n_tokens = sum(b.numel() for b in batches)
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        with torch.inference_mode():
-            for ids in batches:
-                ids = ids.to(dev, non_blocking=True)
-                p = m(ids, rescaling_factor=cfg.rescaling_for_tokens(ids.shape[1])).segment_probabilities
-                p.float().cpu()
-        torch.cuda.synchronize()
-        model_only = time.perf_counter() - t0
-    L, H, F_, T = cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size, batches[0].shape[1]
-    flops_tok = L * (2 * (4 * H * H + 3 * H * F_) + 4 * T * H) + 2 * 66e6  # encoder (SwiGLU) + ~U-Net/fc
-    peak = next((v for k, v in PEAK_BF16.items() if k in res["gpu"]), None)
-    res.update(crop=crop, stage_seconds=r.timings)
-    res.update(bp_scored=r.bp_scored, windows=r.n_windows, end_to_end_s=e2e, model_only_s=model_only,
-               ratio_e2e_over_model=e2e / model_only, bp_per_s=r.bp_scored / e2e, tokens_per_s=n_tokens / model_only,
-               human_genome_minutes=3.1e9 / (r.bp_scored / e2e) / 60,
-               mfu=(n_tokens / model_only * flops_tok / peak) if peak else None)
-    print(json.dumps(res, indent=2))
+        n = int(mbp * 1e6)
+        write_genome(fasta, [n // 2, n - n // 2], gap_every=max(n // 3, 50_000))
+        b = Bench(m, dev, fasta, args.crop, Path(tmp))
+        head = {"device": b.gpu, "preset": "golden tiny" if args.smoke else args.preset,
+                "params": sum(p.numel() for p in m.parameters()), "dtype": str(m.dtype), "window_nt": b.W,
+                "crop": b.crop, "windows": len(b.jobs), "kept_bp": b.kept_bp, "token_budget": b.budget,
+                "gflop_per_token": flops_per_token(m.config, b.tokens_per_window) / 1e9, "torch": torch.__version__}
+        print(json.dumps(head), flush=True)
+        b.guarded("eager", b.row_eager)  # always first: the reference of the other rows
+        if "sdpa" in rows:
+            b.guarded("sdpa", b.row_sdpa)
+        for k in ("flash", "efficient", "math"):
+            if f"sdpa-{k}" in rows:
+                b.guarded(f"sdpa-{k}", lambda k=k: b.row_forced(k))
+        if "batch" in rows:
+            b.row_batch(sizes)
+        if "e2e" in rows:
+            for w in ("thread", "process"):
+                b.guarded(f"e2e {w}", lambda w=w: b.row_e2e(w))
+        if "compile" in rows:
+            b.guarded("compile", lambda: b.row_compiled("compile"))
+        if "cudagraphs" in rows:
+            if dev.type == "cuda":
+                b.guarded("cudagraphs", lambda: b.row_compiled("cudagraphs", mode="reduce-overhead"))
+            else:
+                b.add("cudagraphs", None, note="skipped: needs CUDA")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"setup": head, "rows": b.rows}, indent=1) + "\n")
+    print("\n| row | tokens/s | MFU | end-to-end / model-only | human genome (min) | note |")
+    print("|---|---|---|---|---|---|")
+    for r in b.rows:
+        def f(k: str, fmt: str, r: dict = r) -> str:
+            return fmt.format(r[k]) if r.get(k) is not None else "-"
+        print(f"| {r['row']} | {f('tokens_per_s', '{:,.0f}')} | {f('mfu', '{:.1%}')} | "
+              f"{f('e2e_over_model_only', '{:.3f}')} | {f('human_genome_minutes', '{:.1f}')} | {r['note']} |")
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
 
 
 if __name__ == "__main__":

@@ -10,12 +10,18 @@
 2. Memory. Peak RSS of a whole ``segment_genome`` run in a fresh subprocess, on a single-contig synthetic
    genome of 10 Mbp and of 50 Mbp (N gap every 20 Mbp; golden tiny model). Ratio = RSS(50 Mbp) / RSS(10 Mbp) (goal <= 1.1).
 
+3. ``--proxy`` (issue #19): only the golden tiny model, with ONE torch thread: model-only vs end to end with the
+   track writers in worker processes and in threads (``NTK_TRACK_WRITERS``), interleaved in the same run;
+   ratio = end-to-end / model-only (goal <= 1.15 on the 2-core machine). Prints the load average before/after.
+
     python bench/segment_throughput.py [--quick] [--mbp 2] [--rounds 2] [--rss-sizes 10,50]
+    python bench/segment_throughput.py --proxy --rounds 3
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -37,6 +43,7 @@ from ntk.pipelines.segment import family_of, iter_batches, iter_windows, plan_un
 from ntk.model.tokenizer import sequence_codes  # noqa: E402
 
 GOLDEN = ROOT / "tests" / "data" / "golden" / "segment_nt_tiny"
+CPU: dict[str, float] = {}  # CPU seconds of this process (all its threads, not its children) in the last run
 THRESHOLD = 0.6  # the random models hover around 0.5: keep segment calls sparse, as with a trained model
 
 
@@ -83,18 +90,36 @@ def model_only(m, fasta: Path, rounds_of: int = 1) -> float:
     fa.close()
     fidx = torch.arange(len(m.config.features))
     t0 = time.perf_counter()
+    CPU["model-only"] = time.process_time()
     with torch.inference_mode():
         for ids in batches:
             p = m(ids, rescaling_factor=m.config.rescaling_for_tokens(ids.shape[1])).segment_probabilities
             p.index_select(2, fidx).float().cpu().numpy()
+    CPU["model-only"] = time.process_time() - CPU["model-only"]
     return time.perf_counter() - t0
 
 
-def end_to_end(m, fasta: Path, tmp: Path) -> tuple[float, int]:
+def _children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def end_to_end(m, fasta: Path, tmp: Path, writers: str | None = None) -> tuple[float, int]:
+    """``writers``: the track writers (``NTK_TRACK_WRITERS``: process/thread; None = the default, auto)."""
     out = tmp / "out"
-    t0 = time.perf_counter()
-    res = segment_genome(fasta, out, model=m, threshold=THRESHOLD, force=True)
-    return time.perf_counter() - t0, res.bp_scored
+    old = os.environ.pop("NTK_TRACK_WRITERS", None)
+    if writers:
+        os.environ["NTK_TRACK_WRITERS"] = writers
+    try:
+        t0, c0, k0 = time.perf_counter(), time.process_time(), _children_cpu()
+        res = segment_genome(fasta, out, model=m, threshold=THRESHOLD, force=True)
+        CPU["end-to-end"] = time.process_time() - c0
+        CPU["children"] = _children_cpu() - k0
+        return time.perf_counter() - t0, res.bp_scored
+    finally:
+        os.environ.pop("NTK_TRACK_WRITERS", None)
+        if old is not None:
+            os.environ["NTK_TRACK_WRITERS"] = old
 
 
 def throughput(name: str, m, fasta: Path, rounds: int, tmp: Path) -> dict:
@@ -107,6 +132,36 @@ def throughput(name: str, m, fasta: Path, rounds: int, tmp: Path) -> dict:
          "end_to_end_bp_per_s": bp / min(e2e), "ratio": min(e2e) / min(ref)}
     print(f"[{name}] {bp / 1e6:.2f} Mbp scored: end-to-end {min(e2e):.2f} s ({r['end_to_end_bp_per_s']:,.0f} bp/s), "
           f"model-only {min(ref):.2f} s -> ratio {r['ratio']:.3f} (goal <= 1.10)", flush=True)
+    return r
+
+
+def proxy(m, fasta: Path, rounds: int, tmp: Path) -> dict:
+    """Issue #19 CPU proxy: model-only and end to end with each kind of track writers, interleaved, best of
+    ``rounds``; ratio = end-to-end / model-only (goal <= 1.15 with one torch thread)."""
+    times: dict[str, list[float]] = {"model-only": [], "thread": [], "process": []}
+    cpu: dict[str, list[float]] = {k: [] for k in times}
+    kids: dict[str, list[float]] = {"thread": [], "process": []}
+    bp = 0
+    for _ in range(rounds):
+        times["model-only"].append(model_only(m, fasta))
+        cpu["model-only"].append(CPU["model-only"])
+        for w in ("thread", "process"):
+            t, bp = end_to_end(m, fasta, tmp, w)
+            times[w].append(t)
+            cpu[w].append(CPU["end-to-end"])
+            kids[w].append(CPU["children"])
+    ref = min(times["model-only"])
+    r = {"bp": bp, "model_only_s": ref, "model_only_cpu_s": min(cpu["model-only"])}
+    print(f"[proxy] {bp / 1e6:.2f} Mbp scored, model-only {ref:.2f} s (best of {rounds}; "
+          f"{r['model_only_cpu_s']:.2f} CPU s)", flush=True)
+    for w in ("thread", "process"):
+        t = min(times[w])
+        extra = min(cpu[w]) - r["model_only_cpu_s"]
+        r[w] = {"end_to_end_s": t, "bp_per_s": bp / t, "ratio": t / ref, "host_cpu_s_in_model_process": extra,
+                "writer_processes_cpu_s": min(kids[w])}
+        print(f"[proxy] writers={w:8s} end-to-end {t:.2f} s ({bp / t:,.0f} bp/s) -> ratio {t / ref:.3f} "
+              f"(goal <= 1.15); CPU in the model's process beyond the model: {extra:.2f} s, in writer processes: "
+              f"{min(kids[w]):.2f} s", flush=True)
     return r
 
 
@@ -125,8 +180,13 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--rss-sizes", default=None, help="two genome sizes in Mbp (default 10,50; quick 2,10)")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--proxy", action="store_true",
+                    help="issue #19 CPU proxy only: golden tiny model, ONE torch thread for the model, end-to-end / "
+                         "model-only (goal <= 1.15); no small-model or RSS runs")
     ap.add_argument("--rss-child", nargs=2, metavar=("FASTA", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.proxy:
+        args.threads = 1
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.rss_child:
@@ -134,7 +194,8 @@ def main() -> None:
         return
     mbp = args.mbp or (0.5 if args.quick else 2.0)
     small, big = (float(x) for x in (args.rss_sizes or ("2,10" if args.quick else "10,50")).split(","))
-    print(f"machine: {torch.get_num_threads()} torch threads, CPU; torch {torch.__version__}", flush=True)
+    print(f"machine: {torch.get_num_threads()} torch threads, {os.cpu_count()} cores, CPU; torch {torch.__version__}; "
+          f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     results: dict = {"throughput": []}
     with tempfile.TemporaryDirectory(prefix="ntk-bench-seg-") as d:
         tmp = Path(d)
@@ -142,6 +203,11 @@ def main() -> None:
         n = int(mbp * 1e6)
         write_genome(fasta, [n // 2, n // 3, n - n // 2 - n // 3], gap_every=max(n // 5, 100_000))
         tiny = ntk.load_model(str(GOLDEN), device="cpu", dtype=torch.float32)
+        if args.proxy:
+            results["proxy"] = proxy(tiny, fasta, args.rounds, tmp)
+            print(f"load average at the end {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+            print(json.dumps(results))
+            return
         results["throughput"].append(throughput("golden segment_nt_tiny (H32 L2, 936-nt windows)", tiny, fasta,
                                                 args.rounds, tmp))
         sub = tmp / "small.fa"
