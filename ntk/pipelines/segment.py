@@ -155,6 +155,7 @@ class _Plan:
     units: list[Interval]
     bp_range: tuple[int, int]
     bedgraph_index: int | None
+    shard: tuple[int, int] | None
 
 
 def note_span(spans: list[list], chrom: str, start: int, end: int) -> None:
@@ -227,11 +228,13 @@ def run_segment(o: SegmentOptions, *, progress: Callable[[int], None] | None = N
                                    plan.bedgraph_index, stream, o.zoom_levels, segments=o.head == "bed",
                                    merge_gap=o.merge_gap, bedgraph_digits=o.bedgraph_digits)
             try:
-                _run(fa, m, plan, o.rc_average, o.batch_size, o.blend, outputs, journal, result, progress, on_start)
+                done = _run(fa, m, plan, o.rc_average, o.batch_size, o.blend, outputs, journal, progress, on_start)
                 outputs.close()
             except BaseException:
                 outputs.abort()
                 raise
+            result.n_windows, result.spans, result.resume = done.n_windows, done.spans, done.resume
+            result.timings["model"] = done.model_seconds
             result.bp_scored = outputs.bp_written
             result.n_segments = outputs.segments.n_segments if outputs.segments is not None else 0
             result.timings["total"] = time.perf_counter() - t0
@@ -317,7 +320,7 @@ def _plan(o: SegmentOptions, m, units: list[Interval]) -> _Plan:
         raise NtkError("--resume needs an output directory (-o): finished chunks are kept beside it")
     return _Plan(fam, o.head, feats, [all_features.index(f) for f in feats], species, species_id, window, crop,
                  budget, units,
-                 shard_span(total, o.shard) if o.shard is not None else (0, total), bg_index)
+                 shard_span(total, o.shard) if o.shard is not None else (0, total), bg_index, o.shard)
 
 
 def _inputs(o: SegmentOptions) -> dict:
@@ -334,17 +337,28 @@ def _identity(o: SegmentOptions, plan: _Plan) -> dict:
     return options
 
 
+@dataclass
+class _RunStats:
+    """What :func:`_run` did: windows run (of this run's own batches), covered spans, model seconds, resume counts."""
+
+    n_windows: int = 0
+    spans: list[list] = field(default_factory=list)
+    model_seconds: float = 0.0
+    resume: dict | None = None
+
+
 def _run(fa: IndexedFasta, m, plan: _Plan, rc_average: bool, max_items: int | None, blend: str,
-         outputs: TrackOutputs, journal: Journal | None, result: SegmentResult,
-         progress: Callable[[int], None] | None, on_start: Callable[[int], None] | None) -> None:
+         outputs: TrackOutputs, journal: Journal | None, progress: Callable[[int], None] | None,
+         on_start: Callable[[int], None] | None) -> _RunStats:
     """Windows -> batches (reader thread) -> model (this thread) -> kept values (writer thread) -> ``outputs``
-    (through the resume ``journal`` when there is one); counts and covered spans go to ``result``."""
+    (through the resume ``journal`` when there is one)."""
     dev = m.device
     pin = dev.type == "cuda"
     fam = plan.fam
     fidx = torch.as_tensor(plan.feat_idx, device=dev)
     lo, hi = plan.bp_range
-    keep = _KeptValues(outputs, journal, result.spans, lo, hi, progress)
+    stats = _RunStats()
+    keep = _KeptValues(outputs, journal, stats.spans, lo, hi, progress)
     write = _writer(keep, Blender(blend))
 
     def encode(item: tuple[list[Job], bool]):
@@ -356,7 +370,7 @@ def _run(fa: IndexedFasta, m, plan: _Plan, rc_average: bool, max_items: int | No
         batch, own, ids, valid = item
         probs, offset = fam.predict(ids.to(dev, non_blocking=pin), plan.head, fidx, len(batch), rc_average,
                                     plan.species_id)
-        result.n_windows += len(batch) if own else 0  # neighbours run only to blend are not counted
+        stats.n_windows += len(batch) if own else 0  # neighbours run only to blend are not counted
         return batch, own, probs.float().cpu().numpy(), offset, None if valid is None else valid.numpy()
 
     if on_start is not None:
@@ -364,17 +378,18 @@ def _run(fa: IndexedFasta, m, plan: _Plan, rc_average: bool, max_items: int | No
     jobs = fam.jobs(fa, plan.units, plan.window, plan.crop)
     batches = ((b, True) for b in iter_batches(jobs, plan.budget, max_items, copies=2 if rc_average else 1,
                                                tokens=fam.tokens))
-    if result.shard is not None or journal is not None:
-        batches = select_batches((b for b, _ in batches), plan.bp_range if result.shard else None,
+    if plan.shard is not None or journal is not None:
+        batches = select_batches((b for b, _ in batches), plan.bp_range if plan.shard else None,
                                  journal.is_done if journal is not None else None)
     with torch.inference_mode():
-        result.timings["model"] = overlap(map(encode, batches), forward, write)
+        stats.model_seconds = overlap(map(encode, batches), forward, write)
     if journal is not None:
         journal.commit()
         journal.replay(keep.replayed)
-        result.resume = {"chunk_bp": journal.chunk_bp, "chunks_reused": journal.reused,
-                         "chunks_computed": journal.computed}
+        stats.resume = {"chunk_bp": journal.chunk_bp, "chunks_reused": journal.reused,
+                        "chunks_computed": journal.computed}
     keep.advance_to(hi)
+    return stats
 
 
 class _KeptValues:
