@@ -4,6 +4,7 @@
 """
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import Annotated, Optional
 
 import typer
@@ -87,6 +88,28 @@ ClassesOpt = Annotated[Optional[str], typer.Option("--classes", help="classify: 
 InputArg = Annotated[Optional[str], typer.Argument(metavar="INPUT", help="Table (.csv/.tsv/.parquet with "
                                                    "sequence and label columns) or FASTA with labels in the "
                                                    "headers (>id label=X)", show_default=False)]
+# segment
+SegRefOpt = Annotated[str, typer.Option("--reference", "-f", help="Genome FASTA (plain/bgzip/gzip)", show_default=False)]
+AnnotationOpt = Annotated[str, typer.Option("--annotation", "-a", help="GTF, GFF3 or BED (name column = feature)",
+                                            show_default=False)]
+FeaturesOpt = Annotated[str, typer.Option("--features", help="Features to learn, comma-separated: exon, intron, "
+                                          "splice_donor, splice_acceptor, 5UTR, 3UTR, protein_coding_gene, lncRNA, "
+                                          "<biotype>_gene or a record type", show_default=False)]
+TrainChromsOpt = Annotated[Optional[list[str]], typer.Option("--train-chroms", help="Training contigs [default: every "
+                                                             "other annotated contig]")]
+AnnotationFormatOpt = Annotated[Optional[str], typer.Option("--annotation-format", help="gtf | gff3 | bed [default: "
+                                                            "from the file name]")]
+WindowOpt = Annotated[Optional[int], typer.Option("--window", help="Window in nt, a multiple of 24 (NTv3: of "
+                                                  "2^num_downsamples) [default: the model's context, at most 6144; "
+                                                  "NTv3: 8192]")]
+EvalCropOpt = Annotated[Optional[int], typer.Option("--eval-crop", help="nt ignored at each end of evaluation windows "
+                                                    "[default: window/8; NTv3 post-trained base: its own centre]")]
+MaxEvalWindowsOpt = Annotated[int, typer.Option("--max-eval-windows", help="Validation windows, evenly spaced (0 = "
+                                                "all); test always uses all")]
+RcAugmentOpt = Annotated[bool, typer.Option("--rc-augment/--no-rc-augment", help="Reverse-complement half of the "
+                                            "training windows")]
+PosWeightOpt = Annotated[str, typer.Option("--pos-weight", help="Weight of positive nucleotides in the loss: none, auto "
+                                           "(sqrt(neg/pos) per feature, 1..100) or a number")]
 
 
 def _names(values: list[str] | None) -> list[str]:
@@ -96,10 +119,13 @@ def _names(values: list[str] | None) -> list[str]:
     return out
 
 
-def _options(**kw):
+def _options(params: dict):
+    """The FinetuneOptions of a command, from its parameters (``locals()``): the CLI names its options as the
+    fields of FinetuneOptions, one to one; the parameters that are no field (input, splits, ...) are left out."""
     from ..pipelines.finetune import FinetuneOptions
 
-    return FinetuneOptions(**kw)  # patience None: by the run's length; 0: never
+    names = {f.name for f in fields(FinetuneOptions)}
+    return FinetuneOptions(**{k: v for k, v in params.items() if k in names})  # patience None: by the run's length
 
 
 def _fmt(d: dict | None, keys=None) -> str:
@@ -139,7 +165,40 @@ def _summary(name: str, rep: dict, output: str) -> None:
     console.print(f"  model: {rep.get('best_checkpoint')}  metrics: {output}/metrics.json")
 
 
-def _sequence_cmd(
+ft = typer.Typer(help="Fine-tune a model: sequence classification, regression, or per-nucleotide segmentation "
+                 "(SegmentNT-style head); full, head-only, LoRA or IA3.", no_args_is_help=True)
+
+CLASSIFY_HELP = (
+    "Train a sequence classifier (single-label, or --multi-label) on a table, a labelled FASTA, or BED "
+    "intervals of a reference.\n\n"
+    "Splits: stratified random (--val-fraction, --test-fraction), --folds K, --split-col, or whole "
+    "chromosomes (--val-chroms) for BED input.\n\n"
+    "\b\nExamples:\n"
+    "  ntk finetune classify promoters.csv -m nt-v2-50m -o runs/prom \\\n"
+    "    --method lora --merge\n"
+    "  ntk finetune classify seqs.fa -m nt-v2-100m -o runs/cv \\\n"
+    "    --folds 10 --method ia3\n"
+    "  ntk finetune classify -R sites.bed -f genome.fa --label-col 5 \\\n"
+    "    --val-chroms chr8 --test-chroms chr9,chr10 -o runs/s\n")
+REGRESS_HELP = (
+    "Train a regressor for one or more numeric targets (--label-col a,b).\n\n"
+    "Predictions are in the targets' units; metrics Pearson, Spearman, R2, MSE.\n\n"
+    "\b\nExamples:\n"
+    "  ntk finetune regress expr.tsv --label-col log_tpm,halflife -m nt-v2-50m \\\n"
+    "    -o runs/expr\n"
+    "  ntk finetune regress expr.parquet --label-col a,b --folds 5 -o runs/cv\n")
+
+
+def register(app: typer.Typer) -> None:
+    from .predict import register as register_predict
+
+    app.add_typer(ft, name="finetune")
+    register_predict(app)
+
+
+@ft.command("regress", no_args_is_help=True, help=REGRESS_HELP)
+@ft.command("classify", no_args_is_help=True, help=CLASSIFY_HELP)
+def sequence_cmd(
     ctx: typer.Context,
     output: OutOpt,
     input: InputArg = None,
@@ -186,148 +245,93 @@ def _sequence_cmd(
     threads: ThreadsOpt = None,
     quiet: QuietOpt = False,
 ):
-    """Shared body of `ntk finetune classify` and `ntk finetune regress` (the command name picks the task)."""
+    """`ntk finetune classify` and `ntk finetune regress` (the command name picks the task)."""
+    opts = _options(locals())
     from ..io.intervals import read_chr_map
     from ..pipelines.finetune import SequenceTaskInput, finetune_sequences
 
     task = ctx.info_name
-
     if task == "regress" and (multi_label or classes):
         raise NtkError("--multi-label/--classes apply to `ntk finetune classify`")
-    labels = _names(label_col) or ["label"]
     inp = SequenceTaskInput(
-        path=input, label_cols=labels, sequence_col=sequence_col, name_col=name_col, regions=regions,
-        reference=reference, chr_map=read_chr_map(chr_map), multi_label=multi_label,
+        path=input, label_cols=_names(label_col) or ["label"], sequence_col=sequence_col, name_col=name_col,
+        regions=regions, reference=reference, chr_map=read_chr_map(chr_map), multi_label=multi_label,
         classes=_names([classes]) if classes else None, split_col=split_col,
         val_chroms=_names(val_chroms), test_chroms=_names(test_chroms), val_fraction=val_fraction,
         test_fraction=test_fraction, folds=folds)
-    opts = _options(model=model, method=method, lora_rank=lora_rank, lora_alpha=lora_alpha,
-                    lora_dropout=lora_dropout, lora_targets=lora_targets, ia3_targets=ia3_targets,
-                    merge=merge, epochs=epochs, steps=steps, batch_size=batch_size, lr=lr, warmup=warmup,
-                    weight_decay=weight_decay, eval_every=eval_every, patience=patience, monitor=monitor,
-                    seed=seed, device=device, precision=precision, threads=threads, save_every=save_every,
-                    quiet=quiet, force=force, resume=resume, baseline=baseline, shift_augment=shift_augment,
-                    species=species)
     rep = finetune_sequences(task, inp, output, opts, reporter())
     if not quiet:
         _summary(task, rep, output)
 
 
-def register(app: typer.Typer) -> None:
-    from .predict import register as register_predict
+@ft.command("segment", no_args_is_help=True)
+def segment_cmd(
+    output: OutOpt,
+    reference: SegRefOpt,
+    annotation: AnnotationOpt,
+    features: FeaturesOpt,
+    val_chroms: ValChromsOpt = None,
+    test_chroms: TestChromsOpt = None,
+    train_chroms: TrainChromsOpt = None,
+    chr_map: ChrMapOpt = None,
+    annotation_format: AnnotationFormatOpt = None,
+    window: WindowOpt = None,
+    eval_crop: EvalCropOpt = None,
+    max_eval_windows: MaxEvalWindowsOpt = 256,
+    rc_augment: RcAugmentOpt = True,
+    pos_weight: PosWeightOpt = "none",
+    model: ModelOpt = None,
+    species: FtSpeciesOpt = None,
+    method: MethodOpt = "full",
+    lora_rank: LoraRankOpt = 8,
+    lora_alpha: LoraAlphaOpt = 16.0,
+    lora_dropout: LoraDropoutOpt = 0.0,
+    lora_targets: LoraTargetsOpt = "query,value",
+    ia3_targets: Ia3TargetsOpt = "key,value,ffn_out",
+    merge: MergeOpt = False,
+    epochs: EpochsOpt = 10.0,
+    steps: StepsOpt = None,
+    batch_size: BatchOpt = 8,
+    lr: LrOpt = None,
+    warmup: WarmupOpt = 0.05,
+    weight_decay: WdOpt = 0.01,
+    eval_every: EvalEveryOpt = None,
+    patience: PatienceOpt = 5,
+    monitor: MonitorOpt = None,
+    seed: SeedOpt = 0,
+    save_every: SaveEveryOpt = 0,
+    resume: ResumeOpt = False,
+    force: ForceOpt = False,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
+    threads: ThreadsOpt = None,
+    quiet: QuietOpt = False,
+):
+    """Train a SegmentNT-style U-Net head on per-nucleotide targets from an annotation.
 
-    ft = typer.Typer(help="Fine-tune a model: sequence classification, regression, or per-nucleotide segmentation "
-                     "(SegmentNT-style head); full, head-only, LoRA or IA3.", no_args_is_help=True)
-    app.add_typer(ft, name="finetune")
-    register_predict(app)
+    The result (RUN_DIR/best/) is a SegmentNT-type checkpoint that ntk segment runs. With an NTv3 base
+    (pre-trained, or post-trained with --species) the head is a per-base one on the final per-base
+    embedding and the result is an NTv3 checkpoint that ntk segment runs.
 
-    ft.command("classify", no_args_is_help=True, help=(
-        "Train a sequence classifier (single-label, or --multi-label) on a table, a labelled FASTA, or BED "
-        "intervals of a reference.\n\n"
-        "Splits: stratified random (--val-fraction, --test-fraction), --folds K, --split-col, or whole "
-        "chromosomes (--val-chroms) for BED input.\n\n"
-        "\b\nExamples:\n"
-        "  ntk finetune classify promoters.csv -m nt-v2-50m -o runs/prom \\\n"
-        "    --method lora --merge\n"
-        "  ntk finetune classify seqs.fa -m nt-v2-100m -o runs/cv \\\n"
-        "    --folds 10 --method ia3\n"
-        "  ntk finetune classify -R sites.bed -f genome.fa --label-col 5 \\\n"
-        "    --val-chroms chr8 --test-chroms chr9,chr10 -o runs/s\n"))(_sequence_cmd)
-    ft.command("regress", no_args_is_help=True, help=(
-        "Train a regressor for one or more numeric targets (--label-col a,b).\n\n"
-        "Predictions are in the targets' units; metrics Pearson, Spearman, R2, MSE.\n\n"
-        "\b\nExamples:\n"
-        "  ntk finetune regress expr.tsv --label-col log_tpm,halflife -m nt-v2-50m \\\n"
-        "    -o runs/expr\n"
-        "  ntk finetune regress expr.parquet --label-col a,b --folds 5 -o runs/cv\n"))(_sequence_cmd)
+    \b
+    Examples:
+      ntk finetune segment -f genome.fa -a genes.gtf.gz \\
+        --features protein_coding_gene,exon,intron,splice_donor \\
+        --val-chroms III --test-chroms VI -m nt-v2-50m -o runs/seg
+      ntk finetune segment -f hg38.fa -a gencode.gtf.gz -m segment-nt \\
+        --features exon,5UTR --val-chroms chr8 --method lora -o runs/utr
+      ntk finetune segment -f hg38.fa -a gencode.gtf.gz -m ntv3-100m-post \\
+        --species human --features exon,intron --val-chroms chr8 -o runs/v3
+    """
+    opts = _options(locals())
+    from ..io.intervals import read_chr_map
+    from ..pipelines.finetune_segment import SegmentTaskInput, finetune_segment
 
-    @ft.command("segment", no_args_is_help=True)
-    def segment_cmd(
-        output: OutOpt,
-        reference: Annotated[str, typer.Option("--reference", "-f", help="Genome FASTA (plain/bgzip/gzip)",
-                                               show_default=False)],
-        annotation: Annotated[str, typer.Option("--annotation", "-a", help="GTF, GFF3 or BED (name column = "
-                                                "feature)", show_default=False)],
-        features: Annotated[str, typer.Option("--features", help="Features to learn, comma-separated: exon, "
-                                              "intron, splice_donor, splice_acceptor, 5UTR, 3UTR, "
-                                              "protein_coding_gene, lncRNA, <biotype>_gene or a record type",
-                                              show_default=False)],
-        val_chroms: ValChromsOpt = None,
-        test_chroms: TestChromsOpt = None,
-        train_chroms: Annotated[Optional[list[str]], typer.Option("--train-chroms", help="Training contigs "
-                                                                  "[default: every other annotated contig]")] = None,
-        chr_map: ChrMapOpt = None,
-        annotation_format: Annotated[Optional[str], typer.Option("--annotation-format", help="gtf | gff3 | bed "
-                                                                 "[default: from the file name]")] = None,
-        window: Annotated[Optional[int], typer.Option("--window", help="Window in nt, a multiple of 24 (NTv3: of "
-                                                      "2^num_downsamples) [default: the model's context, at most 6144; "
-                                                      "NTv3: 8192]")] = None,
-        eval_crop: Annotated[Optional[int], typer.Option("--eval-crop", help="nt ignored at each end of evaluation "
-                                                         "windows [default: window/8; NTv3 post-trained base: its own "
-                                                         "centre]")] = None,
-        max_eval_windows: Annotated[int, typer.Option("--max-eval-windows", help="Validation windows, evenly spaced "
-                                                      "(0 = all); test always uses all")] = 256,
-        rc_augment: Annotated[bool, typer.Option("--rc-augment/--no-rc-augment", help="Reverse-complement half of "
-                                                 "the training windows")] = True,
-        pos_weight: Annotated[str, typer.Option("--pos-weight", help="Weight of positive nucleotides in the loss: "
-                                                "none, auto (sqrt(neg/pos) per feature, 1..100) or a number")] = "none",
-        model: ModelOpt = None,
-        species: FtSpeciesOpt = None,
-        method: MethodOpt = "full",
-        lora_rank: LoraRankOpt = 8,
-        lora_alpha: LoraAlphaOpt = 16.0,
-        lora_dropout: LoraDropoutOpt = 0.0,
-        lora_targets: LoraTargetsOpt = "query,value",
-        ia3_targets: Ia3TargetsOpt = "key,value,ffn_out",
-        merge: MergeOpt = False,
-        epochs: EpochsOpt = 10.0,
-        steps: StepsOpt = None,
-        batch_size: BatchOpt = 8,
-        lr: LrOpt = None,
-        warmup: WarmupOpt = 0.05,
-        weight_decay: WdOpt = 0.01,
-        eval_every: EvalEveryOpt = None,
-        patience: PatienceOpt = 5,
-        monitor: MonitorOpt = None,
-        seed: SeedOpt = 0,
-        save_every: SaveEveryOpt = 0,
-        resume: ResumeOpt = False,
-        force: ForceOpt = False,
-        device: DeviceOpt = "auto",
-        precision: PrecisionOpt = "auto",
-        threads: ThreadsOpt = None,
-        quiet: QuietOpt = False,
-    ):
-        """Train a SegmentNT-style U-Net head on per-nucleotide targets from an annotation.
-
-        The result (RUN_DIR/best/) is a SegmentNT-type checkpoint that ntk segment runs. With an NTv3 base
-        (pre-trained, or post-trained with --species) the head is a per-base one on the final per-base
-        embedding and the result is an NTv3 checkpoint that ntk segment runs.
-
-        \b
-        Examples:
-          ntk finetune segment -f genome.fa -a genes.gtf.gz \\
-            --features protein_coding_gene,exon,intron,splice_donor \\
-            --val-chroms III --test-chroms VI -m nt-v2-50m -o runs/seg
-          ntk finetune segment -f hg38.fa -a gencode.gtf.gz -m segment-nt \\
-            --features exon,5UTR --val-chroms chr8 --method lora -o runs/utr
-          ntk finetune segment -f hg38.fa -a gencode.gtf.gz -m ntv3-100m-post \\
-            --species human --features exon,intron --val-chroms chr8 -o runs/v3
-        """
-        from ..io.intervals import read_chr_map
-        from ..pipelines.finetune_segment import SegmentTaskInput, finetune_segment
-
-        inp = SegmentTaskInput(
-            reference=reference, annotation=annotation, features=_names([features]), val_chroms=_names(val_chroms),
-            test_chroms=_names(test_chroms), train_chroms=_names(train_chroms) or None,
-            chr_map=read_chr_map(chr_map), annotation_format=annotation_format, window=window, eval_crop=eval_crop,
-            max_eval_windows=max_eval_windows or None, rc_augment=rc_augment, pos_weight=pos_weight)
-        opts = _options(model=model, method=method, lora_rank=lora_rank, lora_alpha=lora_alpha,
-                        lora_dropout=lora_dropout, lora_targets=lora_targets, ia3_targets=ia3_targets, merge=merge,
-                        epochs=epochs, steps=steps, batch_size=batch_size, lr=lr, warmup=warmup,
-                        weight_decay=weight_decay, eval_every=eval_every, patience=patience, monitor=monitor,
-                        seed=seed, device=device, precision=precision, threads=threads, save_every=save_every,
-                        quiet=quiet, force=force, resume=resume, species=species)
-        rep = finetune_segment(inp, output, opts, reporter())
-        if not quiet:
-            _summary("segment", rep, output)
+    inp = SegmentTaskInput(
+        reference=reference, annotation=annotation, features=_names([features]), val_chroms=_names(val_chroms),
+        test_chroms=_names(test_chroms), train_chroms=_names(train_chroms) or None,
+        chr_map=read_chr_map(chr_map), annotation_format=annotation_format, window=window, eval_crop=eval_crop,
+        max_eval_windows=max_eval_windows or None, rc_augment=rc_augment, pos_weight=pos_weight)
+    rep = finetune_segment(inp, output, opts, reporter())
+    if not quiet:
+        _summary("segment", rep, output)

@@ -43,12 +43,13 @@ def register(app: typer.Typer) -> None:
           ntk predict runs/expr table.tsv --sequence-col seq -o - > pred.parquet
         """
         from ..io.intervals import read_chr_map
-        from ..pipelines.predict import predict
+        from ..pipelines.predict import PredictOptions, predict
 
-        res = predict(model, input, output, sequence_col=sequence_col, name_col=name_col, regions=regions,
-                      reference=reference, chr_map=read_chr_map(chr_map),
-                      batch_size=parse_batch_size(batch_size) or 32, threshold=threshold, device=device,
-                      precision=precision, threads=threads, force=force, quiet=True)
+        opts = PredictOptions(sequence_col=sequence_col, name_col=name_col, regions=regions, reference=reference,
+                              chr_map=read_chr_map(chr_map), batch_size=parse_batch_size(batch_size) or 32,
+                              threshold=threshold, device=device, precision=precision, threads=threads, force=force,
+                              quiet=True)
+        res = predict(model, input, output, opts)
         if not quiet and output != "-":
             console.print(f"[bold]ntk predict[/bold]: {res['records']:,} records -> {output} "
                           f"(model {res['checkpoint']})")

@@ -21,6 +21,7 @@ import math
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -439,68 +440,94 @@ class _Evals:
         return res
 
 
-def train_and_report(model: NucleotideTransformer, params, opts: FinetuneOptions, run_dir: Path, loss_fn,
-                     batches, steps_per_epoch: int, evaluate, problem_type: str, resume_from: Path | None,
-                     test_eval=None, record: dict | None = None, sequence_task: bool = False,
-                     baseline=None, n_train: int | None = None, reporter: Reporter = NULL) -> dict:
+@dataclass
+class TrainTask:
+    """What a fine-tuning task hands to :func:`train_and_report`: its training batches and loss, its evaluations,
+    and what it adds to ``metrics.json``."""
+    problem_type: str  # single_label_classification | multi_label_classification | regression | segmentation
+    loss_fn: Callable  # (model, batch) -> (loss, metrics)
+    batches: Any  # the training batches (an iterable the Trainer draws from)
+    steps_per_epoch: int
+    evaluate: Callable  # model -> validation metrics (unprefixed keys)
+    test_eval: Callable | None = None  # model -> test metrics; None: no test data
+    record: dict | None = None  # task entries of metrics.json (labels, split, ...)
+    sequence_task: bool = False  # classify/regress defaults for the schedule (train_config)
+    baseline: Callable | None = None  # () -> the baseline's report, run before training (metrics.json "baseline")
+    n_train: int | None = None  # training records (classify/regress default epochs)
+
+
+def train_and_report(model: NucleotideTransformer, params, task: TrainTask, opts: FinetuneOptions, run_dir: Path,
+                     resume_from: Path | None, reporter: Reporter = NULL) -> dict:
     """Run the shared Trainer, then evaluate ``best/`` on validation and test data; write metrics.json.
 
-    ``baseline``: a callable returning the baseline's report (``{"kind", "val", "test", ...}``), run before
+    ``task.baseline``: a callable returning the baseline's report (``{"kind", "val", "test", ...}``), run before
     training; stored as ``metrics.json["baseline"]``. When no evaluation beats the untrained head (the best
     checkpoint is the one of step 0), a warning is logged (also under --quiet) and ``metrics.json`` has
     ``"best_is_untrained": true``.
     """
-    monitor, mode = monitor_name(problem_type, opts.monitor)
-    tcfg = train_config(opts, steps_per_epoch, monitor, mode, n_params=model.num_parameters(),
-                        sequence_task=sequence_task, n_train=n_train)
-    evals = _Evals(evaluate, monitor)
-    trainer = Trainer(model, tcfg, run_dir, loss_fn, batches, eval_fn=evals, trainable_params=params,
+    monitor, mode = monitor_name(task.problem_type, opts.monitor)
+    tcfg = train_config(opts, task.steps_per_epoch, monitor, mode, n_params=model.num_parameters(),
+                        sequence_task=task.sequence_task, n_train=task.n_train)
+    evals = _Evals(task.evaluate, monitor)
+    trainer = Trainer(model, tcfg, run_dir, task.loss_fn, task.batches, eval_fn=evals, trainable_params=params,
                       resume_from=resume_from, reporter=reporter)
     if not opts.quiet:
         reporter.log(f"finetune: {count_parameters(params):,} of {model.num_parameters():,} parameters trained "
-                     f"({opts.method}); {tcfg.steps} steps ({tcfg.steps / max(steps_per_epoch, 1):.3g} epochs), "
-                     f"eval every {tcfg.eval_every}, monitor {monitor} ({mode}), patience {tcfg.patience}; lr "
-                     f"{tcfg.lr:.2e}, warm-up {tcfg.warmup_steps}, weight decay {tcfg.weight_decay}")
-    base_report = None
-    if baseline is not None:
-        base_report = baseline()
+                     f"({opts.method}); {tcfg.steps} steps ({tcfg.steps / max(task.steps_per_epoch, 1):.3g} "
+                     f"epochs), eval every {tcfg.eval_every}, monitor {monitor} ({mode}), patience {tcfg.patience}; "
+                     f"lr {tcfg.lr:.2e}, warm-up {tcfg.warmup_steps}, weight decay {tcfg.weight_decay}")
+    base_report = task.baseline() if task.baseline is not None else None
     initial_test = None
-    if test_eval is not None and resume_from is None:  # the untrained head on the test data, for comparison
+    if task.test_eval is not None and resume_from is None:  # the untrained head on the test data, for comparison
         trainer.model.eval()
         with torch.no_grad():
-            initial_test = test_eval(trainer.model)
+            initial_test = task.test_eval(trainer.model)
         trainer.model.train()
     summary = trainer.fit()
-    best_dir = run_dir / "best"
-    report = {"ntk_version": __version__, "problem_type": problem_type, "method": opts.method,
-              "trainable_parameters": count_parameters(params), "total_parameters": model.num_parameters(),
-              "monitor": monitor, "steps": summary["step"], "stopped": summary["stopped"],
-              "best_value": summary["best"], "best_step": _best_step(trainer.rows, monitor, summary["best"]),
-              "initial_val": _strip(evals.initial), "initial_test": initial_test,
-              "schedule": {"lr": tcfg.lr, "warmup_steps": tcfg.warmup_steps, "epochs": tcfg.steps / max(
-                  steps_per_epoch, 1), "eval_every": tcfg.eval_every, "patience": tcfg.patience,
-                  "weight_decay": tcfg.weight_decay}, **(record or {})}
+    report = _training_report(model, params, task, opts, tcfg, trainer, summary, monitor)
+    report["initial_val"], report["initial_test"] = _strip(evals.initial), initial_test
+    report.update(_schedule_and_record(tcfg, task))
     report["best_is_untrained"] = report["best_step"] == 0
     if report["best_is_untrained"]:
         reporter.warn(f"ntk finetune: warning: no evaluation beat the untrained head ({monitor} "
                       f"{summary['best']:.4g} at step 0): best/ is the untrained model. The model did not learn "
                       "this task with these options (try more data, --epochs, --lr or --method; compare with the "
                       "k-mer baseline in metrics.json).")
-    model = trainer.model.eval()
-    if best_dir.is_dir():
-        load_into(model, load_state_dict(best_dir), str(best_dir))
-    with torch.no_grad():
-        report["val"] = evaluate(model)
-        if test_eval is not None:
-            report["test"] = test_eval(model)
-    if opts.merge and opts.method in ("lora", "ia3"):
-        merge_in_place(best_dir)
-        merge_in_place(run_dir / "final")
-    report["best_checkpoint"] = str(best_dir) if best_dir.is_dir() else None
+    _evaluate_best(trainer.model.eval(), task, opts, run_dir, report)
     if base_report is not None:
         report["baseline"] = base_report
     write_json_atomic(run_dir / "metrics.json", clean_json(report))
     return report
+
+
+def _training_report(model, params, task: TrainTask, opts: FinetuneOptions, tcfg: TrainConfig, trainer: Trainer,
+                     summary: dict, monitor: str) -> dict:
+    """The first entries of metrics.json: what was trained and how the run ended."""
+    return {"ntk_version": __version__, "problem_type": task.problem_type, "method": opts.method,
+            "trainable_parameters": count_parameters(params), "total_parameters": model.num_parameters(),
+            "monitor": monitor, "steps": summary["step"], "stopped": summary["stopped"],
+            "best_value": summary["best"], "best_step": _best_step(trainer.rows, monitor, summary["best"])}
+
+
+def _schedule_and_record(tcfg: TrainConfig, task: TrainTask) -> dict:
+    return {"schedule": {"lr": tcfg.lr, "warmup_steps": tcfg.warmup_steps, "epochs": tcfg.steps / max(
+        task.steps_per_epoch, 1), "eval_every": tcfg.eval_every, "patience": tcfg.patience,
+        "weight_decay": tcfg.weight_decay}, **(task.record or {})}
+
+
+def _evaluate_best(model, task: TrainTask, opts: FinetuneOptions, run_dir: Path, report: dict) -> None:
+    """Load ``best/`` into ``model``, evaluate it on validation (and test) data into ``report``; merge adapters."""
+    best_dir = run_dir / "best"
+    if best_dir.is_dir():
+        load_into(model, load_state_dict(best_dir), str(best_dir))
+    with torch.no_grad():
+        report["val"] = task.evaluate(model)
+        if task.test_eval is not None:
+            report["test"] = task.test_eval(model)
+    if opts.merge and opts.method in ("lora", "ia3"):
+        merge_in_place(best_dir)
+        merge_in_place(run_dir / "final")
+    report["best_checkpoint"] = str(best_dir) if best_dir.is_dir() else None
 
 
 def _strip(d: dict | None) -> dict | None:
@@ -685,8 +712,7 @@ def _run_one(base, enc: EncodedLabels, ids, sp: Split, opts: FinetuneOptions, ru
 
     use_baseline = opts.baseline == "kmer" or (opts.baseline == "auto" and len(data) <= BASELINE_AUTO_MAX_RECORDS)
     record = {"labels": enc.names, "split": {"how": sp.how, **sp.sizes()}}
-    return train_and_report(model, params, opts, run_dir, loss_fn, batches, batches.batches_per_epoch,
-                            evaluate_on(sp.val), pt, resume_from,
-                            test_eval=evaluate_on(sp.test) if len(sp.test) else None, record=record,
-                            sequence_task=True, baseline=kmer_baseline if use_baseline else None,
-                            n_train=len(sp.train), reporter=reporter)
+    task = TrainTask(pt, loss_fn, batches, batches.batches_per_epoch, evaluate_on(sp.val),
+                     test_eval=evaluate_on(sp.test) if len(sp.test) else None, record=record, sequence_task=True,
+                     baseline=kmer_baseline if use_baseline else None, n_train=len(sp.train))
+    return train_and_report(model, params, task, opts, run_dir, resume_from, reporter)

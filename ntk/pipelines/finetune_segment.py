@@ -48,8 +48,8 @@ from ..train.finetune_data import WindowBatches, genome_windows
 from ..train.metrics import SegmentationMetrics
 from ..plan.windows import Blender, Window
 from ..errors import NtkError
-from .finetune import (FinetuneOptions, build_ntv3_segment_model, build_task_model, check_single_process, clean_json,
-                       is_ntv3, monitor_name, ntv3_species, setup_method, start_run, train_and_report)
+from .finetune import (FinetuneOptions, TrainTask, build_ntv3_segment_model, build_task_model, check_single_process,
+                       clean_json, is_ntv3, monitor_name, ntv3_species, setup_method, start_run, train_and_report)
 
 
 @dataclass
@@ -201,9 +201,9 @@ def finetune_segment(inp: SegmentTaskInput, run_dir: str | Path, opts: FinetuneO
     else:
         record["rescaling_factor"] = model.config.rescaling_factor
     test_eval = evaluate_on(test_w) if test_w is not None and len(test_w) else None
-    report = train_and_report(model, params, opts, run_dir, loss_fn, batches, batches.batches_per_epoch,
-                              evaluate_on(val_w), "segmentation", resume_from, test_eval=test_eval, record=record,
-                              reporter=reporter)
+    task = TrainTask("segmentation", loss_fn, batches, batches.batches_per_epoch, evaluate_on(val_w),
+                     test_eval=test_eval, record=record)
+    report = train_and_report(model, params, task, opts, run_dir, resume_from, reporter)
     fa.close()
     return report
 

@@ -18,7 +18,7 @@ import gzip
 import io
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -95,63 +95,83 @@ def iter_records(path: str | None, sequence_col: str = "sequence", name_col: str
     if regions:
         if not reference:
             raise InputError("-R/--regions needs --reference GENOME.fa")
-        fa = IndexedFasta(reference)
-        comp = str.maketrans("ACGTN", "TGCAN")
-        buf = Records([], [], [], {"chrom": [], "start": [], "end": [], "strand": []})
-        for n, iv in enumerate(read_bed(regions, fa.lengths, chr_map), 1):
-            s = fa.fetch(iv.chrom, iv.start, iv.end)
-            if iv.strand == "-":
-                s = s.translate(comp)[::-1]
-            buf.names.append(iv.name if iv.name != "." else iv.region_string())
-            buf.sequences.append(s)
-            buf.where.append(f"interval {n} ({iv.chrom}:{iv.start}-{iv.end})")
-            for k, v in zip(("chrom", "start", "end", "strand"), (iv.chrom, iv.start, iv.end, iv.strand)):
-                buf.coords[k].append(v)
-            if len(buf.names) >= chunk:
-                yield buf
-                buf = Records([], [], [], {k: [] for k in buf.coords})
-        if buf.names:
-            yield buf
+        yield from _bed_records(regions, reference, chr_map, chunk)
         return
     if path is None:
         raise InputError("no input: give a FASTA/table file, or -R regions.bed --reference genome.fa")
     kind = input_kind(path)
     if kind == "fasta":
-        buf = Records([], [], [])
-        for rec in iter_fasta(path):
-            buf.names.append(rec.name)
-            buf.sequences.append(rec.sequence)
-            buf.where.append(f"record {rec.name} (line {rec.line})")
-            if len(buf.names) >= chunk:
-                yield buf
-                buf = Records([], [], [])
-        if buf.names:
+        yield from _fasta_records(path, chunk)
+    elif kind == "parquet":
+        yield from _parquet_records(path, sequence_col, name_col, chunk)
+    else:
+        yield from _text_table_records(path, kind, sequence_col, name_col, chunk)
+
+
+def _bed_records(regions: str, reference: str, chr_map: dict | None, chunk: int) -> Iterator[Records]:
+    """BED intervals of the reference (``-`` strand reverse-complemented), with their coordinates."""
+    fa = IndexedFasta(reference)
+    comp = str.maketrans("ACGTN", "TGCAN")
+    buf = Records([], [], [], {"chrom": [], "start": [], "end": [], "strand": []})
+    for n, iv in enumerate(read_bed(regions, fa.lengths, chr_map), 1):
+        s = fa.fetch(iv.chrom, iv.start, iv.end)
+        if iv.strand == "-":
+            s = s.translate(comp)[::-1]
+        buf.names.append(iv.name if iv.name != "." else iv.region_string())
+        buf.sequences.append(s)
+        buf.where.append(f"interval {n} ({iv.chrom}:{iv.start}-{iv.end})")
+        for k, v in zip(("chrom", "start", "end", "strand"), (iv.chrom, iv.start, iv.end, iv.strand)):
+            buf.coords[k].append(v)
+        if len(buf.names) >= chunk:
             yield buf
-        return
-    if kind == "parquet":
-        lf = pl.scan_parquet(path)
-        cols = lf.collect_schema().names()
-        for c in [sequence_col] + ([name_col] if name_col else []):
-            if c not in cols:
-                raise InputError(f"{path}: no column {c!r} (columns: {', '.join(cols[:12])})")
-        off = 0
-        while True:
-            df = lf.slice(off, chunk).collect()
-            if df.height == 0:
-                break
-            yield _table_chunk(path, df[sequence_col].to_list(),
-                               df[name_col].to_list() if name_col else None, off, "row", 1)
-            off += df.height
-        return
+            buf = Records([], [], [], {k: [] for k in buf.coords})
+    if buf.names:
+        yield buf
+
+
+def _fasta_records(path: str, chunk: int) -> Iterator[Records]:
+    buf = Records([], [], [])
+    for rec in iter_fasta(path):
+        buf.names.append(rec.name)
+        buf.sequences.append(rec.sequence)
+        buf.where.append(f"record {rec.name} (line {rec.line})")
+        if len(buf.names) >= chunk:
+            yield buf
+            buf = Records([], [], [])
+    if buf.names:
+        yield buf
+
+
+def _check_columns(path: str, columns: list[str], sequence_col: str, name_col: str | None) -> None:
+    for c in [sequence_col] + ([name_col] if name_col else []):
+        if c not in columns:
+            raise InputError(f"{path}: no column {c!r} (columns: {', '.join(columns[:12])})")
+
+
+def _parquet_records(path: str, sequence_col: str, name_col: str | None, chunk: int) -> Iterator[Records]:
+    """A Parquet table read in slices of ``chunk`` rows."""
+    lf = pl.scan_parquet(path)
+    _check_columns(path, lf.collect_schema().names(), sequence_col, name_col)
+    off = 0
+    while True:
+        df = lf.slice(off, chunk).collect()
+        if df.height == 0:
+            break
+        yield _table_chunk(path, df[sequence_col].to_list(),
+                           df[name_col].to_list() if name_col else None, off, "row", 1)
+        off += df.height
+
+
+def _text_table_records(path: str, kind: str, sequence_col: str, name_col: str | None,
+                        chunk: int) -> Iterator[Records]:
+    """A CSV/TSV table (plain or gzip, ``-`` = stdin), streamed."""
     fh = _open_text(path)
     try:
         reader = csv.reader(fh, delimiter="," if kind == "csv" else "\t")
         header = next(reader, None)
         if header is None:
             raise InputError(f"{path}: empty table")
-        for c in [sequence_col] + ([name_col] if name_col else []):
-            if c not in header:
-                raise InputError(f"{path}: no column {c!r} (columns: {', '.join(header[:12])})")
+        _check_columns(path, header, sequence_col, name_col)
         si = header.index(sequence_col)
         ni = header.index(name_col) if name_col else None
         seqs, names, off = [], [], 0
@@ -226,43 +246,65 @@ def output_schema(model, genomic: bool) -> dict[str, pl.DataType]:
     return schema
 
 
-def predict(model_path: str | Path, path: str | None, output: str, *, sequence_col: str = "sequence",
-            name_col: str | None = None, regions: str | None = None, reference: str | None = None,
-            chr_map: dict | None = None, batch_size: int = 32, threshold: float = 0.5, device: str = "auto",
-            precision: str = "auto", threads: int | None = None, force: bool = False, quiet: bool = True,
-            reporter: Reporter = NULL) -> dict:
+@dataclass
+class PredictOptions:
+    """How :func:`predict` reads its input and runs the model (``ntk predict`` maps its options onto this)."""
+    sequence_col: str = "sequence"  # sequence column of a table
+    name_col: str | None = None  # record name column of a table
+    regions: str | None = None  # BED of intervals of ``reference`` (instead of a FASTA/table input)
+    reference: str | None = None
+    chr_map: dict | None = None  # BED contig name -> FASTA contig name
+    batch_size: int = 32
+    threshold: float = 0.5  # multi-label: pred_<label> is prob >= threshold
+    device: str = "auto"
+    precision: str = "auto"
+    threads: int | None = None
+    force: bool = False  # overwrite an existing output
+    quiet: bool = True  # no per-chunk progress lines
+
+
+def predict(model_path: str | Path, path: str | None, output: str, opts: PredictOptions | None = None, *,
+            reporter: Reporter = NULL, **options) -> dict:
     """Predict every input record with a fine-tuned model; write Parquet to ``output`` (``-``: stdout);
-    unless ``quiet``, a line per chunk of records to ``reporter``."""
+    unless ``quiet``, a line per chunk of records to ``reporter``.
+
+    ``options``: fields of :class:`PredictOptions` given as keywords (``predict(run, "new.fa", "p.parquet",
+    device="cpu", threads=1)``), over ``opts`` when both are given."""
     from ..io.tables import ParquetStreamWriter
 
-    set_threads(threads)
+    o = replace(opts or PredictOptions(), **options)
+    set_threads(o.threads)
     if output != "-":
-        refuse_inputs_as_outputs([output], [path, regions, reference])
-        check_writable_target(output, force)
-    model, ckpt = load_predictor(model_path, device, precision)
-    tok, max_tokens, pad = model.tokenizer, model.config.max_tokens, pad_token(model)
-    schema = output_schema(model, genomic=bool(regions))
+        refuse_inputs_as_outputs([output], [path, o.regions, o.reference])
+        check_writable_target(output, o.force)
+    model, ckpt = load_predictor(model_path, o.device, o.precision)
+    schema = output_schema(model, genomic=bool(o.regions))
     meta = {"ntk_version": __version__, "ntk_model": str(ckpt), "ntk_problem_type": model.config.problem_type}
     n = 0
-    progress = None if quiet else reporter
+    progress = None if o.quiet else reporter
     with torch.inference_mode(), ParquetStreamWriter(output, schema, metadata=meta) as writer:
-        for chunk in iter_records(path, sequence_col, name_col, regions, reference, chr_map):
-            ids = []
-            for s, w in zip(chunk.sequences, chunk.where):
-                t = tok.tokenize(s)[0]
-                if len(t) > max_tokens:
-                    raise InputError(f"{w}: {len(s)} nt needs {len(t)} tokens but the model takes at most "
-                                     f"{max_tokens}")
-                ids.append(t)
-            out = sequence_outputs(model, ids, batch_size, pad)
-            cols = {"name": chunk.names}
-            if regions:
-                cols.update(chunk.coords)
-            cols["length"] = [len(s) for s in chunk.sequences]
-            cols.update({k: list(v) if v.dtype == object else v for k, v in prediction_columns(model, out,
-                                                                                               threshold).items()})
-            writer.write(pl.DataFrame(cols))
-            n += len(ids)
+        for chunk in iter_records(path, o.sequence_col, o.name_col, o.regions, o.reference, o.chr_map):
+            writer.write(_predict_chunk(model, chunk, o))
+            n += len(chunk.names)
             if progress is not None:
                 progress.log(f"predict: {n:,} records")
     return {"records": n, "output": output, "checkpoint": str(ckpt)}
+
+
+def _predict_chunk(model, chunk: Records, o: PredictOptions) -> pl.DataFrame:
+    """One chunk of records -> its rows of the output table (a record too long for the model is an error)."""
+    tok, max_tokens = model.tokenizer, model.config.max_tokens
+    ids = []
+    for s, w in zip(chunk.sequences, chunk.where):
+        t = tok.tokenize(s)[0]
+        if len(t) > max_tokens:
+            raise InputError(f"{w}: {len(s)} nt needs {len(t)} tokens but the model takes at most {max_tokens}")
+        ids.append(t)
+    out = sequence_outputs(model, ids, o.batch_size, pad_token(model))
+    cols = {"name": chunk.names}
+    if o.regions:
+        cols.update(chunk.coords)
+    cols["length"] = [len(s) for s in chunk.sequences]
+    cols.update({k: list(v) if v.dtype == object else v
+                 for k, v in prediction_columns(model, out, o.threshold).items()})
+    return pl.DataFrame(cols)
