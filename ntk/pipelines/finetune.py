@@ -628,6 +628,13 @@ def finetune_sequences(task: str, inp: SequenceTaskInput, run_dir: str | Path, o
         reports.append(_run_one(base, enc, ids, sp, opts, rd, resume_from, data, reporter))
     if not inp.folds:
         return reports[0]
+    summary = _kfold_summary(reports, enc)
+    write_json_atomic(run_dir / "metrics.json", clean_json(summary))
+    return summary
+
+
+def _kfold_summary(reports: list[dict], enc: EncodedLabels) -> dict:
+    """RUN_DIR/metrics.json of a k-fold run: each fold's test metrics, their mean and sd (and the baseline's mean)."""
     summary = {"folds": len(reports), "problem_type": enc.problem_type, "labels": enc.names,
                "test_mean": {}, "test_std": {}, "per_fold": [r.get("test") for r in reports],
                "best_is_untrained": [bool(r.get("best_is_untrained")) for r in reports]}
@@ -641,7 +648,6 @@ def finetune_sequences(task: str, inp: SequenceTaskInput, run_dir: str | Path, o
     if all(base):
         summary["baseline_test_mean"] = {k: float(np.mean([b[k] for b in base if b.get(k) is not None]))
                                          for k in base[0] if any(b.get(k) is not None for b in base)}
-    write_json_atomic(run_dir / "metrics.json", clean_json(summary))
     return summary
 
 
