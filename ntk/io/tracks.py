@@ -15,6 +15,8 @@ the largest contig). Here memory stays flat:
 - zoom levels (reductions 32, 128, 512, ... bp, up to ``zoom_levels``, only those not longer than the longest
   contig): per-bin summaries (valid count, min, max, sum, sum of squares) computed with numpy per chunk, carried
   across chunk boundaries, spooled to temporary files and copied into the file at close;
+- whole-file summary (bases, min, max, sum, sum of squares): float64 pairwise sums of each chunk (numpy's
+  ``sum``, deterministic on any machine; no BLAS ``dot``, whose thread wake-ups cost 50x the sum);
 - indexes: the chromosome B+ tree (keys sorted, ids in header order) and the R-trees of the data and of each
   zoom level, built bottom-up at close from spooled (file-backed) entries; only the upper tree levels (1/256 of
   the entries) are held in memory.
