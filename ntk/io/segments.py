@@ -192,7 +192,7 @@ def _format_bed(chrom: str, rows: np.ndarray, features: list[str]) -> bytes:
     starts, ends = rows[:, 0].astype(np.int64), rows[:, 1].astype(np.int64)
     means, maxs = rows[:, 3], rows[:, 4]
     probs = rows[:, 3:5]
-    if not (np.isfinite(probs).all() and (probs >= 0).all() and (probs < 1e4).all() and (starts >= 0).all()):
+    if not (np.isfinite(probs).all() and not np.signbit(probs).any() and (probs < 1e4).all() and (starts >= 0).all()):
         return _format_bed_polars(chrom, rows, features)
     score = np.clip(np.rint(means * 1000), 0, 1000).astype(np.int64)
     names = [f.encode() for f in features]
