@@ -14,7 +14,8 @@ the largest contig). Here memory stays flat:
   more time for a 0.3% larger block; any zlib reader inflates it);
 - zoom levels (reductions 32, 128, 512, ... bp, up to ``zoom_levels``, only those not longer than the longest
   contig): per-bin summaries (valid count, min, max, sum, sum of squares) computed with numpy per chunk, carried
-  across chunk boundaries, spooled to temporary files and copied into the file at close;
+  across chunk boundaries, compressed in blocks as soon as a block is full (the work streams beside the model
+  instead of piling up at close), spooled to temporary files and copied into the file at close;
 - whole-file summary (bases, min, max, sum, sum of squares): float64 pairwise sums of each chunk (numpy's
   ``sum``, deterministic on any machine; no BLAS ``dot``, whose thread wake-ups cost 50x the sum);
 - indexes: the chromosome B+ tree (keys sorted, ids in header order) and the R-trees of the data and of each
@@ -24,6 +25,7 @@ the largest contig). Here memory stays flat:
 from __future__ import annotations
 
 import os
+import shutil
 import struct
 import tempfile
 import zlib
@@ -91,8 +93,15 @@ class _ZoomLevel:
 
     def __init__(self, reduction: int, directory: str | None):
         self.reduction = reduction
-        self.records = _Spool(_ZREC, directory)
+        self.n = 0  # finished records
         self.open: np.ndarray | None = None  # one _ZREC row: the last bin, maybe continued by the next chunk
+        # finished records are compressed in blocks of ZOOM_ITEMS as soon as a block is full (while values stream
+        # in, beside the model, rather than all at close); the blocks wait in a temporary file
+        self._rows: list[np.ndarray] = []  # finished records not yet in a block
+        self._buffered = 0
+        self.data = tempfile.TemporaryFile(dir=directory)
+        self.data_size = 0
+        self.blocks = _Spool(_ENTRY, directory)  # one per block; ``off`` relative to the start of ``data``
 
     def add(self, chrom_id: int, chrom_len: int, part: np.ndarray) -> None:
         """``part``: _ZREC rows of finer bins (sorted, one contig), aggregated here into this level's bins."""
@@ -118,14 +127,47 @@ class _ZoomLevel:
                 rec["sum"][0] += o["sum"]
                 rec["sumsq"][0] += o["sumsq"]
             else:
-                self.records.append(np.array([o], _ZREC))
-        self.records.append(rec[:-1])
+                self._finished(np.array([o], _ZREC))
+        self._finished(rec[:-1])
         self.open = rec[-1].copy()
 
     def finish(self) -> None:
         if self.open is not None:
-            self.records.append(np.array([self.open], _ZREC))
+            self._finished(np.array([self.open], _ZREC))
             self.open = None
+        self._compress(final=True)
+
+    def _finished(self, rows: np.ndarray) -> None:
+        if rows.size:
+            self._rows.append(rows)
+            self._buffered += rows.size
+            self.n += rows.size
+            if self._buffered >= ZOOM_ITEMS:
+                self._compress(final=False)
+
+    def _compress(self, final: bool) -> None:
+        """Compress the full blocks of finished records (and, if ``final``, the last partial one)."""
+        if not self._rows:
+            return
+        rows = np.concatenate(self._rows) if len(self._rows) > 1 else self._rows[0]
+        k = rows.size if final else rows.size // ZOOM_ITEMS * ZOOM_ITEMS
+        entries = np.zeros(-(-k // ZOOM_ITEMS), _ENTRY)
+        out = []
+        for j, a in enumerate(range(0, k, ZOOM_ITEMS)):
+            rec = rows[a:a + ZOOM_ITEMS]
+            block = zlib.compress(rec.tobytes(), ZLEVEL)
+            entries[j] = (rec["chrom"][0], rec["start"][0], rec["chrom"][-1], rec["end"][-1], self.data_size,
+                          len(block))
+            self.data_size += len(block)
+            out.append(block)
+        self.data.write(b"".join(out))
+        self.blocks.append(entries)
+        rest = rows[k:]
+        self._rows, self._buffered = ([rest] if rest.size else []), rest.size
+
+    def close(self) -> None:
+        self.data.close()
+        self.blocks.close()
 
 
 def _rtree_levels(n_leaf_nodes: int) -> list[int]:
@@ -339,14 +381,16 @@ class BigWigWriter:
                 for z in self._zooms:
                     z.finish()
                     data_offset = f.tell()
-                    f.write(struct.pack("<I", z.records.n))
+                    f.write(struct.pack("<I", z.n))
+                    base = f.tell()
+                    z.data.flush()
+                    z.data.seek(0)
+                    shutil.copyfileobj(z.data, f, 1 << 20)
                     blocks = _Spool(_ENTRY, os.path.dirname(os.path.abspath(self.path)))
-                    for rec in z.records.blocks(ZOOM_ITEMS):
-                        block = zlib.compress(rec.tobytes(), ZLEVEL)
-                        row = np.array([(rec["chrom"][0], rec["start"][0], rec["chrom"][-1], rec["end"][-1],
-                                         f.tell(), len(block))], _ENTRY)
-                        blocks.append(row)
-                        f.write(block)
+                    for b in z.blocks.blocks(1 << 16):
+                        b = b.copy()
+                        b["off"] += np.uint64(base)
+                        blocks.append(b)
                     zoom_index = _write_rtree(f, blocks, ZOOM_ITEMS, f.tell())
                     blocks.close()
                     zoom_headers.append(struct.pack("<IIQQ", z.reduction, 0, data_offset, zoom_index))
@@ -370,7 +414,7 @@ class BigWigWriter:
             self._f = None
         self._entries.close()
         for z in self._zooms:
-            z.records.close()
+            z.close()
 
     abort = _release
 

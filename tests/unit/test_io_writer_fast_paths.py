@@ -62,3 +62,61 @@ def test_bigwig_sum_of_squares_is_exactly_rounded(tmp_path):
     bases, lo, hi, total, got = struct.unpack_from("<Qdddd", raw, summary_at)
     assert bases == v.size and lo == v.min() and hi == v.max()
     assert abs(got - exact) <= 20 * 2**-53 * exact
+
+
+def _zoom_levels(raw: bytes):
+    """(reduction, records, records per block) of every zoom level of a BigWig, read plainly from its bytes."""
+    import zlib
+
+    n_zooms = struct.unpack_from("<H", raw, 6)[0]
+    out = []
+    for k in range(n_zooms):
+        reduction, _, data_at, index_at = struct.unpack_from("<IIQQ", raw, 64 + 24 * k)
+        (count,) = struct.unpack_from("<I", raw, data_at)
+        rest, recs, per_block = raw[data_at + 4:index_at], [], []
+        while rest:
+            d = zlib.decompressobj()
+            block = d.decompress(rest)
+            rest = d.unused_data
+            per_block.append(len(block) // 32)
+            recs.append(block)
+        rows = np.frombuffer(b"".join(recs), dtype=[("chrom", "<u4"), ("start", "<u4"), ("end", "<u4"),
+                                                   ("valid", "<u4"), ("min", "<f4"), ("max", "<f4"),
+                                                   ("sum", "<f4"), ("sumsq", "<f4")])
+        assert rows.size == count
+        out.append((reduction, rows, per_block))
+    return out
+
+
+def test_bigwig_zoom_blocks_against_plain_summaries(tmp_path):
+    """Zoom records, compressed block by block while values stream in: every level against per-bin summaries
+    computed plainly from the values, blocks of 1,024 records (the last one shorter), the same records whatever
+    the chunking (chunks on bin bounds of every level: a bin that spans chunks carries its float32 sum over, which
+    may round differently)."""
+    rng = np.random.default_rng(4)
+    sizes = [("a", 150_001), ("b", 70_000)]
+    vals = {c: rng.random(n).astype(np.float32) for c, n in sizes}
+    files = []
+    for step in (150_016, 4_096, 10_240):  # multiples of every level's bin: no bin spans two chunks
+        w = BigWigWriter(tmp_path / f"z{step}.bw", sizes, zoom_levels=4)
+        for c, n in sizes:
+            for a in range(0, n, step):
+                w.add(c, a, vals[c][a:a + step])
+        w.close()
+        files.append(_zoom_levels((tmp_path / f"z{step}.bw").read_bytes()))
+    for other in files[1:]:
+        for (r0, rows0, _), (r1, rows1, _) in zip(files[0], other):
+            assert r0 == r1 and rows0.tobytes() == rows1.tobytes()
+    assert [r for r, _, _ in files[0]] == [32, 128, 512, 2048]
+    for r, rows, per_block in files[0]:
+        assert all(b == 1024 for b in per_block[:-1]) and 0 < per_block[-1] <= 1024
+        expect = []
+        for cid, (c, n) in enumerate(sizes):
+            for s in range(0, n, r):
+                v = vals[c][s:s + r].astype(np.float64)
+                expect.append((cid, s, min(s + r, n), v.size, v.min(), v.max(), v.sum(), (v * v).sum()))
+        e = np.array(expect)
+        got = np.column_stack([rows[k].astype(np.float64) for k in rows.dtype.names])
+        np.testing.assert_array_equal(got[:, :6], e[:, :6])
+        # float32 sums of float64 sums taken in another order: equal to float32 rounding (one ulp, 2**-23)
+        np.testing.assert_allclose(got[:, 6:], e[:, 6:], rtol=2**-22)
