@@ -14,7 +14,7 @@ import pyBigWig
 import pytest
 
 from ntk.cli.main import main
-from ntk.pipelines.shards import bp_range, weighted_block
+from ntk.pipelines.engine import shard_block as weighted_block, shard_span as bp_range
 
 ROOT = Path(__file__).resolve().parents[1]
 SEG = ROOT / "tests" / "data" / "golden" / "segment_nt_tiny"

@@ -1,14 +1,11 @@
 """`ntk embed`: sequences or genomic regions -> one embedding per record (Parquet, or .npy + row table)."""
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from ..errors import InputError, NtkError
 from .common import (BatchSizeOpt, ChrMapOpt, DeviceOpt, ForceOpt, ModelOpt, PrecisionOpt, QuietOpt, RegionOpt,
                      RegionsFileOpt, ShardOpt, ThreadsOpt, console, parse_batch_size, parse_shard)
 
@@ -84,132 +81,46 @@ def register(app: typer.Typer) -> None:
         quiet: QuietOpt = False,
         force: ForceOpt = False,
     ):
-        from ..io.atomic import check_writable_target, refuse_inputs_as_outputs
-        from ..io.fasta import IndexedFasta
-        from ..io.intervals import iter_regions, load_regions, read_bed, read_chr_map
-        from ..model import load_model
-        from ..model.checkpoint import check_window_before_loading
-        from ..model.runtime import set_threads
-        from ..pipelines.embed import (FORMATS, POOLINGS, Embedder, embed_shard, fasta_inputs, npy_rows_path,
-                                       region_inputs, write_embeddings)
+        from dataclasses import replace
 
-        if pool not in POOLINGS:
-            raise NtkError(f"--pool {pool!r}: expected one of {', '.join(POOLINGS)}")
-        if fmt not in FORMATS:
-            raise NtkError(f"--format {fmt!r}: expected parquet or npy")
-        if rc_average and pool == "none":
-            raise NtkError("--rc-average needs a pooled embedding: use --pool mean|max|cls")
-        if not output:
-            raise NtkError("give the output file with -o OUT.parquet (or -o OUT.npy --format npy)")
         from ..pipelines.distributed import run_ranks, world_size
+        from ..pipelines.embed import check_embed_options, plan_inputs, run_embed
+        from ..pipelines.options import EmbedOptions
 
-        bs = parse_batch_size(batch_size)
-        use_regions = bool(region or regions)
-        shard_ix = parse_shard(shard)
+        opts = EmbedOptions(
+            output, input=input, reference=reference, regions=list(region or []), regions_file=regions,
+            chr_map=chr_map, model=model, layers=layer, pool=pool, rc_average=rc_average, fmt=fmt, species=species,
+            window=window, device=device, precision=precision, batch_size=parse_batch_size(batch_size),
+            threads=threads, shard=parse_shard(shard), chunk_tokens=chunk_tokens, resume=resume, force=force)
         ranks = world_size() > 1
-        if resume and (output == "-" or input == "-" or regions == "-"):
-            raise NtkError("--resume reads the same input again and keeps finished chunks beside the output: give "
-                           "files (not stdin/stdout)")
-        if shard_ix is not None or ranks:
-            if shard_ix is not None and ranks:
-                raise NtkError("under torchrun each rank takes one shard: leave out --shard")
-            if fmt != "parquet" or output == "-":
-                raise NtkError("--shard/torchrun write Parquet parts to a file: give -o OUT.parquet")
-            if input == "-" or regions == "-":
-                raise NtkError("--shard/torchrun read the input twice (to cut balanced shards): give a file, "
-                               "not stdin")
-
-        # outputs: refuse early, before any work
-        if output == "-":
-            if fmt == "npy":
-                raise NtkError("--format npy writes a file: give -o OUT.npy")
-            if sys.stdout.isatty():
-                raise NtkError("-o -: Parquet is binary; redirect stdout to a file or give -o FILE")
-        else:
-            refuse_inputs_as_outputs([output, npy_rows_path(output) if fmt == "npy" else None],
-                                     [input, reference, regions, chr_map])
-            check_writable_target(output, force)
-            if fmt == "npy":
-                check_writable_target(npy_rows_path(output), force)
-
-        # inputs
-        total = None
-        if use_regions:
-            if input and reference and input != reference:
-                raise NtkError("with -r/-R give the reference genome once: as INPUT or with --reference")
-            ref = reference or input
-            if not ref:
-                raise NtkError("-r/-R need the reference genome: --reference GENOME.fa")
-            if regions == "-" and ref == "-":
-                raise NtkError("stdin can feed only one input")
-            fasta = IndexedFasta(ref)
-            cmap = read_chr_map(chr_map)
-            intervals = load_regions(region or (), None, fasta.lengths)  # a bad -r fails here
-            if regions and regions != "-":
-                total = sum(1 for _ in read_bed(regions, fasta.lengths, cmap))  # validate every line up front
-            if total is not None:
-                total += len(intervals)
-
-            def make_records():
-                return region_inputs(fasta, iter_regions(region or (), regions, fasta.lengths, cmap))
-
-            records = make_records()
-            source = {"reference": ref, "regions_file": regions, "chr_map": chr_map}
-        else:
-            if reference or chr_map:
-                raise NtkError("--reference/--chr-map are for -r/-R regions; to embed FASTA records give the "
-                               "FASTA as INPUT")
-            if not input:
-                raise NtkError("give a FASTA to embed (or '-' for stdin), or regions with -r/-R --reference")
-            if input != "-" and not Path(input).is_file():
-                raise InputError(f"{input}: FASTA file not found")
-            if input != "-" and not os.access(input, os.R_OK):
-                raise InputError(f"{input}: FASTA file is not readable (permission denied)")
-            records = fasta_inputs(input)
-
-            def make_records():
-                return fasta_inputs(input)
-            source = {"input": input}
-
-        check_window_before_loading(model, window, "embed")  # from config.json, before the weights load
-        set_threads(threads)
-        options = {"layers": layer, "pool": pool, "rc_average": rc_average, "regions": region or None,
-                   "species": species, "window": window}
-
-        def run_shard(out, sh: tuple[int, int], dev: str, q: bool):
-            m = load_model(model, device=dev, dtype=precision)
-            return embed_shard(m, make_records, out, sh, source, options, bs, model or getattr(m, "source", ""),
-                               None if q else console.print, chunk_tokens=chunk_tokens,
-                               resume={} if resume else None)
-
+        check_embed_options(opts, ranks)
+        inputs = plan_inputs(opts)
         if ranks:
-            return run_ranks(output, force, device, quiet, run_shard)
-        if shard_ix is not None:
-            stats = run_shard(output, shard_ix, device, quiet)
+            return run_ranks(output, force, device, quiet, lambda out, sh, dev, q: run_embed(
+                replace(opts, output=out, shard=sh, device=dev), log=None if q else console.print, inputs=inputs))
+        if opts.shard is not None:
+            stats = run_embed(opts, log=None if quiet else console.print, inputs=inputs)
             if not quiet:
-                console.print(f"ntk embed: shard {shard_ix[0]}/{shard_ix[1]}: {stats.records:,} records, "
+                console.print(f"ntk embed: shard {opts.shard[0]}/{opts.shard[1]}: {stats.records:,} records, "
                               f"{stats.tokens:,} tokens, {stats.seconds:.1f} s -> {output}")
             return
-        m = load_model(model, device=device, dtype=precision)
-        Embedder(m, layers=layer, pool=pool, species=species, window=window)  # fail before any output starts
-        label = model or getattr(m, "source", "")
-        progress, update = _progress(quiet, total)
-        journal = {"sources": source, "options": {"regions": region or None}} if resume else None
+        progress, update = _progress(quiet, inputs.total)
         with progress:
-            stats = write_embeddings(m, records, output, fmt=fmt, model_label=label, progress=update,
-                                     layers=layer, pool=pool, rc_average=rc_average, batch_size=bs,
-                                     chunk_tokens=chunk_tokens, resume=journal, species=species, window=window)
+            stats = run_embed(opts, progress=update, inputs=inputs)
         if stats.records == 0:
             console.print("ntk embed: warning: no records to embed (the output has no rows)")
         if not quiet:
-            rate = stats.records / stats.seconds if stats.seconds else 0.0
-            skipped = f", empty {stats.empty}, all-N {stats.all_n}" if stats.empty or stats.all_n else ""
-            where = "stdout" if output == "-" else str(Path(output))
-            if journal is not None:
-                info = journal["info"]
-                console.print(f"ntk embed: --resume: {info['units_reused']:,} chunks reused, "
-                              f"{info['units_computed']:,} computed")
-            console.print(f"ntk embed: {stats.records:,} records (ok {stats.ok:,}{skipped}), {stats.nucleotides:,} nt, "
-                          f"{stats.tokens:,} tokens in {stats.windows:,} windows / {stats.batches:,} batches "
-                          f"(padding {stats.padding_fraction:.1%}), {stats.rows:,} rows, {stats.seconds:.1f} s "
-                          f"({rate:,.1f} records/s) -> {where}", soft_wrap=True)
+            _summary(stats, output)
+
+
+def _summary(stats, output: str) -> None:
+    rate = stats.records / stats.seconds if stats.seconds else 0.0
+    skipped = f", empty {stats.empty}, all-N {stats.all_n}" if stats.empty or stats.all_n else ""
+    where = "stdout" if output == "-" else str(Path(output))
+    if stats.resume is not None:
+        console.print(f"ntk embed: --resume: {stats.resume['units_reused']:,} chunks reused, "
+                      f"{stats.resume['units_computed']:,} computed")
+    console.print(f"ntk embed: {stats.records:,} records (ok {stats.ok:,}{skipped}), {stats.nucleotides:,} nt, "
+                  f"{stats.tokens:,} tokens in {stats.windows:,} windows / {stats.batches:,} batches "
+                  f"(padding {stats.padding_fraction:.1%}), {stats.rows:,} rows, {stats.seconds:.1f} s "
+                  f"({rate:,.1f} records/s) -> {where}", soft_wrap=True)

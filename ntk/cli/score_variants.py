@@ -66,30 +66,34 @@ def register(app: typer.Typer) -> None:
         quiet: QuietOpt = False,
         force: ForceOpt = False,
     ):
+        from dataclasses import replace
+
         from ..errors import NtkError
         from ..pipelines.distributed import run_ranks, world_size
-        from ..pipelines.score_variants import score_variants as run
+        from ..pipelines.options import ScoreOptions
+        from ..pipelines.score_variants import run_score
 
         if output is None and table is None:
             output = "-"
-
-        def part(out, tab, sh, dev, q):
-            return run(
-                vcf, reference, model=model, scores=scores, window=window, rc_average=rc_average,
-                segment_radius=segment_radius, output=out, table=tab, regions=region or (), regions_file=regions,
-                chr_map=chr_map, device=dev, precision=precision, batch_size=parse_batch_size(batch_size),
-                threads=threads, shard=sh, force=force or tab != table, progress=not q and console.is_terminal,
-                command=shlex.join(["ntk"] + sys.argv[1:]), log=None if q else console.print, chunk_size=chunk_size,
-                resume=resume, species=species)
+        opts = ScoreOptions(
+            vcf, reference, output=output, table=table, model=model, scores=scores, window=window,
+            rc_average=rc_average, segment_radius=segment_radius, regions=list(region or ()), regions_file=regions,
+            chr_map=chr_map, device=device, precision=precision, batch_size=parse_batch_size(batch_size),
+            threads=threads, shard=parse_shard(shard), force=force, progress=not quiet and console.is_terminal,
+            command=shlex.join(["ntk"] + sys.argv[1:]), chunk_size=chunk_size, resume=resume, species=species)
+        log = None if quiet else console.print
 
         if world_size() > 1:  # torchrun: this rank scores shard RANK+1/WORLD_SIZE, rank 0 merges
             if shard is not None or (output is not None and table is not None) or output == "-" or vcf == "-":
                 raise NtkError("under torchrun give a VCF file and one output file (-o OUT.vcf.gz or --table "
                                "OUT.parquet), without --shard: each rank takes one shard, rank 0 merges")
-            if output is not None:
-                return run_ranks(output, force, device, quiet, lambda o, sh, d, q: part(str(o), None, sh, d, q))
-            return run_ranks(table, force, device, quiet, lambda o, sh, d, q: part(None, str(o), sh, d, q))
-        summary = part(output, table, parse_shard(shard), device, quiet)
+            field = "output" if output is not None else "table"
+
+            def part(out, sh, dev, q):
+                return run_score(replace(opts, **{field: str(out)}, shard=sh, device=dev, force=True,
+                                         progress=not q and console.is_terminal), log=None if q else console.print)
+            return run_ranks(getattr(opts, field), force, device, quiet, part)
+        summary = run_score(opts, log=log)
         if quiet:
             return
         if summary.resume is not None:

@@ -33,23 +33,23 @@ Examples:
 NO_VALUE = "N and IUPAC codes get no value; for SegmentNT also ACGT runs shorter than 24 nt"
 
 
-def run_genome_job(name: str, fn, genome: str, output: str | None, shard: str | None, bedgraph: str | None,
-                   force: bool, device: str, quiet: bool, kwargs: dict):
-    """Run a genome-tiling job (``segment_genome`` or ``tracks_genome``) with a progress bar, or, under torchrun,
-    this rank's shard (returns None). Shared by ``ntk segment`` and ``ntk tracks``."""
-    from ..errors import NtkError
-    from .progress import progress_bar
-    from ..pipelines.distributed import run_ranks, world_size
+def run_genome_job(name: str, opts, quiet: bool):
+    """Run a genome-tiling job (``ntk segment`` or ``ntk tracks``: one :class:`SegmentOptions`) with a progress bar,
+    or, under torchrun, this rank's shard (returns None)."""
+    from dataclasses import replace
 
-    shard_ix = parse_shard(shard)
-    command = shlex.join(["ntk"] + sys.argv[1:])
+    from ..errors import NtkError
+    from ..pipelines.distributed import run_ranks, world_size
+    from ..pipelines.segment import run_segment
+    from .progress import progress_bar
+
+    opts = replace(opts, command=shlex.join(["ntk"] + sys.argv[1:]))
     if world_size() > 1:  # torchrun: this rank runs shard RANK+1/WORLD_SIZE, rank 0 merges
-        if shard_ix is not None or bedgraph is not None or output is None:
+        if opts.shard is not None or opts.bedgraph is not None or opts.out_dir is None:
             raise NtkError("under torchrun give -o OUTDIR, without --shard or --bedgraph (each rank takes one "
                            "shard; rank 0 merges)")
-        run_ranks(output, force, device, quiet,
-                  lambda part, sh, dev, q: fn(genome, part, device=dev, force=True, shard=sh, command=command,
-                                              **kwargs))
+        run_ranks(opts.out_dir, opts.force, opts.device, quiet,
+                  lambda part, sh, dev, q: run_segment(replace(opts, out_dir=part, device=dev, force=True, shard=sh)))
         return None
     progress = progress_bar(name, "bp", console, disable=quiet or not console.is_terminal)  # a terminal only
     task = progress.add_task(name, total=None)
@@ -62,9 +62,8 @@ def run_genome_job(name: str, fn, genome: str, output: str | None, shard: str | 
         console.print(line, markup=False, soft_wrap=True)
 
     try:
-        return fn(genome, output, device=device, force=force, bedgraph=bedgraph, shard=shard_ix, command=command,
-                  progress=lambda bp: progress.advance(task, bp), on_start=start, log=None if quiet else say,
-                  **kwargs)
+        return run_segment(opts, progress=lambda bp: progress.advance(task, bp), on_start=start,
+                           log=None if quiet else say)
     finally:
         progress.stop()
 
@@ -159,20 +158,20 @@ def register(app: typer.Typer) -> None:
         force: ForceOpt = False,
     ):
         from ..errors import NtkError
-        from ..pipelines.segment import segment_genome
+        from ..pipelines.options import SegmentOptions
 
         feats = [f.strip() for f in features.split(",") if f.strip()] if features else None
         digits = parse_digits(bedgraph_precision)
         if output is None and bedgraph is None:
             raise NtkError("give an output directory with -o/--output (or --bedgraph FEATURE to stream to stdout)")
-        result = run_genome_job(
-            "segment", segment_genome, genome, output, shard, bedgraph, force, device, quiet,
-            dict(model=model, regions=region or (), regions_file=regions, chr_map=chr_map, features=feats,
-                 window=window, crop=crop, rc_average=rc_average, blend=blend, threshold=threshold,
-                 min_length=min_length, merge_gap=merge_gap, bedgraph_digits=digits, zoom_levels=zoom_levels,
-                 precision=precision,
-                 batch_size=parse_batch_size(batch_size), threads=threads, resume=resume,
-                 resume_chunk_bp=resume_chunk_bp, species=species))
+        opts = SegmentOptions(
+            genome, output, model=model, regions=list(region or ()), regions_file=regions, chr_map=chr_map,
+            features=feats, window=window, crop=crop, rc_average=rc_average, blend=blend, threshold=threshold,
+            min_length=min_length, merge_gap=merge_gap, bedgraph=bedgraph, bedgraph_digits=digits,
+            zoom_levels=zoom_levels, device=device, precision=precision, batch_size=parse_batch_size(batch_size),
+            threads=threads, force=force, shard=parse_shard(shard), resume=resume, resume_chunk_bp=resume_chunk_bp,
+            species=species)
+        result = run_genome_job("segment", opts, quiet)
         if result is None:  # a torchrun rank
             return
         summarize("ntk segment", result, quiet, "features")

@@ -8,7 +8,7 @@ import typer
 
 from .common import (BatchSizeOpt, ChrMapOpt, DeviceOpt, ForceOpt, GenomeResumeOpt, ModelOpt, PrecisionOpt, QuietOpt,
                      RegionOpt, ResumeChunkBpOpt, ZoomLevelsOpt,
-                     RegionsFileOpt, ShardOpt, ThreadsOpt, parse_batch_size)
+                     RegionsFileOpt, ShardOpt, ThreadsOpt, parse_batch_size, parse_shard)
 from .segment import SpeciesOpt, run_genome_job, summarize
 
 HELP = """Predict an NTv3 post-trained model's functional tracks (RNA-seq, ATAC, ChIP, ... per species) over a genome.
@@ -59,15 +59,17 @@ def register(app: typer.Typer) -> None:
         force: ForceOpt = False,
     ):
         from ..errors import NtkError
-        from ..pipelines.tracks import tracks_genome
+        from ..pipelines.options import SegmentOptions
+        from ..pipelines.tracks import track_ids as parse_track_ids
 
         if output is None and bedgraph is None:
             raise NtkError("give an output directory with -o/--output (or --bedgraph TRACK to stream to stdout)")
-        result = run_genome_job(
-            "tracks", tracks_genome, genome, output, shard, bedgraph, force, device, quiet,
-            dict(model=model, species=species, tracks=track_ids, regions=region or (), regions_file=regions,
-                 chr_map=chr_map, window=window, rc_average=rc_average, zoom_levels=zoom_levels,
-                 precision=precision, batch_size=parse_batch_size(batch_size), threads=threads, resume=resume,
-                 resume_chunk_bp=resume_chunk_bp))
+        opts = SegmentOptions(
+            genome, output, model=model, species=species, features=parse_track_ids(track_ids), head="bigwig",
+            regions=list(region or ()), regions_file=regions, chr_map=chr_map, window=window, rc_average=rc_average,
+            bedgraph=bedgraph, zoom_levels=zoom_levels, device=device, precision=precision,
+            batch_size=parse_batch_size(batch_size), threads=threads, force=force, shard=parse_shard(shard),
+            resume=resume, resume_chunk_bp=resume_chunk_bp)
+        result = run_genome_job("tracks", opts, quiet)
         if result is not None:
             summarize("ntk tracks", result, quiet, "tracks")

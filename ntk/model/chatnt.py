@@ -185,6 +185,8 @@ class ChatNTOutput:
 
 
 class ChatNT(nn.Module):
+    source: str | None = None  # the checkpoint directory it was loaded from (set by ntk.load_model)
+
     def __init__(self, cfg: ChatNTConfig):
         super().__init__()
         self.config = cfg

@@ -251,8 +251,12 @@ def check_window_before_loading(model, window: int | None, job: str) -> None:
         cfg.check_window(window, job)
 
 
-def load_model(path_or_name=None, device="cpu", dtype=torch.float32) -> NucleotideTransformer:
-    """Load a model for inference (eval mode) from a directory, preset name, cached HF repo, or the default."""
+def load_model(path_or_name: str | os.PathLike | torch.nn.Module | None = None, device="cpu",
+               dtype=torch.float32) -> NucleotideTransformer:
+    """Load a model for inference (eval mode) from a directory, preset name, cached HF repo, or the default (None).
+    A model that is already loaded is returned as it is (on its own device and dtype)."""
+    if isinstance(path_or_name, torch.nn.Module):
+        return path_or_name
     directory = resolve_model_path(path_or_name)
     if _is_chatnt(directory):  # ChatNT: its own config and weights layout (model/chatnt.py)
         from .chatnt import load_chatnt

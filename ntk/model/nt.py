@@ -61,6 +61,8 @@ class NucleotideTransformer(nn.Module):
     A named head the model does not have leaves its field ``None``.
     """
 
+    source: str | None = None  # the checkpoint directory it was loaded from (set by ntk.load_model)
+
     def __init__(self, cfg: NTConfig, lm_head: bool | None = None, seq_head_labels: int | None = None):
         super().__init__()
         self.config = cfg

@@ -396,6 +396,8 @@ class NTv3Output:
 class NTv3(nn.Module):
     """NTv3 pre-trained or post-trained model; see the module docstring."""
 
+    source: str | None = None  # the checkpoint directory it was loaded from (set by ntk.load_model)
+
     def __init__(self, cfg: NTv3Config, reference: str = "hf"):
         super().__init__()
         if reference not in ("hf", "jax"):

@@ -350,8 +350,8 @@ def take_shard(jobs: list[ChatJob], shard: tuple[int, int] | None) -> list[ChatJ
     """The I-th of N contiguous blocks of jobs (equal counts; generation cost is per job)."""
     if shard is None:
         return jobs
-    from .shards import weighted_block
-    lo, hi = weighted_block(np.ones(len(jobs)), shard)
+    from .engine import shard_block
+    lo, hi = shard_block(np.ones(len(jobs)), shard)
     return jobs[lo:hi]
 
 

@@ -36,13 +36,19 @@ NTv3 (one token per base, no CLS; ``species`` required for post-trained models):
 
 Throughput: windows are collected in bounded chunks (a token budget, so memory stays flat for any input size,
 including single records of chromosome size), sorted by length within the chunk, grouped into batches by a
-token budget (batch size x padded length) and run; rows come back in input order.
+token budget (batch size x padded length) and run; rows come back in input order. Records are read and
+tokenized in a reader thread and rows written in a writer thread while the model runs (the engine's threads,
+``pipelines/engine.py``, which also provides shards, the ``--resume`` journal and the part manifest); the command
+is :func:`run_embed` over one :class:`~ntk.pipelines.options.EmbedOptions`.
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
+import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +65,10 @@ from ..io.intervals import Interval, parse_region
 from ..io.tables import NpyStreamWriter, ParquetStreamWriter, TsvStreamWriter
 from ..model.tokenizer import N_CODE, NucleotideTokenizer, reverse_complement_codes, sequence_codes
 from ..plan.batching import auto_token_budget, by_token_budget
+from ..plan.threads import background
+from .engine import open_journal, open_model, shard_block, write_part_manifest, written_behind
+from .options import EmbedOptions
+from .shards import manifest_path
 from .family import ntv3_species_id
 from ..plan.windows import Blender, Window, tile
 
@@ -279,6 +289,8 @@ class EmbedStats:
     real_tokens: int = 0  # incl. CLS
     rows: int = 0
     seconds: float = 0.0
+    resume: dict | None = None  # --resume: units reused / computed, tokens per unit
+    shard_records: tuple[int, int] | None = None  # --shard: the records [lo, hi) of this part
 
     @property
     def padding_fraction(self) -> float:
@@ -549,33 +561,24 @@ class Embedder:
 
     # -- shards ---------------------------------------------------------------------------------
     def plan_shard(self, inputs: Iterable, shard: tuple[int, int]) -> tuple[int, int]:
-        """Records ``[lo, hi)`` of shard ``I/N`` of ``inputs``: contiguous, balanced by tokens, and cut only where
-        an unsharded :meth:`run` empties its chunk at a record end, so that every window of the shard runs in the
-        same batch as in the unsharded run (batch composition changes float rounding) and the merged rows are
-        identical. Tokenizes the inputs once (no model work)."""
-        cuts: list[tuple[int, int]] = []  # (records so far, tokens so far) where run() flushes at a record end
-        tokens = chunk_tokens = pending = n = 0
+        """Records ``[lo, hi)`` of shard ``I/N`` of ``inputs``: the engine's shard of the units of :meth:`run_units`
+        (contiguous, balanced by their windows' tokens), so that every window of the shard runs in the same batch as
+        in the unsharded run (batch composition changes float rounding) and the merged rows are identical.
+        Tokenizes the inputs once (no model work)."""
+        feed = _Feed(self, None, lambda unit: True)  # every unit skipped: tokenized, never run
+        ends: list[int] = []  # records at the end of each unit
+        n = 0
         for i, x in enumerate(inputs):
-            _, windows = self._start_record(_as_input(x, i))
-            n, pending = i + 1, pending + 1
-            for w in windows:
-                chunk_tokens += w.n_tokens
-                tokens += w.n_tokens
-                if chunk_tokens >= 2 * self.chunk_tokens:
-                    chunk_tokens, pending = 0, 1
-            if chunk_tokens >= self.chunk_tokens or pending >= self.max_pending:
-                chunk_tokens = pending = 0
-                cuts.append((n, tokens))
+            n = i + 1
+            for _, _, done in feed.record(*self._start_record(_as_input(x, i))):
+                if done:
+                    ends.append(n)
+        for _, _, done in feed.finish():
+            if done and (not ends or ends[-1] < n):
+                ends.append(n)
         self.stats = EmbedStats()
-        i, k = shard
-        bounds = [0]
-        for j in range(1, k):  # the record-end flush nearest to j/k of the tokens
-            target = j * tokens / k
-            later = [c for c in cuts if c[0] > bounds[-1]]  # each shard gets work while cuts are left
-            best = min(later, key=lambda c: (abs(c[1] - target), c[0]), default=(bounds[-1], 0))[0]
-            bounds.append(best)
-        bounds.append(n)
-        return bounds[i - 1], max(bounds[i - 1], bounds[i])
+        lo, hi = shard_block(feed.unit_tokens[:len(ends)], shard)
+        return (ends[lo - 1] if lo else 0), (ends[hi - 1] if hi else 0)
 
     # -- driver ---------------------------------------------------------------------------------
     def run(self, inputs: Iterable, progress: Callable[[EmbedStats], None] | None = None) -> Iterator[EmbedBlock]:
@@ -589,49 +592,70 @@ class Embedder:
         at a record end (where the engine holds no state: the unit's windows run in exactly the same batches
         whatever ran before, which is what shards and ``--resume`` are cut by). Units for which ``skip(unit)``
         is true are tokenized to find their end but not run (their events carry no block); the last event of
-        every unit has ``unit_done`` set."""
-        t0 = time.perf_counter()
-        pending: list[_Record] = []
-        chunk: list[_Window] = []
-        chunk_tokens = 0
-        seq = 0
-        unit = 0
-        skipping = skip is not None and skip(0)
-        n_pending = 0  # records not yet emitted (= len(pending) when not skipping)
+        every unit has ``unit_done`` set. Records are read and tokenized in a reader thread (the engine's), a few
+        ahead of the model."""
+        feed = _Feed(self, progress, skip)
+        records = background((self._start_record(_as_input(x, i)) for i, x in enumerate(inputs)), 4)
+        try:
+            for rec, windows in records:
+                yield from feed.record(rec, windows)
+        finally:
+            records.close(timeout=10.0)
+        yield from feed.finish()
 
-        def flush():
-            nonlocal chunk, chunk_tokens
-            if not skipping:
-                self._run_chunk(chunk)
-            chunk, chunk_tokens = [], 0
-            block = None if skipping else self._emit(pending)
-            self.stats.seconds = time.perf_counter() - t0
-            if progress is not None:
-                progress(self.stats)
-            return block
 
-        for i, x in enumerate(inputs):
-            rec, windows = self._start_record(_as_input(x, i))
-            n_pending += 1
-            if not skipping:
-                pending.append(rec)
-            for k, w in enumerate(windows):
-                w.seq = seq
-                seq += 1
-                if not skipping:
-                    chunk.append(w)
-                chunk_tokens += w.n_tokens
-                if chunk_tokens >= 2 * self.chunk_tokens:  # inside a record longer than a chunk
-                    block = flush()
-                    n_pending = 1 if k + 1 < len(windows) else 0
-                    if block is not None:
-                        yield unit, block, False
-            if chunk_tokens >= self.chunk_tokens or n_pending >= self.max_pending:
-                block = flush()  # at a record end: a shard may start at the next record (see plan_shard)
-                yield unit, block, True
-                unit, n_pending = unit + 1, 0
-                skipping = skip is not None and skip(unit)
-        yield unit, flush(), True
+class _Feed:
+    """The scheduling state of :meth:`Embedder.run_units`: records' windows are collected into a chunk of about
+    ``chunk_tokens`` tokens, which is run (sorted and batched) when full; rows are emitted once their records
+    are complete. ``unit_tokens``: the tokens of each unit (the shard weights)."""
+
+    def __init__(self, emb: Embedder, progress, skip):
+        self.emb, self.progress, self.skip = emb, progress, skip
+        self.t0 = time.perf_counter()
+        self.pending: list[_Record] = []
+        self.chunk: list[_Window] = []
+        self.chunk_tokens = 0
+        self.seq = self.unit = 0
+        self.skipping = skip is not None and skip(0)
+        self.n_pending = 0  # records not yet emitted (= len(pending) when not skipping)
+        self.unit_tokens = [0]
+
+    def _flush(self) -> EmbedBlock | None:
+        emb = self.emb
+        if not self.skipping:
+            emb._run_chunk(self.chunk)
+        self.chunk, self.chunk_tokens = [], 0
+        block = None if self.skipping else emb._emit(self.pending)
+        emb.stats.seconds = time.perf_counter() - self.t0
+        if self.progress is not None:
+            self.progress(emb.stats)
+        return block
+
+    def record(self, rec: _Record, windows: list[_Window]) -> Iterator[tuple[int, EmbedBlock | None, bool]]:
+        self.n_pending += 1
+        if not self.skipping:
+            self.pending.append(rec)
+        for k, w in enumerate(windows):
+            w.seq = self.seq
+            self.seq += 1
+            if not self.skipping:
+                self.chunk.append(w)
+            self.chunk_tokens += w.n_tokens
+            self.unit_tokens[-1] += w.n_tokens
+            if self.chunk_tokens >= 2 * self.emb.chunk_tokens:  # inside a record longer than a chunk
+                block = self._flush()
+                self.n_pending = 1 if k + 1 < len(windows) else 0
+                if block is not None:
+                    yield self.unit, block, False
+        if self.chunk_tokens >= self.emb.chunk_tokens or self.n_pending >= self.emb.max_pending:
+            block = self._flush()  # at a record end: a shard may start at the next record
+            yield self.unit, block, True
+            self.unit, self.n_pending = self.unit + 1, 0
+            self.unit_tokens.append(0)
+            self.skipping = self.skip is not None and self.skip(self.unit)
+
+    def finish(self) -> Iterator[tuple[int, EmbedBlock | None, bool]]:
+        yield self.unit, self._flush(), True
 
 
 # ------------------------------------------------------------------------------------------------
@@ -728,52 +752,88 @@ def npy_rows_path(output: str | Path) -> Path:
 def write_embeddings(model, inputs: Iterable, output: str | Path, fmt: str = "parquet",
                      model_label: str | None = None, progress: Callable[[EmbedStats], None] | None = None,
                      resume: dict | None = None, **options) -> EmbedStats:
-    """Embed ``inputs`` and stream the rows to ``output`` (atomic; ``-`` = stdout for Parquet).
+    """Embed ``inputs`` and stream the rows to ``output`` (atomic; ``-`` = stdout for Parquet). Records are read
+    and tokenized in a reader thread and rows written in a writer thread while the model runs (the engine's
+    overlap, ``pipelines/engine.py``).
 
     ``fmt="npy"`` writes a float32 matrix ``[rows, hidden]`` (``[rows, n_layers, hidden]`` for several
     layers; NaN rows where ``status != ok``) plus the row table ``OUT.rows.tsv`` without embeddings.
 
-    ``resume`` (a dict: the inputs' roles -> paths, and the options that shape the rows) keeps every finished
-    unit of records (see :meth:`Embedder.run_units`) in ``.OUTPUT.ntk-partial/`` and, when the same run is
-    started again after a kill, embeds only the unfinished units; ``resume["info"]`` receives the units reused
-    and computed. The partial directory is removed once ``output`` is written."""
+    ``resume`` (a dict: ``sources``, the inputs' roles -> paths; ``options``, those that shape the rows;
+    ``shard``) keeps every finished unit of records (see :meth:`Embedder.run_units`) in ``.OUTPUT.ntk-partial/``
+    and, when the same run is started again after a kill, embeds only the unfinished units; the returned stats'
+    ``resume`` says how many units were reused and computed. The partial directory is removed once ``output`` is
+    written."""
     if fmt not in FORMATS:
         raise NtkError(f"--format {fmt!r}: expected parquet or npy")
     emb = Embedder(model, **options)
     meta = output_metadata(emb, model_label)
-    journal = None
-    if resume is not None:
-        journal = _embed_journal(emb, output, fmt, resume)
-    blocks = emb.run(inputs, progress) if journal is None else _resumed_blocks(emb, inputs, progress, journal)
+    journal = _embed_journal(emb, output, fmt, resume) if resume is not None else None
+    events = emb.run_units(inputs, progress, skip=journal.has if journal is not None else None)
+    reused = [0]
+    with contextlib.closing(events):  # on a failure: the reader thread stops before the outputs are removed
+        _write_events(emb, events, output, fmt, meta, journal, reused)
+    emb.stats.rows += reused[0]
+    if journal is not None:
+        emb.stats.resume = {"units_reused": journal.reused, "units_computed": journal.computed,
+                            "chunk_tokens": journal.chunk_bp}
+        journal.remove()
+    return emb.stats
+
+
+def _write_events(emb: Embedder, events, output, fmt: str, meta: dict, journal, reused: list[int]) -> None:
+    """The rows of ``events`` to Parquet or npy + row table, written in a writer thread."""
     if fmt == "parquet":
         schema = dict(RECORD_SCHEMA) | (TOKEN_SCHEMA if emb.pool == "none" else {})
         schema |= {c: pl.List(pl.Float32) for c in emb.embedding_columns}
         with ParquetStreamWriter(output, schema, meta) as w:
-            for block in blocks:
-                w.write(block.to_polars(emb.embedding_columns))
+            written_behind(events, _unit_writer(journal, reused,
+                                                lambda b: w.write(b.to_polars(emb.embedding_columns))))
     else:
         if str(output) == "-":
             raise NtkError("--format npy writes a file: give -o OUT.npy")
         nl = len(emb.layers)
         shape = (emb.hidden_size,) if nl == 1 else (nl, emb.hidden_size)
         with NpyStreamWriter(output, shape) as w, TsvStreamWriter(npy_rows_path(output)) as rows:
-            for block in blocks:
+            def write(block: EmbedBlock) -> None:
                 w.write(block.embeddings.reshape(len(block), *shape))
                 rows.write(block.to_polars(()))
-    if journal is not None:
-        resume["info"] = {"units_reused": journal.reused, "units_computed": journal.computed,
-                          "chunk_tokens": journal.chunk_bp}
-        journal.remove()
-    return emb.stats
+            written_behind(events, _unit_writer(journal, reused, write))
+
+
+def _unit_writer(journal, reused: list[int], write: Callable[[EmbedBlock], None]) -> Callable:
+    """The writer thread's function for the events of :meth:`Embedder.run_units`: blocks are written, and with a
+    resume ``journal`` also kept (a unit is done when its last block is); finished units of an earlier run are
+    read back from the journal instead (their rows counted in ``reused[0]``)."""
+    parts = 0
+
+    def on_event(event) -> None:
+        nonlocal parts
+        if event is None:
+            return
+        unit, block, done = event
+        if journal is not None and journal.has(unit):  # finished before the run was interrupted
+            if done:
+                for j in range(int(journal.load(unit)["parts"])):
+                    stored = _block_from(journal.load(unit, part=j))
+                    reused[0] += len(stored)
+                    write(stored)
+            return
+        if block is not None:
+            if journal is not None:
+                journal.save(unit, _block_arrays(block), part=parts)
+                parts += 1
+            write(block)
+        if done and journal is not None:
+            journal.save(unit, {"parts": np.array(parts)})
+            parts = 0
+    return on_event
 
 
 # ------------------------------------------------------------------------------------------------
 # --resume: finished units of records kept beside the output
 
 def _embed_journal(emb: Embedder, output: str | Path, fmt: str, resume: dict):
-    from .resume import Journal, partial_dir
-    from .shards import make_manifest
-
     if str(output) == "-":
         raise NtkError("--resume keeps finished chunks beside the output: give -o FILE, not stdout")
     sources = resume.get("sources") or {}
@@ -783,10 +843,8 @@ def _embed_journal(emb: Embedder, output: str | Path, fmt: str, resume: dict):
             "crop": emb.crop, "format": fmt}
     if emb.ntv3:
         opts.update(species_id=emb.species_id, window=emb.window)
-    ident = make_manifest("embed", fmt, resume.get("shard") or (1, 1), sources, emb.model.config.fingerprint(),
-                          opts)
-    ident.pop("ntk_version")
-    return Journal(partial_dir(output), ident, emb.chunk_tokens, unit="tokens")
+    return open_journal("embed", fmt, output, resume.get("shard"), sources, emb.model.config.fingerprint(), opts,
+                        emb.chunk_tokens, unit="tokens")
 
 
 def _block_arrays(block: EmbedBlock) -> dict[str, np.ndarray]:
@@ -802,49 +860,116 @@ def _block_from(arrays: dict[str, np.ndarray]) -> EmbedBlock:
     return EmbedBlock(json.loads(str(arrays["records"])), arrays["row_record"], tokens, arrays["embeddings"])
 
 
-def _resumed_blocks(emb: Embedder, inputs: Iterable, progress, journal) -> Iterator[EmbedBlock]:
-    """The blocks of :meth:`Embedder.run`: finished units read back from the journal, the others run and
-    committed unit by unit (each block of a unit is kept as it comes; the unit is done when its last is)."""
-    parts = 0
-    for unit, block, done in emb.run_units(inputs, progress, skip=journal.has):
-        if journal.has(unit):
-            if done:
-                for j in range(int(journal.load(unit)["parts"])):
-                    stored = _block_from(journal.load(unit, part=j))
-                    emb.stats.rows += len(stored)
-                    yield stored
-            continue
-        if block is not None:
-            journal.save(unit, _block_arrays(block), part=parts)
-            parts += 1
-            yield block
-        if done:
-            journal.save(unit, {"parts": np.array(parts)})
-            parts = 0
+# ------------------------------------------------------------------------------------------------
+# the job: options -> inputs, model, shard, resume -> output (+ part manifest)
+
+@dataclass
+class _Inputs:
+    """The records of a run: ``make()`` streams them (called again to plan a shard), ``sources`` names the input
+    files (manifests, journal), ``total`` counts them when known up front (the progress bar)."""
+
+    make: Callable[[], Iterable[EmbedInput]]
+    sources: dict
+    total: int | None = None
 
 
-def embed_shard(model, make_inputs: Callable[[], Iterable], output: str | Path, shard: tuple[int, int],
-                sources: dict, options: dict, batch_size: int | None = None, model_label: str | None = None,
-                log: Callable[[str], None] | None = None, chunk_tokens: int | None = None,
-                resume: dict | None = None) -> EmbedStats:
-    """Shard ``I/N`` of the records from ``make_inputs()`` (called twice: once to plan balanced cuts, once to
-    embed) into the Parquet part ``output`` plus its manifest (``OUTPUT.ntk-shard.json``) for ``ntk merge``.
-    ``sources``: input role -> path (for the manifest); ``options``: layers, pool, rc_average (+ any other
-    option that shapes the rows, recorded in the manifest)."""
-    from .shards import make_manifest, manifest_path, write_manifest
+def check_embed_options(o: EmbedOptions, ranks: bool = False) -> None:
+    """Option and output errors, before any input is read or model loaded (``ranks``: under torchrun)."""
+    from ..io.atomic import check_writable_target, refuse_inputs_as_outputs
 
-    run_opts = {k: options[k] for k in ("layers", "pool", "rc_average")}
-    run_opts.update({k: options[k] for k in ("species", "window") if options.get(k) is not None})
-    run_opts["chunk_tokens"] = chunk_tokens
-    planner = Embedder(model, batch_size=batch_size, **run_opts)
-    lo, hi = planner.plan_shard(make_inputs(), shard)
-    if log is not None:
-        log(f"ntk embed: shard {shard[0]}/{shard[1]}: " + (f"records {lo + 1:,}-{hi:,}" if hi > lo else "no records"))
-    if resume is not None:
-        resume.update(sources=sources, options={**options, "records": [lo, hi]}, shard=shard)
-    stats = write_embeddings(model, itertools.islice(make_inputs(), lo, hi), output, model_label=model_label,
-                             batch_size=batch_size, resume=resume, **run_opts)
-    opts = {**options, "layers": planner.layers, "chunk_tokens": planner.chunk_tokens}
-    write_manifest(make_manifest("embed", "parquet", shard, sources, model.config.fingerprint(), opts,
-                                 {"records": [lo, hi]}), manifest_path(output))
+    if o.pool not in POOLINGS:
+        raise NtkError(f"--pool {o.pool!r}: expected one of {', '.join(POOLINGS)}")
+    if o.fmt not in FORMATS:
+        raise NtkError(f"--format {o.fmt!r}: expected parquet or npy")
+    if o.rc_average and o.pool == "none":
+        raise NtkError("--rc-average needs a pooled embedding: use --pool mean|max|cls")
+    if not o.output:
+        raise NtkError("give the output file with -o OUT.parquet (or -o OUT.npy --format npy)")
+    output = str(o.output)
+    if o.resume and (output == "-" or o.input == "-" or o.regions_file == "-"):
+        raise NtkError("--resume reads the same input again and keeps finished chunks beside the output: give "
+                       "files (not stdin/stdout)")
+    if o.shard is not None or ranks:
+        if o.shard is not None and ranks:
+            raise NtkError("under torchrun each rank takes one shard: leave out --shard")
+        if o.fmt != "parquet" or output == "-":
+            raise NtkError("--shard/torchrun write Parquet parts to a file: give -o OUT.parquet")
+        if o.input == "-" or o.regions_file == "-":
+            raise NtkError("--shard/torchrun read the input twice (to cut balanced shards): give a file, "
+                           "not stdin")
+    if output == "-":  # outputs: refuse early, before any work
+        if o.fmt == "npy":
+            raise NtkError("--format npy writes a file: give -o OUT.npy")
+        if sys.stdout.isatty():
+            raise NtkError("-o -: Parquet is binary; redirect stdout to a file or give -o FILE")
+    else:
+        refuse_inputs_as_outputs([output, npy_rows_path(output) if o.fmt == "npy" else None],
+                                 [o.input, o.reference, o.regions_file, o.chr_map])
+        check_writable_target(output, o.force)
+        if o.fmt == "npy":
+            check_writable_target(npy_rows_path(output), o.force)
+
+
+def plan_inputs(o: EmbedOptions) -> _Inputs:
+    """FASTA records (``input``), or the ``-r``/``-R`` regions of ``reference`` (every BED line checked up front)."""
+    from ..io.intervals import iter_regions, load_regions, read_bed, read_chr_map
+
+    if o.regions or o.regions_file:
+        if o.input and o.reference and o.input != o.reference:
+            raise NtkError("with -r/-R give the reference genome once: as INPUT or with --reference")
+        ref = o.reference or o.input
+        if not ref:
+            raise NtkError("-r/-R need the reference genome: --reference GENOME.fa")
+        if o.regions_file == "-" and ref == "-":
+            raise NtkError("stdin can feed only one input")
+        fasta = IndexedFasta(ref)
+        cmap = read_chr_map(o.chr_map)
+        intervals = load_regions(o.regions, None, fasta.lengths)  # a bad -r fails here
+        total = None
+        if o.regions_file and o.regions_file != "-":
+            total = len(intervals) + sum(1 for _ in read_bed(o.regions_file, fasta.lengths, cmap))
+        return _Inputs(lambda: region_inputs(fasta, iter_regions(o.regions, o.regions_file, fasta.lengths, cmap)),
+                       {"reference": ref, "regions_file": o.regions_file, "chr_map": o.chr_map}, total)
+    if o.reference or o.chr_map:
+        raise NtkError("--reference/--chr-map are for -r/-R regions; to embed FASTA records give the "
+                       "FASTA as INPUT")
+    if not o.input:
+        raise NtkError("give a FASTA to embed (or '-' for stdin), or regions with -r/-R --reference")
+    if o.input != "-" and not Path(o.input).is_file():
+        raise InputError(f"{o.input}: FASTA file not found")
+    if o.input != "-" and not os.access(o.input, os.R_OK):
+        raise InputError(f"{o.input}: FASTA file is not readable (permission denied)")
+    return _Inputs(lambda: fasta_inputs(o.input), {"input": o.input})
+
+
+def run_embed(o: EmbedOptions, progress: Callable[[EmbedStats], None] | None = None,
+              log: Callable[[str], None] | None = None, inputs: _Inputs | None = None) -> EmbedStats:
+    """``ntk embed``: options -> inputs, model, shard, resume -> ``o.output`` (+ the part manifest of a shard).
+    ``inputs``: planned already (:func:`plan_inputs`); ``log(line)`` gets the shard's record range."""
+    check_embed_options(o)
+    inputs = inputs or plan_inputs(o)
+    m, _ = open_model(o.model, o.device, o.precision, o.threads, task="embed", window=o.window)
+    run_opts = {"layers": o.layers, "pool": o.pool, "rc_average": o.rc_average, "species": o.species,
+                "window": o.window, "batch_size": o.batch_size, "chunk_tokens": o.chunk_tokens}
+    emb = Embedder(m, **run_opts)  # fail before any output starts
+    label = str(o.model) if isinstance(o.model, (str, os.PathLike)) and str(o.model) else None
+    identity = {"layers": o.layers, "pool": o.pool, "rc_average": o.rc_average, "regions": o.regions or None,
+                "species": o.species, "window": o.window}
+    records: Iterable = inputs.make()
+    resume = {"sources": inputs.sources, "options": {"regions": o.regions or None}} if o.resume else None
+    if o.shard is not None:
+        lo, hi = emb.plan_shard(inputs.make(), o.shard)
+        if log is not None:
+            log(f"ntk embed: shard {o.shard[0]}/{o.shard[1]}: " + (f"records {lo + 1:,}-{hi:,}" if hi > lo
+                                                                  else "no records"))
+        records = itertools.islice(records, lo, hi)
+        if resume is not None:
+            resume = {"sources": inputs.sources, "options": {**identity, "records": [lo, hi]}, "shard": o.shard}
+    stats = write_embeddings(m, records, o.output, fmt=o.fmt, model_label=label, progress=progress, resume=resume,
+                             **run_opts)
+    if o.shard is not None:
+        stats.shard_records = (lo, hi)
+        opts = {**identity, "layers": emb.layers, "chunk_tokens": emb.chunk_tokens}
+        write_part_manifest("embed", "parquet", o.shard, inputs.sources, m.config.fingerprint(), opts,
+                            {"records": [lo, hi]}, manifest_path(o.output))
     return stats

@@ -583,7 +583,7 @@ def finetune_sequences(task: str, inp: SequenceTaskInput, run_dir: str | Path, o
     if opts.baseline not in ("auto", "kmer", "none"):
         raise NtkError(f"--baseline {opts.baseline!r}: expected kmer, none or auto")
     options = {"task": task, "input": clean_json(asdict(inp)), "finetune": clean_json(asdict(opts)),
-               "base_model": getattr(base, "source", str(opts.model))}
+               "base_model": getattr(base, "source", None) or str(opts.model)}
     resume_from = None
     if not inp.folds:
         resume_from = start_run(run_dir, options, opts)

@@ -36,7 +36,10 @@ length around the variant).
 
 Streaming: records are read in chunks; each chunk is sorted by position so that variants in the same window
 share its reference pass (a small cache carries windows across chunks); alternate and masked sequences are
-batched by token budget; records are written back in input order.
+batched by token budget; records are written back in input order. On the engine (``pipelines/engine.py``): chunks
+are read in a reader thread, scored in the main thread and written in a writer thread; shards, the ``--resume``
+journal and part manifests are the engine's; the command is :func:`run_score` over one
+:class:`~ntk.pipelines.options.ScoreOptions`.
 """
 from __future__ import annotations
 
@@ -58,14 +61,14 @@ from ..io.fasta import IndexedFasta, normalise_sequence, scan_acgt_runs
 from ..io.intervals import Interval, check_contig_naming, load_regions, merge_overlapping, read_chr_map, suggest_contig
 from ..io.tables import ParquetStreamWriter
 from ..io.vcf import STAR, SYMBOLIC, InfoField, VcfReader, VcfWriter, split_alts
-from ..model import load_model
-from ..model.checkpoint import check_window_before_loading, zero_shot_not_informative
+from ..model.checkpoint import zero_shot_not_informative
 from ..model.nt import segment_probabilities
-from ..model.runtime import resolve_device, resolve_dtype, set_threads
 from ..model.tokenizer import reverse_complement
 from ..report import Reporter, default_reporter
 from ..plan.batching import auto_token_budget, by_token_budget
-from .shards import make_manifest, manifest_path, weighted_block, write_manifest
+from .engine import open_journal, open_model, overlap, shard_block, write_part_manifest
+from .options import ScoreOptions
+from .shards import manifest_path
 from ..plan.windows import Window, tile
 
 EMBEDDING_SCORES = ("cosine", "l2", "l1", "dot")
@@ -653,25 +656,21 @@ def shard_records(path: str, shard: tuple[int, int], chunk_size: int) -> tuple[i
     as in the unsharded run, and merged scores are identical)."""
     alts = np.asarray(_alts_per_record(path), dtype=np.int64)
     per_chunk = np.add.reduceat(alts, np.arange(0, alts.size, chunk_size)) if alts.size else alts
-    lo, hi = weighted_block(per_chunk, shard)
+    lo, hi = shard_block(per_chunk, shard)
     return lo * chunk_size, min(hi * chunk_size, int(alts.size))
 
 
-def score_variants(vcf: str, reference: str | IndexedFasta, *, model=None,
-                   scores: str | Sequence[str] | None = None, window: int | None = None, rc_average: bool = False,
-                   segment_radius: int = DEFAULT_SEGMENT_RADIUS, output: str | None = "-",
-                   table: str | None = None, regions: Sequence[str] = (), regions_file: str | None = None,
-                   chr_map: str | dict[str, str] | None = None, device: str = "auto", precision: str = "auto",
-                   batch_size: int | None = None, token_budget: int | None = None, threads: int | None = None,
-                   shard: tuple[int, int] | None = None, force: bool = False, progress: bool = False,
-                   command: str | None = None, chunk_size: int = 4096,
-                   log: Callable[[str], None] | None = None, resume: bool = False,
-                   species: str | None = None) -> ScoreSummary:
+def score_variants(vcf: str, reference: str | IndexedFasta, *, log: Callable[[str], None] | None = None,
+                   **options) -> ScoreSummary:
     """Score every ALT of every record of ``vcf`` (path or ``-``) against ``reference`` with ``model`` (a loaded
     :class:`ntk.NucleotideTransformer`, a checkpoint directory or a preset name); write the annotated VCF to
     ``output`` (``-`` = stdout, ``None`` = none) and/or the per-(record, ALT) table to ``table`` (Parquet).
     ``regions`` (1-based strings) / ``regions_file`` (BED) keep only the records that overlap them.
-    Returns counts by status, forward passes and timings.
+    Returns counts by status, forward passes and timings. Keyword options: the fields of
+    :class:`ntk.pipelines.options.ScoreOptions` (``model``, ``scores``, ``window``, ``rc_average``,
+    ``segment_radius``, ``output``, ``table``, ``regions``, ``regions_file``, ``chr_map``, ``device``,
+    ``precision``, ``batch_size``, ``token_budget``, ``threads``, ``shard``, ``force``, ``progress``, ``command``,
+    ``chunk_size``, ``resume``, ``species``); ``log(line)`` gets warnings.
 
     ``resume=True`` keeps the scores of every finished chunk of ``chunk_size`` records in
     ``.OUTPUT.ntk-partial/`` (beside ``output``, or ``table`` when the VCF goes to stdout) and, when the same
@@ -679,146 +678,206 @@ def score_variants(vcf: str, reference: str | IndexedFasta, *, model=None,
     computed); the partial directory is removed once the outputs are written.
 
     NTv3 models (``species`` for post-trained ones): see ``pipelines/score_variants_ntv3.py``."""
-    t0 = time.perf_counter()
-    if output is None and table is None:
-        raise NtkError("nothing to write: give -o (VCF, '-' for stdout) and/or --table")
-    if table == "-":
-        raise NtkError("--table needs a file name (the VCF is the stream output)")
-    if segment_radius < 0:
-        raise NtkError("--segment-radius must be >= 0")
-    refuse_inputs_as_outputs([output, table], [vcf, reference.path if isinstance(reference, IndexedFasta) else
-                                               reference, regions_file, chr_map if isinstance(chr_map, str) else None])
-    fasta = reference if isinstance(reference, IndexedFasta) else IndexedFasta(reference)
-    if isinstance(chr_map, str):
-        chr_map = read_chr_map(chr_map)
-    inside = _region_filter(load_regions(regions, regions_file, fasta.lengths, chr_map))
-    selected: Callable[[int], bool] | None = None
-    if shard is not None:  # contiguous blocks of records: shard outputs concatenate back in input order
-        i, n = shard
-        if vcf == "-":
-            raise NtkError("--shard needs a VCF file (stdin cannot be counted ahead)")
-        lo_i, hi_i = shard_records(vcf, shard, chunk_size)
-        selected = lambda k: lo_i <= k < hi_i  # noqa: E731
-    keep_beside = output if output not in (None, "-") else table
-    if resume and (vcf == "-" or keep_beside is None):
-        raise NtkError("--resume reads the same VCF again and keeps finished chunks beside the output: give a VCF "
-                       "file and -o FILE or --table FILE")
+    return run_score(ScoreOptions(vcf, reference, **options), log=log)
 
-    reader = VcfReader(vcf)
-    writer = table_writer = None
+
+def run_score(o: ScoreOptions, log: Callable[[str], None] | None = None) -> ScoreSummary:
+    """:func:`score_variants` with its options as one object. VCF records are read in chunks in a reader thread,
+    scored in this one and written (VCF, table) in a writer thread (the engine's overlap)."""
+    t0 = time.perf_counter()
+    _check_score_options(o)
+    fasta = o.reference if isinstance(o.reference, IndexedFasta) else IndexedFasta(o.reference)
+    chr_map = read_chr_map(o.chr_map) if isinstance(o.chr_map, str) else o.chr_map
+    inside = _region_filter(load_regions(o.regions, o.regions_file, fasta.lengths, chr_map))
+    records = shard_records(o.vcf, o.shard, o.chunk_size) if o.shard is not None else None
+    reader = VcfReader(o.vcf)
+    out = None
     try:
-        label = reader.label
-        mapped = [chr_map.get(c, c) if chr_map else c for c in reader.contigs]
-        fixable = [c for c in mapped if c not in fasta.lengths and suggest_contig(c, fasta.lengths)]
-        if fixable:
-            check_contig_naming(fixable, fasta.lengths, f"{label} (VCF header)")
-        set_threads(threads)
-        if not isinstance(model, torch.nn.Module):
-            dev = resolve_device(device)
-            check_window_before_loading(model, window, "score")  # from config.json, before the weights load
-            model = load_model(model, device=dev, dtype=resolve_dtype(precision, dev))
-        order_rank = {c: i for i, c in enumerate(fasta.names)}
-        from .score_variants_ntv3 import is_ntv3, ntv3_scorer
-        if is_ntv3(model):
-            scorer = ntv3_scorer(model, fasta, scores, window, rc_average, segment_radius, token_budget, batch_size,
-                                 species)
-            W = scorer.window
-        else:
-            if species is not None:
-                raise NtkError("--species: only NTv3 post-trained models are conditioned on a species")
-            score_names = parse_scores(scores, model)
-            W = model.config.check_window(window, "score")
-            scorer = VariantScorer(model, fasta, score_names, W, rc_average, segment_radius, token_budget,
-                                   batch_size)
+        _check_vcf_contigs(reader, chr_map, fasta)
+        model, _ = open_model(o.model, o.device, o.precision, o.threads, task="score", window=o.window)
+        scorer = _scorer(o, model, fasta)
         why = zero_shot_not_informative(model)
         if why and log is not None:
             log(f"warning: this model's zero-shot scores are not informative ({why}): on held-out yeast they do not "
                 "separate coding from intergenic or stop-gain from synonymous SNVs; use a released model (--model)")
-        names = scorer.value_names()
-        summary = ScoreSummary(scores=names, window=W)
-
-        info = [InfoField(scorer.info_id(nm), "A", "Float", scorer.describe(nm, rc_average))
-                for nm in scorer.vcf_value_names()]
-        info += scorer.extra_info()
-        info.append(InfoField(STATUS_INFO, "A", "String",
-                              "ntk score-variants status per ALT: " + ", ".join(STATUSES)))
-        source = getattr(model, "source", "?")
-        extra = [f"##ntkVersion={__version__}",
-                 f"##ntkCommand={command or 'ntk.pipelines.score_variants.score_variants'}",
-                 f"##ntkModel={source}; fingerprint={model.config.fingerprint()}; window={W}; "
-                 f"rc_average={str(rc_average).lower()}{scorer.model_line()}"]
-        if table is not None:
-            check_writable_target(table, force)
-        if output is not None:
-            writer = VcfWriter(output, reader.header, info, extra, force=force)
-        if table is not None:
-            schema = scorer.table_schema(names)
-            table_writer = ParquetStreamWriter(table, schema, metadata={
-                "ntk_version": __version__, "ntk_command": command or "", "model": source,
-                "model_fingerprint": model.config.fingerprint(), "window": W, "rc_average": rc_average})
-        opts = {"scores": names, "window": W, "rc_average": rc_average, "segment_radius": segment_radius,
-                "regions": list(regions) or None, "chr_map": sorted(chr_map.items()) if chr_map else None,
-                "chunk_size": chunk_size, **({"species": species} if species is not None else {})}
-        inputs = {"vcf": vcf, "reference": fasta.path, "regions_file": regions_file}
+        summary = ScoreSummary(scores=scorer.value_names(), window=scorer.window)
+        out = _ScoreOutputs(o, reader, scorer, model)
+        inputs = {"vcf": o.vcf, "reference": fasta.path, "regions_file": o.regions_file}
+        identity = _identity(o, scorer, chr_map)
         journal = None
-        if resume:
-            from .resume import Journal, partial_dir
-            ident = make_manifest("score-variants", "results", shard or (1, 1), inputs, model.config.fingerprint(),
-                                  opts)
-            ident.pop("ntk_version")
-            journal = Journal(partial_dir(keep_beside), ident, chunk_size, unit="records")
-        total = None
-        if progress and vcf != "-":  # the total of the bar, from the start: one quick pass over the file
-            alts = _alts_per_record(vcf)
-            total = sum(alts[lo_i:hi_i]) if shard is not None else sum(alts)
-        with _progress(progress, total) as bar:
-            done = [0, 0]  # alleles of the finished chunks, alleles scored in the current one
-
-            def scored(n: int) -> None:
-                done[1] += n
-                bar(done[0] + done[1])
-
-            scorer.on_scored = scored if progress else None
-            numbered = ((k, rec) for k, rec in enumerate(reader, 1) if selected is None or selected(k - 1))
-            for ci, chunk in enumerate(_chunks(numbered, chunk_size)):
-                if journal is not None and journal.has(ci):  # finished before the run was interrupted
-                    results = json.loads(str(journal.load(ci)["results"]))
-                else:
-                    results = _score_chunk(chunk, scorer, fasta, chr_map, inside, label, order_rank)
-                    if journal is not None:
-                        journal.save(ci, {"results": np.array(json.dumps(results))})
-                rows = _write_chunk(chunk, results, scorer, writer, summary)
-                if table_writer is not None and rows:
-                    table_writer.write(pl.DataFrame(rows, schema=schema, orient="row"))
-                done[0] += sum(max(1, len(rec.alts or ())) for _, rec in chunk)
-                done[1] = 0
-                bar(done[0])
-        if table_writer is not None:
-            table_writer.close()
-        if writer is not None:
-            summary.indexed = writer.close()
+        if o.resume:
+            journal = open_journal("score-variants", "results", _kept_beside(o), o.shard, inputs,
+                                   model.config.fingerprint(), identity, o.chunk_size, unit="records")
+        job = _ScoreJob(scorer, fasta, chr_map, inside, reader.label, journal)
+        with _progress(o.progress, _total_alleles(o, records)) as bar:
+            job.bar = bar
+            scorer.on_scored = job.scored if o.progress else None
+            overlap(_numbered_chunks(reader, records, o.chunk_size), job.work,
+                    lambda item: item is not None and out.write(item, summary))
+        summary.indexed = out.close()
         if journal is not None:
-            summary.resume = {"chunk_records": chunk_size, "chunks_reused": journal.reused,
+            summary.resume = {"chunk_records": o.chunk_size, "chunks_reused": journal.reused,
                               "chunks_computed": journal.computed}
             journal.remove()
-        if shard is not None:  # part manifests, for ntk merge
-            for path, fmt in ((output, "vcf"), (table, "parquet")):
+        if o.shard is not None:  # part manifests, for ntk merge
+            for path, fmt in ((o.output, "vcf"), (o.table, "parquet")):
                 if path is not None and path != "-":
-                    write_manifest(make_manifest("score-variants", fmt, shard, inputs, model.config.fingerprint(),
-                                                 opts, {"records": [lo_i, hi_i]}), manifest_path(path))
+                    write_part_manifest("score-variants", fmt, o.shard, inputs, model.config.fingerprint(), identity,
+                                        {"records": list(records)}, manifest_path(path))
     except BaseException:
-        if writer is not None:
-            writer.abort()
-        if table_writer is not None:
-            table_writer.abort()
+        if out is not None:
+            out.abort()
         raise
     finally:
         reader.close()
     summary.passes = Counter(scorer.pass_counts)
     summary.seconds = time.perf_counter() - t0
-    if writer is not None and not summary.indexed and log:
-        log(f"{output}: records are not sorted by position, so no tabix index was written")
+    if o.output is not None and not summary.indexed and log:
+        log(f"{o.output}: records are not sorted by position, so no tabix index was written")
     return summary
+
+
+def _check_score_options(o: ScoreOptions) -> None:
+    """Option errors before any input is read."""
+    if o.output is None and o.table is None:
+        raise NtkError("nothing to write: give -o (VCF, '-' for stdout) and/or --table")
+    if o.table == "-":
+        raise NtkError("--table needs a file name (the VCF is the stream output)")
+    if o.segment_radius < 0:
+        raise NtkError("--segment-radius must be >= 0")
+    ref = o.reference.path if isinstance(o.reference, IndexedFasta) else o.reference
+    refuse_inputs_as_outputs([o.output, o.table], [o.vcf, ref, o.regions_file,
+                                                   o.chr_map if isinstance(o.chr_map, str) else None])
+    if o.shard is not None and o.vcf == "-":
+        raise NtkError("--shard needs a VCF file (stdin cannot be counted ahead)")
+    if o.resume and (o.vcf == "-" or _kept_beside(o) is None):
+        raise NtkError("--resume reads the same VCF again and keeps finished chunks beside the output: give a VCF "
+                       "file and -o FILE or --table FILE")
+
+
+def _kept_beside(o: ScoreOptions) -> str | None:
+    """The output the resume journal is kept beside: the VCF file, else the table."""
+    return o.output if o.output not in (None, "-") else o.table
+
+
+def _check_vcf_contigs(reader: VcfReader, chr_map: dict | None, fasta: IndexedFasta) -> None:
+    """chr1 vs 1 naming mismatches between the VCF header and the FASTA: one error naming the fix."""
+    mapped = [chr_map.get(c, c) if chr_map else c for c in reader.contigs]
+    fixable = [c for c in mapped if c not in fasta.lengths and suggest_contig(c, fasta.lengths)]
+    if fixable:
+        check_contig_naming(fixable, fasta.lengths, f"{reader.label} (VCF header)")
+
+
+def _scorer(o: ScoreOptions, model, fasta: IndexedFasta) -> VariantScorer:
+    """The scorer of the model's family, its scores and window checked."""
+    from .score_variants_ntv3 import is_ntv3, ntv3_scorer
+    if is_ntv3(model):
+        return ntv3_scorer(model, fasta, o.scores, o.window, o.rc_average, o.segment_radius, o.token_budget,
+                           o.batch_size, o.species)
+    if o.species is not None:
+        raise NtkError("--species: only NTv3 post-trained models are conditioned on a species")
+    score_names = parse_scores(o.scores, model)
+    W = model.config.check_window(o.window, "score")
+    return VariantScorer(model, fasta, score_names, W, o.rc_average, o.segment_radius, o.token_budget, o.batch_size)
+
+
+def _identity(o: ScoreOptions, scorer: VariantScorer, chr_map: dict | None) -> dict:
+    """The options that shape the output (part manifests, resume journal)."""
+    return {"scores": scorer.value_names(), "window": scorer.window, "rc_average": o.rc_average,
+            "segment_radius": o.segment_radius, "regions": list(o.regions) or None,
+            "chr_map": sorted(chr_map.items()) if chr_map else None, "chunk_size": o.chunk_size,
+            **({"species": o.species} if o.species is not None else {})}
+
+
+def _total_alleles(o: ScoreOptions, records: tuple[int, int] | None) -> int | None:
+    """The total of the progress bar, from the start: one quick pass over the file."""
+    if not o.progress or o.vcf == "-":
+        return None
+    alts = _alts_per_record(o.vcf)
+    return sum(alts[records[0]:records[1]]) if records is not None else sum(alts)
+
+
+def _numbered_chunks(reader: VcfReader, records: tuple[int, int] | None, chunk_size: int) -> Iterator:
+    """``(chunk index, [(record number, record)])`` of the records of this run (a shard's, or all)."""
+    numbered = ((k, rec) for k, rec in enumerate(reader, 1)
+                if records is None or records[0] <= k - 1 < records[1])
+    return enumerate(_chunks(numbered, chunk_size))
+
+
+class _ScoreJob:
+    """The model side of a run: one chunk of records -> its results (from the resume journal when an earlier run
+    finished it), and the progress bar in alleles."""
+
+    def __init__(self, scorer: VariantScorer, fasta: IndexedFasta, chr_map, inside, label: str, journal):
+        self.scorer, self.fasta, self.chr_map, self.inside, self.label = scorer, fasta, chr_map, inside, label
+        self.journal = journal
+        self.order_rank = {c: i for i, c in enumerate(fasta.names)}
+        self.done = [0, 0]  # alleles of the finished chunks, alleles scored in the current one
+        self.bar: Callable[[int], None] = lambda n: None
+
+    def scored(self, n: int) -> None:
+        self.done[1] += n
+        self.bar(self.done[0] + self.done[1])
+
+    def work(self, item: tuple[int, list]) -> tuple[list, list]:
+        ci, chunk = item
+        journal = self.journal
+        if journal is not None and journal.has(ci):  # finished before the run was interrupted
+            results = json.loads(str(journal.load(ci)["results"]))
+        else:
+            results = _score_chunk(chunk, self.scorer, self.fasta, self.chr_map, self.inside, self.label,
+                                   self.order_rank)
+            if journal is not None:
+                journal.save(ci, {"results": np.array(json.dumps(results))})
+        self.done[0] += sum(max(1, len(rec.alts or ())) for _, rec in chunk)
+        self.done[1] = 0
+        self.bar(self.done[0])
+        return chunk, results
+
+
+class _ScoreOutputs:
+    """The annotated VCF and/or the Parquet table of a run (header lines name the model, window and command)."""
+
+    def __init__(self, o: ScoreOptions, reader: VcfReader, scorer: VariantScorer, model):
+        self.scorer, self.writer, self.table_writer = scorer, None, None
+        W, names = scorer.window, scorer.value_names()
+        info = [InfoField(scorer.info_id(nm), "A", "Float", scorer.describe(nm, o.rc_average))
+                for nm in scorer.vcf_value_names()]
+        info += scorer.extra_info()
+        info.append(InfoField(STATUS_INFO, "A", "String",
+                              "ntk score-variants status per ALT: " + ", ".join(STATUSES)))
+        source = getattr(model, "source", None) or "?"
+        extra = [f"##ntkVersion={__version__}",
+                 f"##ntkCommand={o.command or 'ntk.pipelines.score_variants.score_variants'}",
+                 f"##ntkModel={source}; fingerprint={model.config.fingerprint()}; window={W}; "
+                 f"rc_average={str(o.rc_average).lower()}{scorer.model_line()}"]
+        if o.table is not None:
+            check_writable_target(o.table, o.force)
+        if o.output is not None:
+            self.writer = VcfWriter(o.output, reader.header, info, extra, force=o.force)
+        if o.table is not None:
+            self.schema = scorer.table_schema(names)
+            self.table_writer = ParquetStreamWriter(o.table, self.schema, metadata={
+                "ntk_version": __version__, "ntk_command": o.command or "", "model": source,
+                "model_fingerprint": model.config.fingerprint(), "window": W, "rc_average": o.rc_average})
+
+    def write(self, item: tuple[list, list], summary: ScoreSummary) -> None:
+        chunk, results = item
+        rows = _write_chunk(chunk, results, self.scorer, self.writer, summary)
+        if self.table_writer is not None and rows:
+            self.table_writer.write(pl.DataFrame(rows, schema=self.schema, orient="row"))
+
+    def close(self) -> bool:
+        """Finish both outputs; True when the VCF was indexed (or there is none)."""
+        if self.table_writer is not None:
+            self.table_writer.close()
+        return self.writer.close() if self.writer is not None else True
+
+    def abort(self) -> None:
+        if self.writer is not None:
+            self.writer.abort()
+        if self.table_writer is not None:
+            self.table_writer.abort()
 
 
 def _score_chunk(chunk: list, scorer: VariantScorer, fasta: IndexedFasta, chr_map, inside, label: str,

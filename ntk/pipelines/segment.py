@@ -16,22 +16,22 @@ The flow, streaming contig by contig (memory does not grow with the genome):
    across their overlap by default; see ``plan/windows``), so that no step shows where windows meet.
    NTv3: see ``pipelines/family.py`` (kept centres abut: cut, nothing to blend).
 3. **Batches** (:func:`iter_batches`): consecutive windows of equal length, within a token budget.
-4. A producer thread reads and tokenizes batches (pinned memory on CUDA), the main thread runs the model under
+4. The engine's overlap (``pipelines/engine.overlap``): a reader thread reads and tokenizes batches (pinned
+   memory on CUDA), the main thread runs the model under
    ``torch.inference_mode()`` with the reference rotary rescaling for the window length, and a writer thread
    blends and cuts the kept part of each window and streams it, in genome order, to the outputs
    (:class:`TrackOutputs`): one float32 BigWig per feature, the segments BED (bgzip + tabix) and optionally
    one feature as bedGraph on a stream.
 
-Everything is written into a temporary directory that replaces ``out_dir`` only when the run succeeds.
+Everything is written into a temporary directory that replaces ``out_dir`` only when the run succeeds. Shards
+(``engine.shard_span``), the ``--resume`` journal, run.json and the part manifest come from ``pipelines/engine.py``;
+options are one :class:`~ntk.pipelines.options.SegmentOptions` (:func:`run_segment`).
 """
 from __future__ import annotations
 
 import itertools
-import json
 import os
-import queue
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,13 +45,14 @@ from ..errors import NtkError
 from ..io.atomic import atomic_dir, refuse_inputs_as_outputs
 from ..io.fasta import IndexedFasta
 from ..io.intervals import Interval, load_regions, read_chr_map
-from ..io.segments import DEFAULT_MERGE_GAP
 from ..io.track_outputs import TrackOutputs
-from ..io.tracks import DEFAULT_BEDGRAPH_DIGITS
 from ..plan.batching import auto_token_budget, by_token_budget
 from .family import Family, Job, NTv3Family, family_of
-from .resume import CHUNK_BP, Journal, partial_dir
-from .shards import DIR_MANIFEST, bp_range, make_manifest, write_manifest
+from ..model.runtime import resolve_device
+from .engine import open_journal, open_model, overlap, shard_span, write_part_manifest, write_run_json
+from .options import SegmentOptions
+from .resume import CHUNK_BP, Journal
+from .shards import DIR_MANIFEST
 from ..plan.windows import BLEND_MODES, Blender, Window
 
 NT_PER_TOKEN = 6
@@ -114,99 +115,12 @@ def select_batches(batches: Iterable[list[Job]], bp_range: tuple[int, int] | Non
 
 
 # ---------------------------------------------------------------------------------------------------
-# threads: a producer feeding the model, a consumer writing its outputs
-
-_DONE = object()
-
-
-class _Failure:
-    def __init__(self, exc: BaseException):
-        self.exc = exc
-
-
-def _put(q: queue.Queue, item, stop: threading.Event) -> bool:
-    while not stop.is_set():
-        try:
-            q.put(item, timeout=0.1)
-            return True
-        except queue.Full:
-            continue
-    return False
-
-
-def _background(items: Iterable, maxsize: int, stop: threading.Event) -> Iterator:
-    """Iterate ``items`` in a daemon thread, ``maxsize`` ahead; exceptions re-raise in the caller."""
-    q: queue.Queue = queue.Queue(maxsize)
-
-    def run():
-        try:
-            for it in items:
-                if not _put(q, it, stop):
-                    return
-            _put(q, _DONE, stop)
-        except BaseException as e:  # noqa: BLE001 - handed to the consuming thread
-            _put(q, _Failure(e), stop)
-
-    t = threading.Thread(target=run, name="ntk-segment-reader", daemon=True)
-    t.start()
-    while True:
-        try:
-            item = q.get(timeout=0.1)
-        except queue.Empty:
-            if stop.is_set():  # the consumer side failed: stop reading
-                return
-            continue
-        if item is _DONE:
-            return
-        if isinstance(item, _Failure):
-            raise item.exc
-        yield item
-
-
-class _Writer:
-    """Runs ``fn(item)`` for each submitted item in a thread, in order; a failure re-raises on submit/join."""
-
-    def __init__(self, fn: Callable, maxsize: int, stop: threading.Event):
-        self._fn, self._stop = fn, stop
-        self._q: queue.Queue = queue.Queue(maxsize)
-        self._error: BaseException | None = None
-        self._t = threading.Thread(target=self._run, name="ntk-segment-writer", daemon=True)
-        self._t.start()
-
-    def _run(self):
-        while True:
-            item = self._q.get()
-            if item is _DONE:
-                return
-            if self._error is None and not self._stop.is_set():
-                try:
-                    self._fn(item)
-                except BaseException as e:  # noqa: BLE001 - re-raised in the main thread
-                    self._error = e
-                    self._stop.set()
-
-    def submit(self, item) -> None:
-        self._check()
-        _put(self._q, item, self._stop)
-        self._check()
-
-    def join(self, check: bool = True) -> None:
-        """Wait until every submitted item is written (after ``stop`` is set: until the queue is drained)."""
-        self._q.put(_DONE)
-        self._t.join()
-        if check:
-            self._check()
-
-    def _check(self):
-        if self._error is not None:
-            raise self._error
-
-
-# ---------------------------------------------------------------------------------------------------
 # the job
 
 @dataclass
 class SegmentResult:
+    """What a run did (returned; the CLI prints it as the summary)."""
+
     out_dir: Path | None
     features: list[str]
     units: list[Interval]
@@ -225,6 +139,25 @@ class SegmentResult:
     resume: dict | None = None  # chunks reused / computed with --resume
 
 
+@dataclass
+class _Plan:
+    """The resolved inputs of one run: what the model, the options and the FASTA fix before any window runs."""
+
+    fam: Family
+    head: str
+    features: list[str]
+    feat_idx: list[int]
+    species: str | None  # as given, or the species an ntk-fine-tuned NTv3 model was fine-tuned with
+    species_id: int | None
+    window: int
+    crop: int
+    budget: int
+    units: list[Interval]
+    bp_range: tuple[int, int]
+    bedgraph_index: int | None
+    shard: tuple[int, int] | None
+
+
 def note_span(spans: list[list], chrom: str, start: int, end: int) -> None:
     """Extend the covered spans ([chrom, start, end], genome order) with a kept window part."""
     if spans and spans[-1][0] == chrom:
@@ -233,47 +166,20 @@ def note_span(spans: list[list], chrom: str, start: int, end: int) -> None:
         spans.append([chrom, start, end])
 
 
-def segment_genome(
-    fasta: str | os.PathLike,
-    out_dir: str | os.PathLike | None,
-    *,
-    model=None,
-    regions: Sequence[str] = (),
-    regions_file: str | None = None,
-    chr_map: str | None = None,
-    features: Sequence[str] | None = None,
-    window: int | None = None,
-    crop: int | None = None,
-    rc_average: bool = False,
-    blend: str = "linear",
-    threshold: float = 0.5,
-    min_length: int = 1,
-    merge_gap: int = DEFAULT_MERGE_GAP,
-    bedgraph: str | None = None,
-    bedgraph_stream: BinaryIO | None = None,
-    bedgraph_digits: int | None = DEFAULT_BEDGRAPH_DIGITS,
-    zoom_levels: int = 10,
-    device: str = "auto",
-    precision: str = "auto",
-    batch_size: int | None = None,
-    threads: int | None = None,
-    force: bool = False,
-    progress: Callable[[int], None] | None = None,
-    on_start: Callable[[int], None] | None = None,
-    command: str | None = None,
-    shard: tuple[int, int] | None = None,
-    resume: bool = False,
-    resume_chunk_bp: int | None = None,
-    log: Callable[[str], None] | None = None,
-    species: str | None = None,
-    head: str = "bed",
-) -> SegmentResult:
+def segment_genome(fasta: str | os.PathLike, out_dir: str | os.PathLike | None, *,
+                   progress: Callable[[int], None] | None = None, on_start: Callable[[int], None] | None = None,
+                   log: Callable[[str], None] | None = None, bedgraph_stream: BinaryIO | None = None,
+                   **options) -> SegmentResult:
     """Segment ``fasta`` with a SegmentNT-type ``model`` (checkpoint dir, preset, or a loaded model) into
     ``out_dir`` (``<feature>.bw``, ``segments.bed.gz`` + ``.tbi``, ``run.json``), and/or stream one feature as
     bedGraph to ``bedgraph_stream`` (default stdout; values rounded to ``bedgraph_digits`` decimals, equal
     neighbours merged; ``None`` = full float32). Segments join stretches above ``threshold`` that are at most
     ``merge_gap`` positions apart (see :mod:`ntk.io.segments`). ``progress(bp)`` is called as positions are done and
-    ``on_start(total_bp)`` once before the first window.
+    ``on_start(total_bp)`` once before the first window. Keyword options: the fields of
+    :class:`ntk.pipelines.options.SegmentOptions` (``model``, ``regions``, ``regions_file``, ``chr_map``,
+    ``features``, ``window``, ``crop``, ``rc_average``, ``blend``, ``threshold``, ``min_length``, ``merge_gap``,
+    ``bedgraph``, ``bedgraph_digits``, ``zoom_levels``, ``device``, ``precision``, ``batch_size``, ``threads``,
+    ``force``, ``command``, ``shard``, ``resume``, ``resume_chunk_bp``, ``species``, ``head``).
 
     ``shard=(I, N)`` runs only the I-th of N blocks of the genome (balanced by bp, cut between windows) and adds
     the part manifest ``shard.json`` (join the parts with ``ntk merge``). ``resume=True`` keeps finished chunks
@@ -285,143 +191,66 @@ def segment_genome(
     NTv3 post-trained models need ``species`` (one of the model's). ``head="bigwig"`` (what ``ntk tracks``
     runs, see ``pipelines/tracks.py``) writes the BigWig-track head instead: ``features`` are then track ids,
     one float32 BigWig each, and no segments BED. NTv3 windows are cut (their heads predict only the centre)."""
-    from ..model import load_model
-    from ..model.checkpoint import check_window_before_loading
-    from ..model.runtime import Precision, choose_precision, resolve_device, set_threads
+    return run_segment(SegmentOptions(fasta, out_dir, **options), progress=progress, on_start=on_start, log=log,
+                       bedgraph_stream=bedgraph_stream)
 
+
+def run_segment(o: SegmentOptions, *, progress: Callable[[int], None] | None = None,
+                on_start: Callable[[int], None] | None = None, log: Callable[[str], None] | None = None,
+                bedgraph_stream: BinaryIO | None = None) -> SegmentResult:
+    """:func:`segment_genome` with its options as one object."""
     t0 = time.perf_counter()
-    if out_dir is None and bedgraph is None:
-        raise NtkError("nothing to write: give an output directory (-o) and/or --bedgraph FEATURE")
-    if not 0.0 <= threshold <= 1.0:
-        raise NtkError(f"--threshold {threshold}: must be a probability between 0 and 1")
-    if min_length < 1:
-        raise NtkError(f"--min-length {min_length}: must be >= 1")
-    if blend not in BLEND_MODES:
-        raise NtkError(f"--blend {blend!r}: expected one of {', '.join(BLEND_MODES)}")
-    refuse_inputs_as_outputs([out_dir], [fasta, regions_file, chr_map])
-    if merge_gap < 0:
-        raise NtkError(f"--merge-gap {merge_gap}: must be >= 0")
-    if bedgraph_digits is not None and not 0 <= bedgraph_digits <= 9:
-        raise NtkError(f"--bedgraph-precision {bedgraph_digits}: expected 0..9 decimals or 'full'")
-    fa = IndexedFasta(fasta)
-    units = plan_units(fa, regions, regions_file, read_chr_map(chr_map))
-
-    set_threads(threads)
-    dev = resolve_device(device)
-    if isinstance(model, torch.nn.Module):
-        m = model
-        dev = m.device
-        prec = Precision(m.dtype, "given model")
-    else:
-        prec = choose_precision(precision, dev, task="segment")
-        check_window_before_loading(model, window, "segment")  # from config.json, before the weights load
-        m = load_model(model, device=dev, dtype=prec.dtype)
-    m.eval()
-    fam = family_of(m)
-    is_ntv3 = isinstance(fam, NTv3Family)
-    if head == "bed" and not is_ntv3 and not m.config.is_segmentation:
-        raise NtkError(f"model {model if isinstance(model, (str, os.PathLike)) else m.config.family!s} has no "
-                       "segmentation head (not a SegmentNT-type checkpoint); use a SegmentNT or NTv3 post-trained "
-                       "model with ntk segment")
-    all_features = fam.head_names(head)
-    species_id = None
-    if is_ntv3:
-        species_id = _species_id(m, species)
-        if species is None and species_id is not None:  # fine-tuned post-trained model: its own species
-            species = m.config.finetune_species
-        if head == "bigwig":
-            all_features = m.config.tracks_for(species)
-            if not all_features:
-                raise NtkError(f"--species {species}: this model has no BigWig tracks for it (species with tracks: "
-                               f"{', '.join(s for s in m.species if m.config.tracks_for(s))})")
-    elif species is not None:
-        raise NtkError("--species: only NTv3 post-trained models are conditioned on a species")
-    what = "track" if head == "bigwig" else "feature"
-    feats = list(features) if features else all_features
-    unknown = [f for f in feats if f not in all_features]
-    if unknown:
-        shown = ", ".join(all_features[:20]) + (f" ... ({len(all_features)} in all)" if len(all_features) > 20 else "")
-        raise NtkError(f"--{what}s: unknown {what} {unknown[0]!r}; this model has: {shown}")
-    feat_idx = [all_features.index(f) for f in feats]
-    if out_dir is not None:
-        _check_open_files(len(feats), what)
-    bg_index = None
-    if bedgraph is not None:
-        if bedgraph not in feats:
-            raise NtkError(f"--bedgraph {bedgraph!r}: not among the features written ({', '.join(feats)})")
-        bg_index = feats.index(bedgraph)
-    window, crop = fam.resolve(window, crop)
-    t_load = time.perf_counter() - t0
-
-    width = m.config.conv_init_embed_dim if is_ntv3 else m.config.hidden_size  # per-token activation width
-    budget = auto_token_budget(dev.type, width, m.config.num_hidden_layers)
-    result = SegmentResult(Path(out_dir) if out_dir is not None else None, feats, units, window, crop, blend)
-    result.bp_total = sum(u.length for u in units)
-    result.bp_range = (0, result.bp_total)
-    if shard is not None:
-        result.shard = shard
-        result.bp_range = bp_range(result.bp_total, shard)
-        if out_dir is None:
-            raise NtkError("--shard needs an output directory (-o): the part is merged with ntk merge")
-    if resume and out_dir is None:
-        raise NtkError("--resume needs an output directory (-o): finished chunks are kept beside it")
-    chrom_sizes = [(c.name, c.length) for c in fa.contigs]
-    stream = bedgraph_stream if bedgraph_stream is not None else (sys.stdout.buffer if bedgraph else None)
-
-    options = {"regions": list(regions) or None, "features": feats, "window": window, "crop": crop,
-               "rc_average": rc_average, "blend": blend, "threshold": threshold, "min_length": min_length,
-               "merge_gap": merge_gap, "zoom_levels": zoom_levels}
-    if is_ntv3:  # only NTv3 runs carry these, so SegmentNT manifests and journals stay as they were
-        options.update(species=species, head=head, segments=head == "bed")
-    kind = "tracks" if head == "bigwig" else "segment"
-    inputs = {"fasta": fasta, "regions_file": regions_file, "chr_map": chr_map}
-    journal = None
-    if resume:
-        o = Path(out_dir)
-        if o.exists() and (not o.is_dir() or any(o.iterdir())) and not force:
-            raise NtkError(f"{o}: output directory is not empty (use --force to overwrite); nothing to resume")
-        ident = make_manifest(kind, "segment-dir", shard or (1, 1), inputs, m.config.fingerprint(), options)
-        ident.pop("ntk_version")
-        journal = Journal(partial_dir(out_dir), ident, resume_chunk_bp or CHUNK_BP)
-
-    def run(tmp_dir: Path | None) -> None:
-        if log is not None:  # once the inputs are checked: a bad input stays a one-line error
-            log(f"precision: {prec.name} ({prec.reason})")
-        outputs = TrackOutputs(tmp_dir, chrom_sizes, feats, threshold, min_length, bg_index, stream, zoom_levels,
-                               segments=head == "bed", merge_gap=merge_gap, bedgraph_digits=bedgraph_digits)
-        try:
-            _run(fa, m, units, window, crop, rc_average, feat_idx, budget, batch_size, outputs, result, progress,
-                 on_start, journal, blend, fam, head, species_id)
-            if journal is not None:
-                def add(chrom: str, start: int, values: np.ndarray) -> None:
-                    outputs.add(chrom, start, values)
-                    note_span(result.spans, chrom, start, start + values.shape[0])
-                journal.replay(add)
-                result.resume = {"chunk_bp": journal.chunk_bp, "chunks_reused": journal.reused,
-                                 "chunks_computed": journal.computed}
-            outputs.close()
-        except BaseException:
-            outputs.abort()
-            raise
-        result.bp_scored = outputs.bp_written
-        result.n_segments = outputs.segments.n_segments if outputs.segments is not None else 0
-        result.timings.update(load_model=t_load, total=time.perf_counter() - t0)
-        result.run_info = _run_info(fasta, model, m, dev, result, regions, regions_file, rc_average, threshold,
-                                    min_length, bedgraph, zoom_levels, command, species, head,
-                                    merge_gap, bedgraph_digits)
-        result.run_info["runtime"]["precision"] = prec.as_json()
-        if tmp_dir is not None:
-            (tmp_dir / "run.json").write_text(json.dumps(result.run_info, indent=2) + "\n")
-        if tmp_dir is not None and shard is not None:
-            write_manifest(make_manifest(kind, "segment-dir", shard, inputs, m.config.fingerprint(), options,
-                                         {"chrom_sizes": chrom_sizes, "spans": result.spans,
-                                          "run": result.run_info}), tmp_dir / DIR_MANIFEST)
-
+    _check_options(o)
+    fa = IndexedFasta(o.fasta)
     try:
-        if out_dir is None:
+        units = plan_units(fa, o.regions, o.regions_file, read_chr_map(o.chr_map))
+        m, prec = open_model(o.model, o.device, o.precision, o.threads, task="segment", window=o.window)
+        plan = _plan(o, m, units)
+        kind = "tracks" if o.head == "bigwig" else "segment"
+        journal = None
+        if o.resume:
+            out = Path(o.out_dir)
+            if out.exists() and (not out.is_dir() or any(out.iterdir())) and not o.force:
+                raise NtkError(f"{out}: output directory is not empty (use --force to overwrite); nothing to resume")
+            journal = open_journal(kind, "segment-dir", o.out_dir, o.shard, _inputs(o), m.config.fingerprint(),
+                                   _identity(o, plan), o.resume_chunk_bp or CHUNK_BP)
+        stream = bedgraph_stream if bedgraph_stream is not None else (sys.stdout.buffer if o.bedgraph else None)
+        result = SegmentResult(Path(o.out_dir) if o.out_dir is not None else None, plan.features, units,
+                               plan.window, plan.crop, o.blend, bp_total=sum(u.length for u in units),
+                               shard=o.shard, bp_range=plan.bp_range)
+        result.timings["load_model"] = time.perf_counter() - t0
+
+        def run(tmp_dir: Path | None) -> None:
+            if log is not None:  # once the inputs are checked: a bad input stays a one-line error
+                log(f"precision: {prec.name} ({prec.reason})")
+            chrom_sizes = [(c.name, c.length) for c in fa.contigs]
+            outputs = TrackOutputs(tmp_dir, chrom_sizes, plan.features, o.threshold, o.min_length,
+                                   plan.bedgraph_index, stream, o.zoom_levels, segments=o.head == "bed",
+                                   merge_gap=o.merge_gap, bedgraph_digits=o.bedgraph_digits)
+            try:
+                done = _run(fa, m, plan, o.rc_average, o.batch_size, o.blend, outputs, journal, progress, on_start)
+                outputs.close()
+            except BaseException:
+                outputs.abort()
+                raise
+            result.n_windows, result.spans, result.resume = done.n_windows, done.spans, done.resume
+            result.timings["model"] = done.model_seconds
+            result.bp_scored = outputs.bp_written
+            result.n_segments = outputs.segments.n_segments if outputs.segments is not None else 0
+            result.timings["total"] = time.perf_counter() - t0
+            result.run_info = _run_info(o, m, plan, result)
+            result.run_info["runtime"]["precision"] = prec.as_json()
+            if tmp_dir is not None:
+                write_run_json(tmp_dir, result.run_info)
+                if o.shard is not None:
+                    write_part_manifest(kind, "segment-dir", o.shard, _inputs(o), m.config.fingerprint(),
+                                        _identity(o, plan), {"chrom_sizes": chrom_sizes, "spans": result.spans,
+                                                             "run": result.run_info}, tmp_dir / DIR_MANIFEST)
+
+        if o.out_dir is None:
             run(None)
         else:
-            with atomic_dir(out_dir, force=force) as tmp:
+            with atomic_dir(o.out_dir, force=o.force) as tmp:
                 run(tmp)
             if journal is not None:
                 journal.remove()
@@ -430,47 +259,179 @@ def segment_genome(
     return result
 
 
-def _run(fa: IndexedFasta, m, units: list[Interval], window: int, crop: int, rc_average: bool,
-         feat_idx: list[int], budget: int, max_items: int | None, outputs: TrackOutputs, result: SegmentResult,
-         progress: Callable[[int], None] | None, on_start: Callable[[int], None] | None,
-         journal: Journal | None = None, blend: str = "linear", fam: Family | None = None, head: str = "bed",
-         species_id: int | None = None) -> None:
+def _check_options(o: SegmentOptions) -> None:
+    """Option errors that need neither the FASTA nor the model."""
+    if o.out_dir is None and o.bedgraph is None:
+        raise NtkError("nothing to write: give an output directory (-o) and/or --bedgraph FEATURE")
+    if not 0.0 <= o.threshold <= 1.0:
+        raise NtkError(f"--threshold {o.threshold}: must be a probability between 0 and 1")
+    if o.min_length < 1:
+        raise NtkError(f"--min-length {o.min_length}: must be >= 1")
+    if o.blend not in BLEND_MODES:
+        raise NtkError(f"--blend {o.blend!r}: expected one of {', '.join(BLEND_MODES)}")
+    refuse_inputs_as_outputs([o.out_dir], [o.fasta, o.regions_file, o.chr_map])
+    if o.merge_gap < 0:
+        raise NtkError(f"--merge-gap {o.merge_gap}: must be >= 0")
+    if o.bedgraph_digits is not None and not 0 <= o.bedgraph_digits <= 9:
+        raise NtkError(f"--bedgraph-precision {o.bedgraph_digits}: expected 0..9 decimals or 'full'")
+
+
+def _plan(o: SegmentOptions, m, units: list[Interval]) -> _Plan:
+    """Features, head, species, window and shard of a run, checked against the model (errors name the option)."""
+    fam = family_of(m)
+    is_ntv3 = isinstance(fam, NTv3Family)
+    if o.head == "bed" and not is_ntv3 and not m.config.is_segmentation:
+        raise NtkError(f"model {o.model if isinstance(o.model, (str, os.PathLike)) else m.config.family!s} has no "
+                       "segmentation head (not a SegmentNT-type checkpoint); use a SegmentNT or NTv3 post-trained "
+                       "model with ntk segment")
+    all_features = fam.head_names(o.head)
+    species_id, species = None, o.species
+    if is_ntv3:
+        species_id = _species_id(m, species)
+        if species is None and species_id is not None:  # fine-tuned post-trained model: its own species
+            species = m.config.finetune_species
+        if o.head == "bigwig":
+            all_features = m.config.tracks_for(species)
+            if not all_features:
+                raise NtkError(f"--species {species}: this model has no BigWig tracks for it (species with tracks: "
+                               f"{', '.join(s for s in m.species if m.config.tracks_for(s))})")
+    elif species is not None:
+        raise NtkError("--species: only NTv3 post-trained models are conditioned on a species")
+    what = "track" if o.head == "bigwig" else "feature"
+    feats = list(o.features) if o.features else all_features
+    unknown = [f for f in feats if f not in all_features]
+    if unknown:
+        shown = ", ".join(all_features[:20]) + (f" ... ({len(all_features)} in all)" if len(all_features) > 20 else "")
+        raise NtkError(f"--{what}s: unknown {what} {unknown[0]!r}; this model has: {shown}")
+    if o.out_dir is not None:
+        _check_open_files(len(feats), what)
+    bg_index = None
+    if o.bedgraph is not None:
+        if o.bedgraph not in feats:
+            raise NtkError(f"--bedgraph {o.bedgraph!r}: not among the features written ({', '.join(feats)})")
+        bg_index = feats.index(o.bedgraph)
+    window, crop = fam.resolve(o.window, o.crop)
+    width = m.config.conv_init_embed_dim if is_ntv3 else m.config.hidden_size  # per-token activation width
+    budget = auto_token_budget(m.device.type, width, m.config.num_hidden_layers)
+    total = sum(u.length for u in units)
+    if o.shard is not None and o.out_dir is None:
+        raise NtkError("--shard needs an output directory (-o): the part is merged with ntk merge")
+    if o.resume and o.out_dir is None:
+        raise NtkError("--resume needs an output directory (-o): finished chunks are kept beside it")
+    return _Plan(fam, o.head, feats, [all_features.index(f) for f in feats], species, species_id, window, crop,
+                 budget, units,
+                 shard_span(total, o.shard) if o.shard is not None else (0, total), bg_index, o.shard)
+
+
+def _inputs(o: SegmentOptions) -> dict:
+    return {"fasta": o.fasta, "regions_file": o.regions_file, "chr_map": o.chr_map}
+
+
+def _identity(o: SegmentOptions, plan: _Plan) -> dict:
+    """The options that shape the output (shard manifest and resume journal)."""
+    options = {"regions": list(o.regions) or None, "features": plan.features, "window": plan.window,
+               "crop": plan.crop, "rc_average": o.rc_average, "blend": o.blend, "threshold": o.threshold,
+               "min_length": o.min_length, "merge_gap": o.merge_gap, "zoom_levels": o.zoom_levels}
+    if isinstance(plan.fam, NTv3Family):  # only NTv3 runs carry these, so SegmentNT manifests stay as they were
+        options.update(species=plan.species, head=o.head, segments=o.head == "bed")
+    return options
+
+
+@dataclass
+class _RunStats:
+    """What :func:`_run` did: windows run (of this run's own batches), covered spans, model seconds, resume counts."""
+
+    n_windows: int = 0
+    spans: list[list] = field(default_factory=list)
+    model_seconds: float = 0.0
+    resume: dict | None = None
+
+
+def _run(fa: IndexedFasta, m, plan: _Plan, rc_average: bool, max_items: int | None, blend: str,
+         outputs: TrackOutputs, journal: Journal | None, progress: Callable[[int], None] | None,
+         on_start: Callable[[int], None] | None) -> _RunStats:
+    """Windows -> batches (reader thread) -> model (this thread) -> kept values (writer thread) -> ``outputs``
+    (through the resume ``journal`` when there is one)."""
     dev = m.device
     pin = dev.type == "cuda"
-    fam = fam if fam is not None else family_of(m)
-    fidx = torch.as_tensor(feat_idx, device=dev)
-    stop = threading.Event()
+    fam = plan.fam
+    fidx = torch.as_tensor(plan.feat_idx, device=dev)
+    lo, hi = plan.bp_range
+    stats = _RunStats()
+    keep = _KeptValues(outputs, journal, stats.spans, lo, hi, progress)
+    write = _writer(keep, Blender(blend))
 
     def encode(item: tuple[list[Job], bool]):
         batch, own = item
         ids, valid = fam.encode(fa, batch, rc_average)
-        if pin:
-            ids = ids.pin_memory()
-        return batch, own, ids, valid
+        return batch, own, ids.pin_memory() if pin else ids, valid
 
-    # progress: positions (units laid end to end, N gaps included) are done when the window keeping them is written
-    lo, hi = result.bp_range
-    cursor = [lo]
+    def forward(item):
+        batch, own, ids, valid = item
+        probs, offset = fam.predict(ids.to(dev, non_blocking=pin), plan.head, fidx, len(batch), rc_average,
+                                    plan.species_id)
+        stats.n_windows += len(batch) if own else 0  # neighbours run only to blend are not counted
+        return batch, own, probs.float().cpu().numpy(), offset, None if valid is None else valid.numpy()
 
-    def advance_to(g: int) -> None:
-        if progress is not None and g > cursor[0]:
-            progress(g - cursor[0])
-        cursor[0] = max(cursor[0], g)
+    if on_start is not None:
+        on_start(hi - lo)
+    jobs = fam.jobs(fa, plan.units, plan.window, plan.crop)
+    batches = ((b, True) for b in iter_batches(jobs, plan.budget, max_items, copies=2 if rc_average else 1,
+                                               tokens=fam.tokens))
+    if plan.shard is not None or journal is not None:
+        batches = select_batches((b for b, _ in batches), plan.bp_range if plan.shard else None,
+                                 journal.is_done if journal is not None else None)
+    with torch.inference_mode():
+        stats.model_seconds = overlap(map(encode, batches), forward, write)
+    if journal is not None:
+        journal.commit()
+        journal.replay(keep.replayed)
+        stats.resume = {"chunk_bp": journal.chunk_bp, "chunks_reused": journal.reused,
+                        "chunks_computed": journal.computed}
+    keep.advance_to(hi)
+    return stats
 
-    spans = result.spans  # what the part covers, for ntk merge (with --resume: noted when chunks are replayed)
 
-    blender = Blender(blend)
+class _KeptValues:
+    """Where kept window values go: the outputs (and the covered spans), or the resume journal first; progress is
+    advanced as positions (units laid end to end, N gaps included) are written."""
+
+    def __init__(self, outputs: TrackOutputs, journal: Journal | None, spans: list[list], lo: int, hi: int,
+                 progress: Callable[[int], None] | None):
+        self.outputs, self.journal, self.spans, self.hi, self.progress = outputs, journal, spans, hi, progress
+        self.cursor = lo
+
+    def advance_to(self, g: int) -> None:
+        if self.progress is not None and g > self.cursor:
+            self.progress(g - self.cursor)
+        self.cursor = max(self.cursor, g)
+
+    def add(self, key: int, chrom: str, start: int, values: np.ndarray) -> None:
+        """Values of positions ``start..`` of a window of the batch starting at ``key`` (journal chunks)."""
+        if self.journal is not None:
+            self.journal.add(key, chrom, start, values)
+        else:
+            self.outputs.add(chrom, start, values)
+
+    def span(self, chrom: str, start: int, end: int) -> None:
+        if self.journal is None:  # with --resume: noted as chunks are replayed
+            note_span(self.spans, chrom, start, end)
+
+    def replayed(self, chrom: str, start: int, values: np.ndarray) -> None:
+        self.outputs.add(chrom, start, values)
+        note_span(self.spans, chrom, start, start + values.shape[0])
+
+
+def _writer(keep: _KeptValues, blender: Blender) -> Callable:
+    """The writer thread's function: model outputs of a batch -> kept values, in genome order."""
 
     def emit(w: Window, kept: np.ndarray, payload) -> None:
         j, own, key = payload
         if not own:  # a neighbour run only to blend the edge of this run's own windows
             return
-        if journal is not None:
-            journal.add(key, w.chrom, w.keep_start, kept)
-        else:
-            outputs.add(w.chrom, w.keep_start, kept)
-            note_span(spans, w.chrom, w.keep_start, w.keep_end)
-        advance_to(min(j.gpos + w.keep_end - w.keep_start, hi))
+        keep.add(key, w.chrom, w.keep_start, kept)
+        keep.span(w.chrom, w.keep_start, w.keep_end)
+        keep.advance_to(min(j.gpos + w.keep_end - w.keep_start, keep.hi))
 
     def write(item) -> None:
         if item is None:  # end of the stream: the last window has no successor
@@ -482,60 +443,29 @@ def _run(fa: IndexedFasta, m, units: list[Interval], window: int, crop: int, rc_
             for j, p in zip(batch, probs):
                 for done in blender.push(j.window, p, (j, own, batch[0].gpos)):
                     emit(*done)
-            return
-        if not own:
-            return
-        # NTv3: values cover the heads' centre only and kept centres abut (cut); N positions get no value
-        for k, (j, p) in enumerate(zip(batch, probs)):
-            w = j.window
-            a, b = w.keep_start - w.start, w.keep_end - w.start
-            kept = p[a - offset: b - offset]
-            pieces = [(0, b - a)]
-            if valid is not None:
-                ok = valid[k, a:b]
-                if not ok.all():
-                    d = np.diff(np.concatenate(([0], ok.view(np.int8), [0])))
-                    pieces = list(zip(np.flatnonzero(d == 1).tolist(), np.flatnonzero(d == -1).tolist()))
-            for u, v in pieces:
-                if journal is not None:
-                    journal.add(batch[0].gpos, w.chrom, w.keep_start + u, kept[u:v])
-                else:
-                    outputs.add(w.chrom, w.keep_start + u, kept[u:v])
-            if journal is None and pieces:
-                note_span(spans, w.chrom, w.keep_start, w.keep_end)
-            advance_to(min(j.gpos + w.keep_end - w.keep_start, hi))
+        elif own:  # NTv3: values cover the heads' centre only and kept centres abut (cut)
+            for k, (j, p) in enumerate(zip(batch, probs)):
+                _write_centre(keep, batch[0].gpos, j, p, offset, None if valid is None else valid[k])
 
-    if on_start is not None:
-        on_start(hi - lo)
-    jobs = fam.jobs(fa, units, window, crop)
-    batches = ((b, True) for b in iter_batches(jobs, budget, max_items, copies=2 if rc_average else 1,
-                                               tokens=fam.tokens))
-    if result.shard is not None or journal is not None:
-        batches = select_batches((b for b, _ in batches), result.bp_range if result.shard else None,
-                                 journal.is_done if journal is not None else None)
-    writer = _Writer(write, maxsize=4, stop=stop)
-    t_model = 0.0
-    try:
-        with torch.inference_mode():
-            for batch, own, ids, valid in _background(map(encode, batches), maxsize=3, stop=stop):
-                t = time.perf_counter()
-                ids = ids.to(dev, non_blocking=pin)
-                probs, offset = fam.predict(ids, head, fidx, len(batch), rc_average, species_id)
-                probs = probs.float().cpu().numpy()
-                t_model += time.perf_counter() - t
-                result.n_windows += len(batch) if own else 0  # neighbours run only to blend are not counted
-                writer.submit((batch, own, probs, offset, None if valid is None else valid.numpy()))
-            writer.submit(None)
-    except BaseException:
-        stop.set()  # the reader stops, the writer drops what is queued
-        writer.join(check=False)
-        raise
-    writer.join()
-    stop.set()
-    if journal is not None:
-        journal.commit()
-    advance_to(hi)
-    result.timings["model"] = t_model
+    return write
+
+
+def _write_centre(keep: _KeptValues, key: int, j: Job, p: np.ndarray, offset: int, valid: np.ndarray | None) -> None:
+    """NTv3: the kept centre of one window; N positions (``valid`` False) get no value."""
+    w = j.window
+    a, b = w.keep_start - w.start, w.keep_end - w.start
+    kept = p[a - offset: b - offset]
+    pieces = [(0, b - a)]
+    if valid is not None:
+        ok = valid[a:b]
+        if not ok.all():
+            d = np.diff(np.concatenate(([0], ok.view(np.int8), [0])))
+            pieces = list(zip(np.flatnonzero(d == 1).tolist(), np.flatnonzero(d == -1).tolist()))
+    for u, v in pieces:
+        keep.add(key, w.chrom, w.keep_start + u, kept[u:v])
+    if pieces:
+        keep.span(w.chrom, w.keep_start, w.keep_end)
+    keep.advance_to(min(j.gpos + w.keep_end - w.keep_start, keep.hi))
 
 
 def _check_open_files(n: int, what: str) -> None:
@@ -586,27 +516,27 @@ def _model_info(m, species: str | None, head: str) -> dict:
     return info
 
 
-def _run_info(fasta, model_arg, m, dev, result: SegmentResult, regions, regions_file, rc_average, threshold,
-              min_length, bedgraph, zoom_levels, command, species=None, head="bed", merge_gap=0,
-              bedgraph_digits=None) -> dict:
-    outputs = [f"{f}.bw" for f in result.features] + (["segments.bed.gz", "segments.bed.gz.tbi"] if head == "bed"
-                                                        else []) + ["run.json"]
+def _run_info(o: SegmentOptions, m, plan: _Plan, result: SegmentResult) -> dict:
+    outputs = [f"{f}.bw" for f in result.features] + (["segments.bed.gz", "segments.bed.gz.tbi"]
+                                                        if o.head == "bed" else []) + ["run.json"]
+    dev = m.device if isinstance(o.model, torch.nn.Module) else resolve_device(o.device)
+    species = plan.species
     return {
         "ntk_version": __version__,
-        "command": command,
-        "fasta": str(fasta),
+        "command": o.command,
+        "fasta": str(o.fasta),
         "model": {
-            "source": str(model_arg) if isinstance(model_arg, (str, os.PathLike)) else None,
+            "source": str(o.model) if isinstance(o.model, (str, os.PathLike)) else None,
             "family": m.config.family,
             "fingerprint": m.config.fingerprint(),
-            **_model_info(m, species, head),
+            **_model_info(m, species, o.head),
         },
         "options": {
-            "regions": list(regions) or None, "regions_file": regions_file, "features": result.features,
-            "window": result.window, "crop": result.crop, "blend": result.blend, "rc_average": rc_average,
-            "threshold": threshold, "min_length": min_length, "merge_gap": merge_gap, "bedgraph": bedgraph,
-            "bedgraph_digits": bedgraph_digits if bedgraph else None, "zoom_levels": zoom_levels,
-            **({"species": species, "head": head} if species is not None else {}),
+            "regions": list(o.regions) or None, "regions_file": o.regions_file, "features": result.features,
+            "window": result.window, "crop": result.crop, "blend": result.blend, "rc_average": o.rc_average,
+            "threshold": o.threshold, "min_length": o.min_length, "merge_gap": o.merge_gap, "bedgraph": o.bedgraph,
+            "bedgraph_digits": o.bedgraph_digits if o.bedgraph else None, "zoom_levels": o.zoom_levels,
+            **({"species": species, "head": o.head} if species is not None else {}),
         },
         "runtime": {"device": str(dev), "dtype": str(m.dtype).replace("torch.", ""), "torch": torch.__version__,
                     "numpy": np.__version__, "threads": torch.get_num_threads()},

@@ -5,13 +5,14 @@ only the I-th block of its work and write a *part*: the usual output (same forma
 (:func:`write_manifest`) that ``ntk merge`` checks before joining the parts.
 
 Blocks are contiguous in the command's own work order (genome order for segment, input order for embed and
-score-variants) and balanced by the model's work, never by record count alone:
+score-variants) and balanced by the model's work, never by record count alone, with one rule
+(``pipelines/engine.shard_block``: a unit belongs to the shard whose share of the total weight holds the middle of
+the unit's weight):
 
-- segment: bp of the work units (a window belongs to the shard that holds the first position it keeps, so a
-  contig is cut between windows and every shard runs exactly the windows an unsharded run would);
-- embed: tokens of the records' windows (the records are tokenized, and blocks are cut only where an unsharded
-  run flushes its chunk: ``Embedder.plan_shard``);
-- score-variants: variants (ALT alleles) of each record.
+- segment: genome positions, units laid end to end (a window belongs to the shard that holds the first position
+  it keeps, so a contig is cut between windows and every shard runs exactly the windows an unsharded run would);
+- embed: the chunks of records an unsharded run empties at a record end, weighed by their windows' tokens;
+- score-variants: the chunks of records scored together, weighed by their variants (ALT alleles).
 
 The manifest names the shard, the inputs (file name, size and a checksum of their index), the model
 (``config.fingerprint()``), the options that shape the output and the ntk version: parts of different runs
@@ -25,8 +26,6 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
-
 from .. import __version__
 from ..errors import InputError
 from ..io.atomic import atomic_path
@@ -35,35 +34,6 @@ MANIFEST_VERSION = 1
 DIR_MANIFEST = "shard.json"  # inside a segment output directory
 FILE_MANIFEST_SUFFIX = ".ntk-shard.json"  # beside a file output (OUT.parquet.ntk-shard.json)
 INDEX_SUFFIXES = (".fai", ".gzi", ".tbi", ".csi")
-
-
-# ---------------------------------------------------------------------------------------------------
-# partitions
-
-def weighted_block(weights: Sequence[int] | np.ndarray, shard: tuple[int, int]) -> tuple[int, int]:
-    """Item range ``[lo, hi)`` of shard ``I/N`` over items with the given work ``weights``.
-
-    Item k goes to the shard whose share of the total work holds the middle of the item's own work, so blocks
-    are contiguous, cover every item exactly once, and differ in work by at most one item."""
-    i, n = shard
-    w = np.asarray(weights, dtype=np.float64)
-    if w.size == 0:
-        return 0, 0
-    total = float(w.sum())
-    if total <= 0:
-        return (i - 1) * w.size // n, i * w.size // n
-    mid = np.cumsum(w) - w / 2.0
-    owner = np.minimum((mid * n / total).astype(np.int64), n - 1)  # 0-based shard of each item
-    lo = int(np.searchsorted(owner, i - 1, side="left"))
-    hi = int(np.searchsorted(owner, i - 1, side="right"))
-    return lo, hi
-
-
-def bp_range(total_bp: int, shard: tuple[int, int]) -> tuple[int, int]:
-    """Shard ``I/N`` of ``total_bp`` positions laid end to end: ``[lo, hi)`` (segment: windows whose first kept
-    position falls here belong to this shard)."""
-    i, n = shard
-    return (i - 1) * total_bp // n, i * total_bp // n
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -47,8 +47,14 @@ def tracks_genome(fasta: str | os.PathLike, out_dir: str | os.PathLike | None, *
     """Write ``OUTDIR/<track>.bw`` for the selected ``tracks`` of ``species`` (all by default) + ``run.json``.
     Other keyword arguments as :func:`pipelines.segment.segment_genome` (regions, window, rc_average, device,
     shard, resume, bedgraph=TRACK, ...); ``crop``, ``threshold`` and ``min_length`` do not apply."""
-    ids = parse_tracks(tracks)
+    return segment_genome(fasta, out_dir, model=model, species=species, features=track_ids(tracks), head="bigwig",
+                          **kwargs)
+
+
+def track_ids(spec: str | Sequence[str] | None) -> list[str] | None:
+    """``--tracks`` as the track ids to write (:func:`parse_tracks`), each at most once; None = all."""
+    ids = parse_tracks(spec)
     if ids is not None and len(set(ids)) != len(ids):
         dup = next(t for t in ids if ids.count(t) > 1)
         raise NtkError(f"--tracks: track {dup!r} given twice")
-    return segment_genome(fasta, out_dir, model=model, species=species, features=ids, head="bigwig", **kwargs)
+    return ids

@@ -16,9 +16,8 @@ A window is ``6 * (seq_len - 1)`` nt: an N-free window tokenises to exactly ``se
 """
 from __future__ import annotations
 
+import itertools
 import math
-import queue
-import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +26,7 @@ import torch
 from ..errors import InputError
 from ..io.fasta import IndexedFasta
 from ..io.intervals import Interval, check_contig_naming, merge_overlapping
+from ..plan.threads import background
 from ..model.tokenizer import N_CODE, NucleotideTokenizer, reverse_complement_codes, sequence_codes
 from .masking import bert_mask
 
@@ -240,47 +240,23 @@ class Prefetcher:
 
     def __init__(self, stream: MaskedLMStream, depth: int = 2):
         self.stream, self.depth = stream, depth
-        self._thread: threading.Thread | None = None
+        self._batches: background | None = None
         self._start()
 
     def _start(self) -> None:
-        self._queue: queue.Queue = queue.Queue(self.depth)
-        self._stop = threading.Event()
-        first = self.stream.index
-
-        def work() -> None:
-            i = first
-            while not self._stop.is_set():
-                try:
-                    item = self.stream.batch(i)
-                except BaseException as e:  # handed to the consumer, raised there
-                    item = e
-                while not self._stop.is_set():
-                    try:
-                        self._queue.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if isinstance(item, BaseException):
-                    return
-                i += 1
-
-        self._thread = threading.Thread(target=work, name="ntk-batches", daemon=True)
-        self._thread.start()
+        first, stream = self.stream.index, self.stream
+        self._batches = background((stream.batch(i) for i in itertools.count(first)), self.depth, name="ntk-batches")
 
     def close(self) -> None:
-        if self._thread is not None:
-            self._stop.set()
-            self._thread.join()
-            self._thread = None
+        if self._batches is not None:
+            self._batches.close()  # waits for the thread: the stream is the caller's again
+            self._batches = None
 
     def __iter__(self):
         return self
 
     def __next__(self) -> dict[str, torch.Tensor]:
-        item = self._queue.get()
-        if isinstance(item, BaseException):
-            raise item
+        item = next(self._batches)
         self.stream.index += 1
         return item
 
