@@ -52,11 +52,15 @@ _ZREC = np.dtype([("chrom", "<u4"), ("start", "<u4"), ("end", "<u4"), ("valid", 
 
 
 class _Spool:
-    """An append-only temporary file of numpy records, read back in order in blocks."""
+    """An append-only temporary file of numpy records, read back in order in blocks; the file is created only
+    once more than ``BUFFER`` records are held (a small spool never holds a file descriptor)."""
+
+    BUFFER = 65536
 
     def __init__(self, dtype: np.dtype, directory: str | None):
         self.dtype = dtype
-        self._f = tempfile.TemporaryFile(dir=directory)
+        self._directory = directory
+        self._f: BinaryIO | None = None
         self._buf: list[np.ndarray] = []
         self._buffered = 0
         self.n = 0
@@ -66,15 +70,22 @@ class _Spool:
             self._buf.append(rows)
             self._buffered += rows.size
             self.n += rows.size
-            if self._buffered >= 65536:
+            if self._buffered >= self.BUFFER:
                 self._drain()
 
     def _drain(self) -> None:
+        if self._f is None:
+            self._f = tempfile.TemporaryFile(dir=self._directory)
         for b in self._buf:
             self._f.write(b.tobytes())
         self._buf, self._buffered = [], 0
 
     def blocks(self, size: int):
+        if self._f is None:  # everything is still in memory
+            rows = np.concatenate(self._buf) if self._buf else np.zeros(0, self.dtype)
+            for a in range(0, rows.size, size):
+                yield rows[a:a + size]
+            return
         self._drain()
         self._f.flush()
         self._f.seek(0)
@@ -85,7 +96,9 @@ class _Spool:
             left -= k
 
     def close(self) -> None:
-        self._f.close()
+        if self._f is not None:
+            self._f.close()
+        self._buf = []
 
 
 class _ZoomLevel:
@@ -99,7 +112,8 @@ class _ZoomLevel:
         # in, beside the model, rather than all at close); the blocks wait in a temporary file
         self._rows: list[np.ndarray] = []  # finished records not yet in a block
         self._buffered = 0
-        self.data = tempfile.TemporaryFile(dir=directory)
+        self._directory = directory
+        self.data: BinaryIO | None = None  # created with the first block
         self.data_size = 0
         self.blocks = _Spool(_ENTRY, directory)  # one per block; ``off`` relative to the start of ``data``
 
@@ -160,13 +174,17 @@ class _ZoomLevel:
                           len(block))
             self.data_size += len(block)
             out.append(block)
-        self.data.write(b"".join(out))
-        self.blocks.append(entries)
+        if out:
+            if self.data is None:
+                self.data = tempfile.TemporaryFile(dir=self._directory)
+            self.data.write(b"".join(out))
+            self.blocks.append(entries)
         rest = rows[k:]
         self._rows, self._buffered = ([rest] if rest.size else []), rest.size
 
     def close(self) -> None:
-        self.data.close()
+        if self.data is not None:
+            self.data.close()
         self.blocks.close()
 
 
@@ -383,9 +401,10 @@ class BigWigWriter:
                     data_offset = f.tell()
                     f.write(struct.pack("<I", z.n))
                     base = f.tell()
-                    z.data.flush()
-                    z.data.seek(0)
-                    shutil.copyfileobj(z.data, f, 1 << 20)
+                    if z.data is not None:
+                        z.data.flush()
+                        z.data.seek(0)
+                        shutil.copyfileobj(z.data, f, 1 << 20)
                     blocks = _Spool(_ENTRY, os.path.dirname(os.path.abspath(self.path)))
                     for b in z.blocks.blocks(1 << 16):
                         b = b.copy()

@@ -120,3 +120,22 @@ def test_bigwig_zoom_blocks_against_plain_summaries(tmp_path):
         np.testing.assert_array_equal(got[:, :6], e[:, :6])
         # float32 sums of float64 sums taken in another order: equal to float32 rounding (one ulp, 2**-23)
         np.testing.assert_allclose(got[:, 6:], e[:, 6:], rtol=2**-22)
+
+
+def test_bigwig_spools_in_memory_or_on_disk_give_the_same_bytes(tmp_path, monkeypatch):
+    """Index entries and zoom block entries stay in memory until a spool holds BUFFER rows, then go to a
+    temporary file: both ways write the same file."""
+    from ntk.io import tracks
+
+    rng = np.random.default_rng(5)
+    v = rng.random(400_000).astype(np.float32)
+    out = []
+    for buffer in (tracks._Spool.BUFFER, 7):
+        monkeypatch.setattr(tracks._Spool, "BUFFER", buffer)
+        w = BigWigWriter(tmp_path / f"s{buffer}.bw", [("c", v.size), ("d", 5)], zoom_levels=5)
+        for a in range(0, v.size, 50_000):
+            w.add("c", a, v[a:a + 50_000])
+        w.add("d", 0, v[:5])
+        w.close()
+        out.append((tmp_path / f"s{buffer}.bw").read_bytes())
+    assert out[0] == out[1]
