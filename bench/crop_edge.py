@@ -8,7 +8,7 @@ costs (issue #19, "less redundant work": the default crop W/8 each side recomput
    (see :func:`edge_profile`). For every window covering it, |dp| = |p - p_ref| (probabilities, all features)
    is binned by the position's distance to the nearer window edge: max, mean, 99.9th percentile and the
    fraction of calls at 0.5 that flip, per 48-nt bin.
-2. What segment writes with each crop: the stretch tiled with ``pipelines/windows.tile`` and blended with
+2. What segment writes with each crop: the stretch tiled with ``plan/windows.tile`` and blended with
    ``windows.Blender`` (exactly ntk segment's tiling and default linear blend), compared with the same
    references (positions within W of the stretch ends, which one window covers alone, left out).
 3. Cost, full-size SegmentNT (the ``segment-nt`` preset config, 30 kb windows, 5,001 tokens; FLOPs from the

@@ -39,8 +39,7 @@ ALLOWED = {
     "cli": set(LAYERS),
 }
 # pipelines/ modules that are not one command's job: any pipeline may import them
-SHARED = {"engine", "options", "family", "shards", "resume", "distributed", "merge", "sequence_outputs",
-          "batching", "windows"}
+SHARED = {"engine", "options", "family", "shards", "resume", "distributed", "merge", "sequence_outputs"}
 # jobs written as several modules: each part may import the others (one job, one family of modules)
 JOB_PARTS = [{"segment", "tracks"}, {"score_variants", "score_variants_ntv3"}, {"finetune", "finetune_segment"}]
 TERMINAL = ("rich", "typer", "click")

@@ -280,8 +280,7 @@ class _Workers:
                         "merge_gap": merge_gap, "slot_fds": fds}
                 p = subprocess.Popen([sys.executable, "-c", _BOOT, pkg, str(c_r), str(a_w)],
                                      pass_fds=[c_r, a_w, *fds], stdin=subprocess.DEVNULL, close_fds=True)
-                # the parent's environment as it is: BigWigWriter's sum of squares (np.dot) follows numpy's BLAS
-                # threading, so the same settings keep the files byte-identical to in-process writing
+                # the parent's environment as it is (the writers' results do not depend on it: no BLAS calls)
                 os.close(c_r)
                 os.close(a_w)
                 self.procs.append(p)

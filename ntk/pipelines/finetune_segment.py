@@ -250,7 +250,7 @@ def _ntv3_setup(base, inp: SegmentTaskInput, opts: FinetuneOptions, features: li
 
 def evaluate_windows(m, fa: IndexedFasta, ann, windows, tokenizer, batch_size: int, blend: str = "linear") -> dict:
     """Per-feature nucleotide-level metrics of ``m``'s segment head over ``windows``: each nucleotide scored once,
-    from the kept part of its window (``blend``: how neighbouring windows' values meet, see pipelines/windows);
+    from the kept part of its window (``blend``: how neighbouring windows' values meet, see plan/windows);
     ``loss`` is the cross-entropy of the kept probabilities."""
     acc = SegmentationMetrics(ann.features)
     loss_sum, n = 0.0, 0
