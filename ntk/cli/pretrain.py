@@ -1,6 +1,7 @@
 """`ntk pretrain`: masked-language-model pretraining from FASTA corpora (thin wrapper of ntk.pipelines.pretrain)."""
 from __future__ import annotations
 
+import os
 from typing import Annotated, Optional
 
 import typer
@@ -25,8 +26,40 @@ def _names(values: list[str] | None) -> list[str]:
     return out
 
 
+HELP = """Pretrain a Nucleotide Transformer with the masked-LM objective on random windows of FASTA corpora.
+
+Writes RUN_DIR/checkpoints/step-N/ (HF layout + trainer state), RUN_DIR/final/, RUN_DIR/metrics.parquet
+and RUN_DIR/training_curves.png. Runs under torchrun --nproc-per-node N as data-parallel DDP.
+
+\b
+Examples:
+  ntk pretrain genome.fa.gz -o run/ --steps 2000 --val-chroms chrX
+  ntk pretrain a.fa b.fa --weights 0.7,0.3 --config nt-v2-50m -o run/
+  ntk pretrain genome.fa -o run/ --init-from nt-v2-50m --lr 5e-5
+  ntk pretrain genome.fa -o run/ --resume
+"""
+
+
+def print_summary(s: dict, output: str) -> None:
+    """The end-of-run lines on stderr: steps, tokens and time; final validation metrics; where the model is."""
+    from ..train.distributed import env_world_size
+
+    ev = s.get("last_eval") or {}
+    lines = [f"[bold]ntk pretrain[/bold]: {s['step']} steps ({s['stopped']}), {s['tokens_seen']:,.0f} tokens in "
+             f"{s['elapsed_s']:.0f} s on {env_world_size()} process(es)"]
+    if ev:
+        lines.append(f"  validation: loss {ev['val_loss']:.4f} (perplexity {ev['val_perplexity']:.1f}, masked-"
+                     f"token accuracy {ev['val_accuracy']:.4f}); context-free unigram baseline "
+                     f"{s['unigram_loss']:.4f}")
+    where = s["final"] if s["final"] is not None else s["checkpoint"]
+    lines.append(f"  model: {where}  (load with ntk.load_model or --model)")
+    if s["final"] is None:
+        lines.append(f"  continue with: ntk pretrain ... -o {output} --resume")
+    console.print("\n".join(lines))
+
+
 def register(app: typer.Typer) -> None:
-    @app.command("pretrain", no_args_is_help=True)
+    @app.command("pretrain", help=HELP, no_args_is_help=True)
     def pretrain_cmd(
         corpora: Annotated[list[str], typer.Argument(metavar="FASTA", help="Corpus FASTA files (plain, bgzip or "
                                                           "gzip; indexed on first use)", show_default=False)],
@@ -89,20 +122,7 @@ def register(app: typer.Typer) -> None:
         threads: ThreadsOpt = None,
         quiet: QuietOpt = False,
     ):
-        """Pretrain a Nucleotide Transformer with the masked-LM objective on random windows of FASTA corpora.
-
-        Writes RUN_DIR/checkpoints/step-N/ (HF layout + trainer state), RUN_DIR/final/, RUN_DIR/metrics.parquet
-        and RUN_DIR/training_curves.png. Runs under torchrun --nproc-per-node N as data-parallel DDP.
-
-        \b
-        Examples:
-          ntk pretrain genome.fa.gz -o run/ --steps 2000 --val-chroms chrX
-          ntk pretrain a.fa b.fa --weights 0.7,0.3 --config nt-v2-50m -o run/
-          ntk pretrain genome.fa -o run/ --init-from nt-v2-50m --lr 5e-5
-          ntk pretrain genome.fa -o run/ --resume
-        """
         from ..pipelines.pretrain import PretrainOptions, pretrain
-        from ..train.distributed import env_world_size
         from .common import parse_batch_size, reporter
 
         opts = PretrainOptions(
@@ -115,19 +135,6 @@ def register(app: typer.Typer) -> None:
             resume=resume, force=force, device=device, precision=precision, grad_checkpointing=grad_checkpointing,
             threads=threads, quiet=quiet)
         s = pretrain(corpora, output, opts, reporter())  # TrainingInterrupted: one line, exit 128 + signal (cli/main.py)
-        import os
-
         if quiet or int(os.environ.get("RANK", "0")) != 0:
             return
-        ev = s.get("last_eval") or {}
-        lines = [f"[bold]ntk pretrain[/bold]: {s['step']} steps ({s['stopped']}), {s['tokens_seen']:,.0f} tokens in "
-                 f"{s['elapsed_s']:.0f} s on {env_world_size()} process(es)"]
-        if ev:
-            lines.append(f"  validation: loss {ev['val_loss']:.4f} (perplexity {ev['val_perplexity']:.1f}, masked-"
-                         f"token accuracy {ev['val_accuracy']:.4f}); context-free unigram baseline "
-                         f"{s['unigram_loss']:.4f}")
-        where = s["final"] if s["final"] is not None else s["checkpoint"]
-        lines.append(f"  model: {where}  (load with ntk.load_model or --model)")
-        if s["final"] is None:
-            lines.append(f"  continue with: ntk pretrain ... -o {output} --resume")
-        console.print("\n".join(lines))
+        print_summary(s, output)

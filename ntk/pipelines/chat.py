@@ -14,6 +14,9 @@ is a sequence longer than the DNA encoder's context. Sampling seeds are per job 
 answers do not depend on ``--batch-size`` or ``--shard``.
 
 Rows ``name question answer`` go to a TSV (stdout or file) or a Parquet file, written atomically.
+
+``run_chat(ChatOptions(...))`` is the whole command (``ntk chat`` builds the options and prints the summary): it
+checks the inputs, loads the model, builds the jobs (or reads questions from a terminal) and writes the answers.
 """
 from __future__ import annotations
 
@@ -32,11 +35,40 @@ import torch
 
 from ..errors import InputError, NtkError
 from ..io.fasta import IndexedFasta, iter_fasta, normalise_sequence
-from ..io.intervals import Interval, parse_region
+from ..io.intervals import Interval, iter_regions, parse_region, read_chr_map
 from ..model.chat_tokenizer import SEQ_PLACEHOLDER
 from ..model.tokenizer import reverse_complement
 
 SCHEMA = {"name": pl.String, "question": pl.String, "answer": pl.String}
+
+
+@dataclass
+class ChatOptions:
+    """``ntk chat``: the model, where sequences and questions come from, generation settings and the output.
+    Sequences: ``fasta`` records, or ``regions``/``regions_file`` of ``reference``; questions: ``question`` (one for
+    every sequence), a ``questions`` file, or neither (read interactively from a terminal)."""
+
+    model: object = None                 # a ChatNT directory (``ntk models convert chatnt``) or a loaded model
+    fasta: str | None = None             # '-' = stdin; with ``questions``: the records its rows name
+    question: str | None = None          # with one <DNA> placeholder per sequence
+    questions: str | None = None         # TSV with a header or JSON lines, one prompt per row ('-' = stdin)
+    reference: str | None = None         # indexed genome FASTA for regions and region columns
+    regions: list[str] = field(default_factory=list)  # -r chr:start-end (1-based inclusive)
+    regions_file: str | None = None      # -R BED ('-' = stdin)
+    chr_map: str | None = None
+    output: str = "-"                    # '-' (TSV on stdout), OUT.tsv or OUT.parquet
+    max_new_tokens: int = 64
+    temperature: float = 0.0             # 0: greedy
+    top_p: float = 1.0
+    seed: int = 0                        # job i samples with seed + i
+    raw_prompt: bool = False             # the question is the whole prompt (no chat template)
+    use_cache: bool | None = None        # False: recompute the whole prompt for every token (--no-kv-cache)
+    device: str = "auto"
+    precision: str = "auto"
+    batch_size: int | None = None        # None: 8 on CUDA, else 1
+    threads: int | None = None
+    shard: tuple[int, int] | None = None
+    force: bool = False
 
 
 @dataclass
@@ -413,3 +445,85 @@ def interactive(engine: ChatEngine, sequences: list[tuple[str, str]], batch_size
             err.write(f"ntk: error: {e}\n")
             continue
         n_asked += 1
+
+
+def check_chat_options(opts: ChatOptions, stdin_is_terminal: bool) -> bool:
+    """Refuse inconsistent or missing inputs before the model loads; True when questions are read interactively
+    (no ``question``/``questions``: needs a terminal on stdin)."""
+    from ..io.atomic import check_writable_target
+
+    if not opts.model:
+        raise NtkError("give the ChatNT model with -m DIR (a directory written by `ntk models convert chatnt`)")
+    if opts.question and opts.questions:
+        raise NtkError("give either -q QUESTION or --questions FILE, not both")
+    use_regions = bool(opts.regions or opts.regions_file)
+    if opts.fasta and use_regions:
+        raise NtkError("give sequences either as -f FASTA or as -r/-R regions with --reference, not both")
+    interactive_mode = not opts.question and not opts.questions
+    if interactive_mode and not stdin_is_terminal:
+        raise NtkError("give a question with -q \"... <DNA> ...\" or a --questions FILE (interactive mode needs a "
+                       "terminal on stdin)")
+    if interactive_mode and (opts.fasta == "-" or opts.regions_file == "-"):
+        raise NtkError("interactive mode reads questions from the terminal: give the sequences as a file")
+    if not opts.questions and not opts.fasta and not use_regions:
+        raise NtkError("give the sequences: -f SEQS.fa, or -r/-R regions with --reference GENOME.fa")
+    if use_regions and not opts.reference:
+        raise NtkError("-r/-R need the genome: --reference GENOME.fa")
+    if (opts.reference or opts.chr_map) and not use_regions and not opts.questions:
+        raise NtkError("--reference/--chr-map are for -r/-R regions (or region columns of --questions)")
+    stdin_inputs = (opts.fasta, opts.questions, opts.regions_file)
+    if sum(x == "-" for x in stdin_inputs) > 1:
+        raise NtkError("stdin can feed only one input")
+    if opts.shard and "-" in stdin_inputs:
+        raise NtkError("--shard reads the whole input first to cut it into blocks: give files, not stdin")
+    if opts.output != "-":
+        check_writable_target(opts.output, opts.force)
+    for label, path in (("FASTA", opts.fasta), ("questions file", opts.questions), ("regions file", opts.regions_file)):
+        if path and path != "-" and not Path(path).is_file():
+            raise InputError(f"{path}: {label} not found")
+    return interactive_mode
+
+
+def run_chat(opts: ChatOptions, stdin=None, stdout=None, err=None) -> ChatStats | None:
+    """``ntk chat``: answer every job into ``opts.output`` and return the counts; in interactive mode (no question
+    given) read questions from ``stdin`` (default ``sys.stdin``) until an empty line and return None."""
+    from ..model import load_model
+    from ..model.runtime import set_threads
+
+    stdin = sys.stdin if stdin is None else stdin
+    interactive_mode = check_chat_options(opts, stdin.isatty())
+    ref = IndexedFasta(opts.reference) if opts.reference else None
+    cmap = read_chr_map(opts.chr_map)
+
+    def region_list() -> list[Interval]:
+        return list(iter_regions(opts.regions, opts.regions_file, ref.lengths, cmap))
+
+    set_threads(opts.threads)
+    m = load_model(opts.model, device=opts.device, dtype=opts.precision)
+    bs = opts.batch_size or (8 if m.device.type == "cuda" else 1)
+    engine = ChatEngine(m, max_new_tokens=opts.max_new_tokens, temperature=opts.temperature, top_p=opts.top_p,
+                        seed=opts.seed, raw_prompt=opts.raw_prompt, use_cache=opts.use_cache)
+    use_regions = bool(opts.regions or opts.regions_file)
+    if interactive_mode:
+        if use_regions:
+            seqs = [_region_sequence(ref, iv) for iv in region_list()]
+        else:
+            seqs = [(r.name, r.sequence) for r in iter_fasta(opts.fasta)]
+        if not seqs:
+            raise InputError("no sequences to ask about")
+        interactive(engine, seqs, bs, stdin, sys.stdout if stdout is None else stdout,
+                    sys.stderr if err is None else err)
+        return None
+
+    if opts.questions:
+        jobs = question_jobs(opts.questions, records=fasta_lookup(opts.fasta) if opts.fasta else None, reference=ref)
+    elif use_regions:
+        jobs = region_jobs(ref, region_list(), opts.question)
+    else:
+        jobs = fasta_jobs(opts.fasta, opts.question)
+    if opts.shard is not None:
+        jobs = take_shard(list(jobs), opts.shard)
+    shard = f"{opts.shard[0]}/{opts.shard[1]}" if opts.shard else ""
+    meta = {"ntk_command": "chat", "model": str(opts.model), "max_new_tokens": opts.max_new_tokens,
+            "temperature": opts.temperature, "top_p": opts.top_p, "seed": opts.seed, "shard": shard}
+    return write_answers(engine, jobs, opts.output, bs, metadata=meta)

@@ -221,6 +221,19 @@ def pretrain(corpora: list[str], run_dir: str | Path, opts: PretrainOptions | No
         D.teardown()
 
 
+@dataclass
+class _Data:
+    """The training stream and the fixed validation set of one rank, with the batch shape that feeds them."""
+
+    split: object                 # ntk.train.corpus split: train / val corpora and where validation comes from
+    seq_len: int                  # tokens per window incl. <cls>
+    micro: int                    # sequences per forward pass per rank
+    accum: int                    # gradient-accumulation steps per optimiser step
+    stream: MaskedLMStream
+    val_batches: list
+    baseline: float               # context-free unigram loss on the validation targets (nan without validation)
+
+
 def _pretrain(corpora: list[str], run_dir: Path, opts: PretrainOptions, info: D.DistInfo, reporter: Reporter) -> dict:
     say = reporter.log if (info.is_main and not opts.quiet) else (lambda *a, **k: None)
     record = _options_record(corpora, opts)
@@ -231,6 +244,41 @@ def _pretrain(corpora: list[str], run_dir: Path, opts: PretrainOptions, info: D.
     val_regions = list(read_bed(opts.val_regions)) if opts.val_regions else None
 
     # 2. the run directory (rank 0 decides; the others follow)
+    resume_from = _claim_run_dir(run_dir, opts, record, info, reporter)
+
+    # 3. the model and its tokenizer; 4. data
+    model = build_model(opts, resume_from, reporter)
+    data = _training_data(corpora, opts, model, info, regions, val_regions)
+
+    if info.is_main:  # inputs are good: now the run directory is written
+        prepare_run_dir(run_dir, "pretrain", opts.resume, opts.force, record, write=True)
+    D.barrier(info)
+    n_params = sum(p.numel() for p in model.parameters())
+    tcfg = _train_config(opts, grad_accum=data.accum, n_params=n_params)
+    _report_setup(say, reporter, info, opts, len(corpora), model, n_params, resume_from, data, tcfg)
+
+    loss_fn, eval_fn = _masked_lm_fns(info, model.tokenizer, data)
+    batches = Prefetcher(data.stream)
+    try:
+        trainer = Trainer(model, tcfg, run_dir, loss_fn, batches, eval_fn=eval_fn if data.val_batches else None,
+                          resume_from=resume_from, dist_info=info, reporter=reporter)
+        summary = trainer.fit()
+    finally:
+        batches.close()
+    world = info.world_size
+    summary.update(lr=tcfg.lr, warmup=tcfg.warmup_steps, schedule=tcfg.schedule,
+                   seq_len=data.seq_len, micro_batch=data.micro, grad_accum=data.accum, world_size=world,
+                   tokens_per_step=data.seq_len * data.micro * data.accum * world, unigram_loss=data.baseline,
+                   val_source=data.split.val_source, run_dir=run_dir)
+    if info.is_main:
+        write_json_atomic(run_dir / "summary.json", summary)
+    return summary
+
+
+def _claim_run_dir(run_dir: Path, opts: PretrainOptions, record: dict, info: D.DistInfo,
+                   reporter: Reporter) -> Path | None:
+    """Rank 0 checks the run directory (new, --force, or --resume) without writing it; every rank gets its
+    answer: the checkpoint to resume from (None: a new run), or rank 0's error raised on every rank."""
     outcome = None
     if info.is_main:
         try:
@@ -243,9 +291,13 @@ def _pretrain(corpora: list[str], run_dir: Path, opts: PretrainOptions, info: D.
     resume_from = Path(outcome[1]) if outcome[1] is not None else None
     if resume_from is not None and info.is_main:
         _check_resume_options(run_dir, record, reporter)
+    return resume_from
 
-    # 3. the model and its tokenizer
-    model = build_model(opts, resume_from, reporter)
+
+def _training_data(corpora: list[str], opts: PretrainOptions, model: NucleotideTransformer, info: D.DistInfo,
+                   regions: list[Interval] | None, val_regions: list[Interval] | None) -> _Data:
+    """The window length, the batch shape (micro-batch x accumulation reaching --tokens-per-batch over all
+    ranks), this rank's training stream and the validation batches."""
     cfg = model.config
     seq_len = opts.seq_len or min(cfg.max_tokens, 1000)
     if not 8 <= seq_len <= cfg.max_tokens:
@@ -253,8 +305,6 @@ def _pretrain(corpora: list[str], run_dir: Path, opts: PretrainOptions, info: D.
                        f"(max_position_embeddings {cfg.max_position_embeddings})")
     window = 6 * (seq_len - 1)
     tok = model.tokenizer
-
-    # 4. data
     split = split_corpus(corpora, window, regions=regions, val_chroms=opts.val_chroms or None,
                          val_regions=val_regions, val_frac=opts.val_frac)
     world = info.world_size
@@ -271,20 +321,23 @@ def _pretrain(corpora: list[str], run_dir: Path, opts: PretrainOptions, info: D.
     val_batches = validation_batches(split.val, tok, seq_len, micro, opts.val_windows, opts.seed,
                                      opts.max_n_frac, opts.mask_prob)
     baseline = unigram_cross_entropy(stream, val_batches) if val_batches else float("nan")
+    return _Data(split, seq_len, micro, accum, stream, val_batches, baseline)
 
-    if info.is_main:  # inputs are good: now the run directory is written
-        prepare_run_dir(run_dir, "pretrain", opts.resume, opts.force, record, write=True)
-    D.barrier(info)
-    n_params = sum(p.numel() for p in model.parameters())
+
+def _report_setup(say, reporter: Reporter, info: D.DistInfo, opts: PretrainOptions, n_corpora: int,
+                  model: NucleotideTransformer, n_params: int, resume_from: Path | None, data: _Data,
+                  tcfg: TrainConfig) -> None:
+    """The set-up lines (model, corpus, batch, baseline, schedule) and the schedule warning (shown under --quiet
+    too, on rank 0)."""
+    cfg, world = model.config, info.world_size
     say(f"model: {cfg.family} {cfg.num_hidden_layers} layers x {cfg.hidden_size}, {n_params / 1e6:.2f} M parameters"
         + (f" (resuming {resume_from})" if resume_from else ""))
-    say(f"corpus: {sum(s.bases for s in split.train):,} training bases in {len(corpora)} file(s); validation: "
-        f"{split.val_source}, {sum(b['input_ids'].shape[0] for b in val_batches)} windows")
-    say(f"batch: {seq_len} tokens x {micro} sequences x {accum} accumulation x {world} process(es) = "
-        f"{seq_len * micro * accum * world:,} tokens per step; device {info.device}")
-    if val_batches:
-        say(f"unigram baseline (context-free loss on the validation targets): {baseline:.4f} nats")
-    tcfg = _train_config(opts, grad_accum=accum, n_params=n_params)
+    say(f"corpus: {sum(s.bases for s in data.split.train):,} training bases in {n_corpora} file(s); validation: "
+        f"{data.split.val_source}, {sum(b['input_ids'].shape[0] for b in data.val_batches)} windows")
+    say(f"batch: {data.seq_len} tokens x {data.micro} sequences x {data.accum} accumulation x {world} process(es) = "
+        f"{data.seq_len * data.micro * data.accum * world:,} tokens per step; device {info.device}")
+    if data.val_batches:
+        say(f"unigram baseline (context-free loss on the validation targets): {data.baseline:.4f} nats")
     why = []
     if opts.lr is None:
         why.append(f"lr: default for {n_params / 1e6:.2g} M parameters")
@@ -296,7 +349,12 @@ def _pretrain(corpora: list[str], run_dir: Path, opts: PretrainOptions, info: D.
     if warning and info.is_main:  # shown under --quiet too
         reporter.warn(f"warning: {warning}")
 
+
+def _masked_lm_fns(info: D.DistInfo, tok, data: _Data):
+    """(loss_fn, eval_fn) of the trainer: the masked-LM loss of a batch, and the validation metrics over the fixed
+    validation batches (loss, perplexity, masked-token accuracy, loss on the shown masks, unigram baseline)."""
     static = info.device.type == "xla"
+    val_batches, baseline = data.val_batches, data.baseline
 
     def loss_fn(m, batch):
         return masked_lm_loss(m, unwrap(m).lm_head, batch, static_shapes=static)
@@ -319,20 +377,7 @@ def _pretrain(corpora: list[str], run_dir: Path, opts: PretrainOptions, info: D.
                 "val_accuracy": hits / max(n, 1), "val_masked_loss": masked / max(n_shown, 1),
                 "val_unigram_loss": baseline}
 
-    batches = Prefetcher(stream)
-    try:
-        trainer = Trainer(model, tcfg, run_dir, loss_fn, batches, eval_fn=eval_fn if val_batches else None,
-                          resume_from=resume_from, dist_info=info, reporter=reporter)
-        summary = trainer.fit()
-    finally:
-        batches.close()
-    summary.update(lr=tcfg.lr, warmup=tcfg.warmup_steps, schedule=tcfg.schedule,
-                   seq_len=seq_len, micro_batch=micro, grad_accum=accum, world_size=world,
-                   tokens_per_step=seq_len * micro * accum * world, unigram_loss=baseline,
-                   val_source=split.val_source, run_dir=run_dir)
-    if info.is_main:
-        write_json_atomic(run_dir / "summary.json", summary)
-    return summary
+    return loss_fn, eval_fn
 
 
 __all__ = ["PretrainOptions", "pretrain", "init_weights", "new_model_config"]
