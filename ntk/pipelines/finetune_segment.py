@@ -117,16 +117,8 @@ def _check_contigs(names: list[str], lengths: dict[str, int], option: str) -> No
             raise InputError(f"{option}: contig {n!r} is not in the FASTA{suggest_contig(n, lengths)}")
 
 
-def finetune_segment(inp: SegmentTaskInput, run_dir: str | Path, opts: FinetuneOptions | None = None,
-                     reporter: Reporter = NULL) -> dict:
-    """Train the segmentation head; return the report written to ``RUN_DIR/metrics.json`` (``reporter``: progress,
-    log lines and warnings; default: silent)."""
-    opts = opts or FinetuneOptions()
-    run_dir = Path(run_dir)
-    check_single_process()
-    set_threads(opts.threads)
-    fa = IndexedFasta(inp.reference)
-    ann = read_annotation(inp.annotation, list(inp.features), fa.lengths, inp.chr_map, inp.annotation_format)
+def _train_contigs(inp: SegmentTaskInput, fa: IndexedFasta, ann) -> list[str]:
+    """The training contigs (checked: --val-chroms required, the three splits disjoint and known to the FASTA)."""
     if not inp.val_chroms:
         raise InputError("--val-chroms is required: validation holds out whole chromosomes (no leakage between "
                          "neighbouring windows)")
@@ -145,6 +137,40 @@ def finetune_segment(inp: SegmentTaskInput, run_dir: str | Path, opts: FinetuneO
         train_contigs = [c for c in fa.names if c in annotated and c not in held]
     if not train_contigs:
         raise InputError("no annotated contig is left for training after --val-chroms/--test-chroms")
+    return train_contigs
+
+
+def _split_record(model, inp: SegmentTaskInput, ann, window: int, crop: int, train_contigs: list[str],
+                  splits: tuple) -> dict:
+    """What metrics.json records about the data: features, window, the split by chromosome, annotated bp."""
+    train_w, val_w, test_w = splits
+    record = {
+        "features": ann.features, "window": window,
+        "split": {"how": "by chromosome", "train_contigs": train_contigs, "val_contigs": list(inp.val_chroms),
+                  "test_contigs": list(inp.test_chroms), "train_windows": len(train_w),
+                  "val_windows": len(val_w), "test_windows": len(test_w) if test_w is not None else 0,
+                  "skipped_short_run_bp": train_w.skipped_bp},
+        "annotated_bp": {f: ann.covered_bp(f) for f in ann.features},
+    }
+    if is_ntv3(model):
+        f = model.config.keep_target_center_fraction
+        record.update(eval_crop=crop, keep_target_center_fraction=f, species=model.config.finetune_species)
+    else:
+        record["rescaling_factor"] = model.config.rescaling_factor
+    return record
+
+
+def finetune_segment(inp: SegmentTaskInput, run_dir: str | Path, opts: FinetuneOptions | None = None,
+                     reporter: Reporter = NULL) -> dict:
+    """Train the segmentation head; return the report written to ``RUN_DIR/metrics.json`` (``reporter``: progress,
+    log lines and warnings; default: silent)."""
+    opts = opts or FinetuneOptions()
+    run_dir = Path(run_dir)
+    check_single_process()
+    set_threads(opts.threads)
+    fa = IndexedFasta(inp.reference)
+    ann = read_annotation(inp.annotation, list(inp.features), fa.lengths, inp.chr_map, inp.annotation_format)
+    train_contigs = _train_contigs(inp, fa, ann)
 
     early = read_config(opts.model)  # a bad --window fails from config.json, before the weights load
     if early is not None:
@@ -187,19 +213,7 @@ def finetune_segment(inp: SegmentTaskInput, run_dir: str | Path, opts: FinetuneO
     def evaluate_on(windows):
         return lambda m: evaluate_windows(m, fa, ann, windows, model.tokenizer, opts.batch_size, blend)
 
-    record = {
-        "features": ann.features, "window": window,
-        "split": {"how": "by chromosome", "train_contigs": train_contigs, "val_contigs": list(inp.val_chroms),
-                  "test_contigs": list(inp.test_chroms), "train_windows": len(train_w),
-                  "val_windows": len(val_w), "test_windows": len(test_w) if test_w is not None else 0,
-                  "skipped_short_run_bp": train_w.skipped_bp},
-        "annotated_bp": {f: ann.covered_bp(f) for f in ann.features},
-    }
-    if is_ntv3(model):
-        f = model.config.keep_target_center_fraction
-        record.update(eval_crop=crop, keep_target_center_fraction=f, species=model.config.finetune_species)
-    else:
-        record["rescaling_factor"] = model.config.rescaling_factor
+    record = _split_record(model, inp, ann, window, crop, train_contigs, (train_w, val_w, test_w))
     test_eval = evaluate_on(test_w) if test_w is not None and len(test_w) else None
     task = TrainTask("segmentation", loss_fn, batches, batches.batches_per_epoch, evaluate_on(val_w),
                      test_eval=test_eval, record=record)
