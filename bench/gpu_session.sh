@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU checks of this repository in one run (how the GPU rows of bench/RESULTS.md were produced).
-# Expects: wheels of pysam, pyBigWig and polars in .whl/ (the GPU image lacks them), the yeast data in .gpu/,
+# Expects: wheels of pysam, pyBigWig and polars in .whl/ (the GPU image lacks them), the yeast and Arabidopsis data in .gpu/yeast, .gpu/arabidopsis,
 # and $OUT for the files to bring back.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
@@ -18,7 +18,8 @@ timeout 120 python3 bench/core_throughput.py --device cuda --iters 10 --rounds 3
 
 echo "== embedded model recipe (scripts/embedded/train.sh, DEVICE=cuda)" | tee -a "$LOG"
 start=$(date +%s)
-DATA=.gpu NTK=/tmp/ntk DEVICE=cuda WORK=/tmp/emb SKIP_EVAL=1 INSTALL=0 timeout 280 bash scripts/embedded/train.sh \
+YEAST=.gpu/yeast ARABIDOPSIS=.gpu/arabidopsis NTK=/tmp/ntk DEVICE=cuda WORK=/tmp/emb STAGES="1 2" SKIP_CNN=1 \
+    THREADS=4 PRETRAIN_THREADS=4 timeout 280 bash scripts/embedded/train.sh \
     > "$OUT/train.log" 2>&1
 echo "recipe exit $? after $(( $(date +%s) - start )) s" | tee -a "$LOG"
 tail -n 12 "$OUT/train.log" | tee -a "$LOG"
