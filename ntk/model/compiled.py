@@ -66,12 +66,17 @@ class StaticCompiled:
     """``fn(ids [B, T], *per_row_tensors) -> tensor [B, ...]`` compiled for one shape ``(rows, tokens)``; other
     shapes run ``fn`` eagerly (see the module docstring). ``info()`` is what run.json records."""
 
-    def __init__(self, fn: Callable[..., torch.Tensor], mode: str, shape: tuple[int, int] | None = None):
+    def __init__(self, fn: Callable[..., torch.Tensor], mode: str, shape: tuple[int, int] | None = None,
+                 rows_for: Callable[[int], int] | None = None, backend: str = "inductor"):
+        """``shape``: the static (rows, tokens); None: the first batch's tokens T, and ``rows_for(T)`` rows (a full
+        batch of that length under the job's batch rule) or else the first batch's rows. ``backend``: torch.compile's
+        (tests check the shape rules with ``"eager"``: dynamo alone, no code generation)."""
         self.fn = fn
         self.mode = mode
         self.shape = shape
-        self.compiled = torch.compile(fn, dynamic=False, fullgraph=True,
-                                      mode="reduce-overhead" if mode == "cudagraphs" else None)
+        self.rows_for = rows_for
+        graphs = {"mode": "reduce-overhead"} if mode == "cudagraphs" else {}  # CUDA graphs (inductor's option)
+        self.compiled = torch.compile(fn, dynamic=False, fullgraph=True, backend=backend, **graphs)
         self.batches_compiled = self.batches_eager = self.rows_padded = 0
         self.compile_seconds: float | None = None
 
@@ -88,7 +93,10 @@ class StaticCompiled:
             self.batches_eager += 1
             return self.fn(ids, *rows)
         if self.shape is None:
-            self.shape = (B, T)
+            self.shape = (max(B, self.rows_for(T)) if self.rows_for is not None else B, T)
+            if not self.takes(B, T):  # a first batch under half the full rows runs eager
+                self.batches_eager += 1
+                return self.fn(ids, *rows)
         R = self.shape[0]
         args = [ids, *rows]
         if B < R:
@@ -110,6 +118,11 @@ class StaticCompiled:
         self.batches_compiled += 1
         out = out[:B]
         return out.clone() if self.mode == "cudagraphs" else out  # a replay overwrites the graph's outputs
+
+    def eager(self, fn: Callable[..., torch.Tensor], *args) -> torch.Tensor:
+        """Run ``fn`` (a forward the compiled one cannot take: a padded batch) and count it as an eager batch."""
+        self.batches_eager += 1
+        return fn(*args)
 
     def info(self) -> dict:
         return {"mode": self.mode, "shape": list(self.shape) if self.shape is not None else None,
