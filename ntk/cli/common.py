@@ -24,6 +24,10 @@ DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:
 PrecisionOpt = Annotated[str, typer.Option("--precision", help="auto, fp32, bf16 or fp16 (auto: bf16 on GPU; on a CPU "
                                             "fp32, or bf16 for segment where the CPU has native bf16)")]
 BatchSizeOpt = Annotated[str, typer.Option("--batch-size", help="Sequences per forward pass, or auto (a token budget)")]
+CompileOpt = Annotated[str, typer.Option(
+    "--compile", metavar="off|on|cudagraphs", rich_help_panel="Model & device",
+    help="torch.compile the model for the full window's batch shape (on; cudagraphs: plus CUDA graphs, CUDA only); "
+    "pays on long GPU runs; CPU needs a C++ compiler")]
 ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="CPU threads for torch (default: torch's choice)")]
 ShardOpt = Annotated[str | None, typer.Option(
     "--shard", help="Run the I-th of N deterministic shards (1-based); join with ntk merge")]

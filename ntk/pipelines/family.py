@@ -64,6 +64,11 @@ class Family:
 
     def __init__(self, model):
         self.m = model
+        self.compiled = None  # a StaticCompiled forward (--compile), set by compile()
+
+    def compile(self, mode: str, shape: tuple[int, int]):
+        """Compile the forward for batches of ``shape`` (rows, tokens); -> the StaticCompiled (run.json info)."""
+        raise NtkError(f"--compile: not available for {self.name} models; run without --compile")
 
     @property
     def unit(self) -> int:
@@ -122,10 +127,21 @@ class SegmentNTFamily(Family):
             codes = np.concatenate([codes, np.stack([reverse_complement_codes(c) for c in codes])])
         return torch.from_numpy(np.stack([tok.tokenize_codes(c)[0] for c in codes]).astype(np.int64)), None
 
-    def predict(self, ids, head, select, n_fwd, rc_average, species_id):
+    def probabilities(self, ids: torch.Tensor) -> torch.Tensor:
+        """[B, T] ids of unpadded windows -> segment probabilities [B, 6 (T - 1), F] (what --compile compiles)."""
         m = self.m
         rescale = m.config.rescaling_for_tokens(ids.shape[1])
-        probs = m(ids, rescaling_factor=rescale, heads="segment").segment_probabilities.index_select(2, select)
+        return m(ids, rescaling_factor=rescale, heads="segment", unpadded=True).segment_probabilities
+
+    def compile(self, mode, shape):
+        from ..model.compiled import StaticCompiled
+
+        self.compiled = StaticCompiled(self.probabilities, mode, shape)
+        return self.compiled
+
+    def predict(self, ids, head, select, n_fwd, rc_average, species_id):
+        run = self.compiled if self.compiled is not None else self.probabilities
+        probs = run(ids).index_select(2, select)
         if rc_average:
             probs = (probs[:n_fwd] + probs[n_fwd:].flip(1)) * 0.5
         return probs, 0
