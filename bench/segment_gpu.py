@@ -9,6 +9,10 @@
 - ``compile``: ``torch.compile`` of the whole model (encoder + U-Net, static shapes, ``dynamic=False``);
 - ``cudagraphs``: the same in ``mode="reduce-overhead"`` (inductor with CUDA graphs); CUDA only;
 - ``batch=N``: the eager model with N windows per forward (tokens/s vs batch; peak memory);
+- ``fp8``: ``--precision fp8`` (the encoder's linear layers in float8 e4m3 with per-row scales,
+  ``torch._scaled_mm``; ``ntk/model/fp8.py``), model only, and its accuracy against the bf16 model on the same
+  windows (max and mean |dp|, fraction of (position, feature) calls changed at 0.5); refused rows (a GPU below
+  compute capability 8.9) record the refusal; on the CPU (smoke) torch's CPU float8 kernel runs it;
 - ``e2e thread`` / ``e2e process``: ``segment_genome`` end to end with the track writers in threads / in worker
   processes (``NTK_TRACK_WRITERS``), ratio against the eager model-only time.
 
@@ -50,7 +54,7 @@ from ntk.pipelines.segment import family_of, iter_batches, iter_windows, plan_un
 
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 HUMAN_BP = 3.1e9
-ROWS = ["sdpa", "eager", "sdpa-flash", "sdpa-efficient", "sdpa-math", "batch", "e2e", "compile", "cudagraphs"]
+ROWS = ["sdpa", "eager", "sdpa-flash", "sdpa-efficient", "sdpa-math", "batch", "e2e", "compile", "cudagraphs", "fp8"]
 
 
 def flops_per_token(cfg, tokens: int) -> float:
@@ -229,6 +233,47 @@ class Bench:
                  f"segment_genome end to end, track writers in {writers}s",
                  bp_scored=r.bp_scored, bp_per_s=r.bp_scored / t, end_to_end_s=t)
 
+    def row_fp8(self, max_batches: int = 8) -> None:
+        """fp8 model only (same batches as eager), ratio to the eager row, and fp8 vs bf16 probabilities on the
+        first ``max_batches`` batches (the bf16 model: this one, or a bf16 copy when it runs in another dtype)."""
+        import copy
+
+        from fp8_accuracy import compare
+
+        from ntk.model.fp8 import fp8_refusal, to_fp8
+
+        why = fp8_refusal(self.dev)
+        if why:
+            self.add("fp8", None, note=f"refused: {why}")
+            return
+        rotary = getattr(self.m.esm, "rotary", None)
+        if rotary is not None:
+            rotary._cache.clear()  # its tables (a tuple subclass) do not deep-copy; they are rebuilt on demand
+        ref = self.m if self.m.dtype == torch.bfloat16 else copy.deepcopy(self.m).to(torch.bfloat16)
+        m8 = copy.deepcopy(ref)
+        info = to_fp8(m8)
+        batches = self.batches()
+        base, self.m = self.m, m8
+        try:
+            t = self.forward_time(self.eager, batches)
+            probs = {}
+            with torch.inference_mode():
+                for name, model in (("bf16", ref), ("fp8", m8)):
+                    self.m = model
+                    probs[name] = np.concatenate([self.eager(b.to(self.dev)).float().cpu().numpy()
+                                                  .reshape(-1, len(self.cfg.features)) for b in batches[:max_batches]])
+        finally:
+            self.m = base
+        acc = compare(probs["bf16"].astype(np.float64), probs["fp8"].astype(np.float64), list(self.cfg.features))[-1]
+        ratio = self.model_only_s / t if self.model_only_s else None
+        self.add("fp8", t, sum(x.numel() for x in batches),
+                 note=f"--precision fp8: {len(info['swapped'])} encoder linears via {info['path']} on "
+                      f"{self.dev.type} ({len(info['kept'])} kept bf16), row scaling; accuracy vs bf16 on "
+                      f"{min(len(batches), max_batches)} batches",
+                 speedup_vs_eager=ratio, max_abs_dp_vs_bf16=acc["max_abs_dp"], mean_abs_dp_vs_bf16=acc["mean_abs_dp"],
+                 calls_changed_vs_bf16=acc["call_flip_fraction"], compared_positions=acc["positions"])
+        del m8
+
     def row_compiled(self, name: str, **kw) -> None:
         if self.smoke:  # the plumbing only: inductor's C++ compile of a model takes minutes on a busy CPU
             kw.setdefault("backend", "eager")
@@ -303,15 +348,19 @@ def main() -> None:
                 b.guarded("cudagraphs", lambda: b.row_compiled("cudagraphs", mode="reduce-overhead"))
             else:
                 b.add("cudagraphs", None, note="skipped: needs CUDA")
+        if "fp8" in rows:
+            b.guarded("fp8", b.row_fp8)
     if args.json:
         Path(args.json).write_text(json.dumps({"setup": head, "rows": b.rows}, indent=1) + "\n")
-    print("\n| row | tokens/s | MFU | end-to-end / model-only | human genome (min) | note |")
-    print("|---|---|---|---|---|---|")
+    print("\n| row | tokens/s | MFU | end-to-end / model-only | human genome (min) | max abs dp vs bf16 | "
+          "calls changed vs bf16 | note |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in b.rows:
         def f(k: str, fmt: str, r: dict = r) -> str:
             return fmt.format(r[k]) if r.get(k) is not None else "-"
         print(f"| {r['row']} | {f('tokens_per_s', '{:,.0f}')} | {f('mfu', '{:.1%}')} | "
-              f"{f('e2e_over_model_only', '{:.3f}')} | {f('human_genome_minutes', '{:.1f}')} | {r['note']} |")
+              f"{f('e2e_over_model_only', '{:.3f}')} | {f('human_genome_minutes', '{:.1f}')} | "
+              f"{f('max_abs_dp_vs_bf16', '{:.3g}')} | {f('calls_changed_vs_bf16', '{:.2e}')} | {r['note']} |")
     with contextlib.suppress(Exception):
         sys.stdout.flush()
 

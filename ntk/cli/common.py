@@ -21,8 +21,9 @@ ModelOpt = Annotated[str | None, typer.Option(
     "--model", "-m", help="Checkpoint directory or preset name (from the local HF cache); default: the "
     "embedded model")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N, xla or mps")]
-PrecisionOpt = Annotated[str, typer.Option("--precision", help="auto, fp32, bf16 or fp16 (auto: bf16 on GPU; on a CPU "
-                                            "fp32, or bf16 for segment where the CPU has native bf16)")]
+PrecisionOpt = Annotated[str, typer.Option("--precision", help="auto, fp32, bf16, fp16 or fp8 (auto: bf16 on GPU; on a "
+                                            "CPU fp32, or bf16 for segment where the CPU has native bf16; fp8: "
+                                            "encoder linears in float8, GPUs of compute capability 8.9+)")]
 BatchSizeOpt = Annotated[str, typer.Option("--batch-size", help="Sequences per forward pass, or auto (a token budget)")]
 CompileOpt = Annotated[str, typer.Option(
     "--compile", metavar="off|on|cudagraphs", rich_help_panel="Model & device",

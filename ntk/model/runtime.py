@@ -1,4 +1,4 @@
-"""Device and precision selection (cuda, xla, mps, cpu; fp32, bf16, fp16)."""
+"""Device and precision selection (cuda, xla, mps, cpu; fp32, bf16, fp16; fp8: ``ntk/model/fp8.py``)."""
 from __future__ import annotations
 
 import os
@@ -60,8 +60,11 @@ def resolve_dtype(precision: str | torch.dtype | None, device: torch.device) -> 
         if device.type == "xla":
             return torch.bfloat16
         return torch.float32
+    if p == "fp8":  # the inference jobs get it through choose_precision; other commands have no fp8 path
+        raise NtkError("--precision fp8 is for segment, embed and score-variants only (here: auto, fp32, bf16, "
+                       "fp16)")
     if p not in _DTYPES:
-        raise NtkError(f"unknown precision {precision!r} (auto, fp32, bf16, fp16)")
+        raise NtkError(f"unknown precision {precision!r} (auto, fp32, bf16, fp16, fp8)")
     return _DTYPES[p]
 
 
@@ -101,9 +104,12 @@ def cpu_flags(cpuinfo: str | None = None) -> set[str] | None:
 class Precision:
     dtype: torch.dtype
     reason: str
+    fp8: bool = False  # the trunk's linear layers in float8 (ntk/model/fp8.py); ``dtype`` is the rest's (bf16)
 
     @property
     def name(self) -> str:
+        if self.fp8:
+            return "fp8"
         return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.dtype, str(self.dtype))
 
     def as_json(self) -> dict:
@@ -119,6 +125,14 @@ def choose_precision(precision: str | torch.dtype | None, device: torch.device, 
     ARM or another OS where the flags cannot be read, or a task not validated in bf16). ``flags``: the CPU flags
     (``True``: read them from this machine; ``None``: unknown) and ``machine`` (``platform.machine()``), for tests.
     """
+    if isinstance(precision, str) and precision.lower() == "fp8":
+        from .fp8 import check_fp8_device
+
+        check_fp8_device(device)
+        where = "the CPU: torch's float8 matmul, for accuracy checks (not a speed path)" if device.type == "cpu" \
+            else f"{device.type}: FP8 tensor cores"
+        return Precision(torch.bfloat16, f"requested: encoder linears in float8 e4m3 (per-row scales) on {where}; "
+                         "the rest in bf16", fp8=True)
     if isinstance(precision, torch.dtype) or (precision or "auto").lower() != "auto":
         dt = resolve_dtype(precision, device)
         return Precision(dt, "requested")

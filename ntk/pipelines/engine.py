@@ -151,7 +151,8 @@ def open_model(model, device: str = "auto", precision: str = "auto", threads: in
     (``auto``: :func:`ntk.model.runtime.choose_precision` for ``task``: segment, embed or score, which also names
     the job whose rules a ``window`` is checked against from config.json before any weights load). ``threads`` sets torch's CPU
     threads. ``compile`` (``--compile``: off, on, cudagraphs) is checked against the device before any weights
-    load (:func:`ntk.model.compiled.check_compile`); the job compiles its own forward."""
+    load (:func:`ntk.model.compiled.check_compile`); the job compiles its own forward. ``fp8``: bf16 with the
+    trunk's linear layers in float8 (:func:`ntk.model.fp8.to_fp8`)."""
     import torch
 
     from ..model import load_model
@@ -161,12 +162,17 @@ def open_model(model, device: str = "auto", precision: str = "auto", threads: in
 
     set_threads(threads)
     if isinstance(model, torch.nn.Module):
+        from ..model.fp8 import is_fp8
         check_compile(compile, next(model.parameters()).device)
-        return model.eval(), Precision(model.dtype, "given model")
+        return model.eval(), Precision(model.dtype, "given model", fp8=is_fp8(model))
     if model is not None and not isinstance(model, (str, os.PathLike)):
         raise NtkError(f"model: expected a checkpoint directory, a preset name or a loaded model, not "
                        f"{type(model).__name__}")
     prec = choose_precision(precision, resolve_device(device), task=task)
     check_compile(compile, resolve_device(device))
     check_window_before_loading(model, window, task or "")
-    return load_model(model, device=resolve_device(device), dtype=prec.dtype).eval(), prec
+    m = load_model(model, device=resolve_device(device), dtype=prec.dtype).eval()
+    if prec.fp8:  # --precision fp8: the trunk's linear layers in float8 (ntk/model/fp8.py)
+        from ..model.fp8 import to_fp8
+        to_fp8(m)
+    return m, prec
