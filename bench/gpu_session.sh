@@ -30,8 +30,12 @@ cp /tmp/emb/pretrain/summary.json "$OUT/pretrain_summary.json" 2>/dev/null
 echo "== segment_gpu (full-size SegmentNT, random weights): one row per issue #19 optimisation" | tee -a "$LOG"
 # rows: SDPA path/kernels, eager, forced SDPA kernels, batch sweep, end to end (writers in threads / processes),
 # torch.compile, CUDA graphs; a failing row is recorded and the others go on (checked first with --cpu-smoke)
-timeout 420 python3 bench/segment_gpu.py --mbp 3 --json "$OUT/segment_gpu_rows.json" 2>&1 \
+timeout 420 python3 bench/segment_gpu.py --mbp 3 --json "$OUT/segment_gpu_rows.json" \
+    --rows sdpa,eager,sdpa-flash,sdpa-efficient,sdpa-math,batch,e2e,compile,cudagraphs 2>&1 \
     | grep -v "^W1\|torch/_dynamo" | tail -n 40 | tee -a "$LOG"
+# ntk segment --compile on|cudagraphs end to end (each compiles the full-size model: its own time limit)
+timeout 300 python3 bench/segment_gpu.py --mbp 3 --rows eager,e2e,e2e-compile --json "$OUT/segment_gpu_compile.json" \
+    2>&1 | grep -v "^W1\|torch/_dynamo" | tail -n 12 | tee -a "$LOG"
 timeout 100 python3 bench/segment_gpu.py --mbp 3 --crop 1872 --rows e2e 2>&1 | tail -n 8 | tee -a "$LOG"
 
 echo "== variants_throughput on the GPU" | tee -a "$LOG"

@@ -80,6 +80,10 @@ class StaticCompiled:
         self.batches_compiled = self.batches_eager = self.rows_padded = 0
         self.compile_seconds: float | None = None
 
+    def reset_counts(self) -> None:
+        """Zero the batch counts (a run reusing this compiled forward reports its own; compile_seconds stays)."""
+        self.batches_compiled = self.batches_eager = self.rows_padded = 0
+
     def takes(self, rows: int, tokens: int) -> bool:
         """Whether a batch of this shape runs compiled (padded to the static rows when it has fewer)."""
         if self.shape is None:

@@ -66,7 +66,7 @@ class Family:
         self.m = model
         self.compiled = None  # a StaticCompiled forward (--compile), set by compile()
 
-    def compile(self, mode: str, shape: tuple[int, int]):
+    def compile(self, mode: str, shape: tuple[int, int], backend: str = "inductor"):
         """Compile the forward for batches of ``shape`` (rows, tokens); -> the StaticCompiled (run.json info)."""
         raise NtkError(f"--compile: not available for {self.name} models; run without --compile")
 
@@ -133,10 +133,17 @@ class SegmentNTFamily(Family):
         rescale = m.config.rescaling_for_tokens(ids.shape[1])
         return m(ids, rescaling_factor=rescale, heads="segment", unpadded=True).segment_probabilities
 
-    def compile(self, mode, shape):
+    def compile(self, mode, shape, backend="inductor"):
         from ..model.compiled import StaticCompiled
 
-        self.compiled = StaticCompiled(self.probabilities, mode, shape)
+        # kept on the model: a later run on the same loaded model (Python callers, benchmarks) reuses the compiled
+        # forward instead of tracing again (dynamo would recompile for each new Family object, up to its limit)
+        cache = self.m.__dict__.setdefault("_ntk_compiled", {})
+        key = (mode, tuple(shape), backend)
+        if key not in cache:
+            cache[key] = StaticCompiled(self.probabilities, mode, shape, backend=backend)
+        self.compiled = cache[key]
+        self.compiled.reset_counts()
         return self.compiled
 
     def predict(self, ids, head, select, n_fwd, rc_average, species_id):

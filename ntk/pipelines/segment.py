@@ -84,6 +84,17 @@ def iter_batches(jobs: Iterable[Job], token_budget: int, max_items: int | None, 
         yield from by_token_budget(group, lambda j: copies * tokens(j.window.length), token_budget, max_items)
 
 
+def compile_forward(fam: Family, mode: str, window: int, budget: int, max_items: int | None, copies: int = 1,
+                    backend: str = "inductor"):
+    """``fam``'s forward compiled (``--compile``) for the one shape it is worth compiling for: a full batch of
+    full windows as :func:`iter_batches` makes them (``copies`` rows per window with ``--rc-average``); batches
+    of the window with at least half those rows are padded to it, others run eager (ntk/model/compiled.py)."""
+    n_tok = fam.tokens(window)
+    items = max(1, budget // (copies * n_tok))
+    items = min(items, max_items) if max_items else items
+    return fam.compile(mode, (copies * items, n_tok), backend=backend)
+
+
 def select_batches(batches: Iterable[list[Job]], bp_range: tuple[int, int] | None = None,
                    skip: Callable[[int], bool] | None = None) -> Iterator[tuple[list[Job], bool]]:
     """``(batch, own)``: the batches of a shard (first kept position of the batch's first window in
@@ -371,11 +382,8 @@ def _run(fa: IndexedFasta, m, plan: _Plan, rc_average: bool, max_items: int | No
     write = _writer(keep, Blender(blend))
     copies = 2 if rc_average else 1
     compiled = None
-    if plan.compile != "off":  # one static shape: a full batch of full windows (the batches iter_batches makes)
-        n_tok = fam.tokens(plan.window)
-        items = max(1, plan.budget // (copies * n_tok))
-        items = min(items, max_items) if max_items else items
-        compiled = fam.compile(plan.compile, (copies * items, n_tok))
+    if plan.compile != "off":
+        compiled = compile_forward(fam, plan.compile, plan.window, plan.budget, max_items, copies)
 
     def encode(item: tuple[list[Job], bool]):
         batch, own = item
