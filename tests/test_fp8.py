@@ -226,3 +226,25 @@ def test_segment_and_embed_in_fp8_on_the_cpu(tmp_path, golden_dir):
                 "--device", "cpu")
     assert p.returncode == 0, p.stderr
     assert (tmp_path / "e.parquet").stat().st_size > 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or fp8_refusal(torch.device("cuda")) is not None,
+                    reason="needs a CUDA GPU of compute capability 8.9+ (run by bench/fp8_gpu_check.sh)")
+@pytest.mark.parametrize("scaling", ["row", "tensor"])
+def test_scaled_mm_on_cuda_matches_the_emulated_math(scaling):
+    """The GPU kernel (FP8 tensor cores, float32 accumulation) against the same quantisation dequantised and
+    multiplied in float32: the bf16 outputs differ by the bf16 rounding of either (2 x 2**-8 |y|) plus the
+    summation order (REORDER_ULPS eps32 of sum |x8 s_x| |w8 s_w|)."""
+    torch.manual_seed(0)
+    dev = torch.device("cuda")
+    lin = nn.Linear(1024, 4096).to(dev, torch.bfloat16)  # the segment-nt FFN's sizes
+    x = wide_range((3 * 513, 1024), seed=4).to(dev, torch.bfloat16)
+    real = Float8Linear(lin, scaling)
+    emu = Float8Linear(lin, scaling, emulate=True)
+    with torch.no_grad():
+        a, b = real(x).double(), emu(x).double()
+    x8, sx = quantise(x, scaling)
+    mag = dequantise(x8, sx).abs().double() @ (real.weight_fp8.double().abs()
+                                               * real.weight_scale.double().reshape(-1, 1)).t()
+    bound = 2 * BF16_U * (1 + BF16_U) * b.abs() + REORDER_ULPS * 2.0 ** -23 * mag + BF16_U * real.bias.double().abs()
+    assert bool(((a - b).abs() <= bound).all()), f"worst {float(((a - b).abs() / bound).max()):.3f} of the bound"

@@ -79,16 +79,16 @@ def quantise(x: torch.Tensor, scaling: str = "row") -> tuple[torch.Tensor, torch
     """``(q, s)``: ``x`` [M, K] as e4m3 values ``q`` and float32 scales ``s`` ([M, 1] per row, [] per tensor),
     with ``q * s ~= x``: each row's (or the tensor's) largest magnitude maps onto 448. A row of zeros gets the
     scale 1 (its values are exact)."""
-    xf = x.float()
-    if scaling == "row":
-        amax = xf.abs().amax(dim=-1, keepdim=True)
+    if scaling == "row":  # the largest magnitude is one of x's own values: exact in x's dtype
+        amax = x.abs().amax(dim=-1, keepdim=True).float()
     elif scaling == "tensor":
-        amax = xf.abs().amax()
+        amax = x.abs().amax().float()
     else:
         raise ValueError(f"scaling {scaling!r}: expected one of {SCALINGS}")
     s = torch.where(amax > 0, amax / E4M3_MAX, torch.ones_like(amax))
-    # x / s is at most 448 up to one float32 rounding; clamp so that it never rounds past the largest e4m3
-    q = (xf / s).clamp_(-E4M3_MAX, E4M3_MAX).to(E4M3)
+    # x / s in float32 (x promoted to s's dtype inside the division: no float32 copy of x first) is at most 448 up
+    # to one float32 rounding; clamp so that it never rounds past the largest e4m3
+    q = (x / s).clamp_(-E4M3_MAX, E4M3_MAX).to(E4M3)
     return q, s.contiguous()
 
 
