@@ -180,3 +180,69 @@ def test_segment_compiled_equals_eager_through_the_cli(golden_dir, sample_dir, t
         want = _bigwig(tmp_path / "eager" / f"{f}.bw", "I", 3000)
         got = _bigwig(tmp_path / "compiled" / f"{f}.bw", "I", 3000)
         assert_f32_close(got, want, REORDER_ULPS, scale=1.0, what=f)
+
+
+@pytest.fixture
+def dynamo_only(monkeypatch):
+    """The jobs' compiled forwards traced by dynamo without inductor's code generation (``backend="eager"``): the
+    plumbing (which batches run compiled, padding, values) in seconds; inductor itself is the segment CLI test's."""
+    from ntk.model import compiled
+
+    monkeypatch.setattr(compiled, "BACKEND", "eager")
+
+
+def _fixed_length_fasta(path, sample_dir, n: int = 20, length: int = 600, short: bool = True):
+    from ntk.io.fasta import IndexedFasta
+
+    fa = IndexedFasta(sample_dir / "genome.fa.gz")
+    with open(path, "w") as f:
+        for i in range(n):
+            f.write(f">r{i}\n{fa.fetch('I', 10_000 + 997 * i, 10_000 + 997 * i + length)}\n")
+        if short:
+            f.write(">short\nACGTACGTAAACCCGGGTTTACGT\n")
+    fa.close()
+    return path
+
+
+def test_embed_compiled_plumbing(sample_dir, tmp_path, dynamo_only):
+    """``embed --compile``: batches of equal-length records (no padding) run the compiled unpadded forward, the
+    partial last one padded to the static rows, a padded batch eager; embeddings equal eager ones."""
+    import polars as pl
+
+    from ntk.pipelines.embed import run_embed
+    from ntk.pipelines.options import EmbedOptions
+
+    fa = _fixed_length_fasta(tmp_path / "fixed.fa", sample_dir)
+    got = {}
+    for mode in ("off", "on"):
+        st = run_embed(EmbedOptions(tmp_path / f"{mode}.parquet", input=str(fa), device="cpu", batch_size=8,
+                                    compile=mode))
+        got[mode] = np.stack(pl.read_parquet(tmp_path / f"{mode}.parquet")["embedding"].to_list())
+        if mode == "on":
+            c = st.compile
+            assert c["shape"][0] == 8 and c["batches_compiled"] >= 2 and c["batches_eager"] >= 1, c
+        else:
+            assert st.compile is None
+    assert_f32_close(got["on"], got["off"], REORDER_ULPS, what="embeddings")
+
+
+def test_score_variants_compiled_plumbing(sample_dir, tmp_path, dynamo_only):
+    """``score-variants --compile``: the trunk of unpadded REF/ALT windows runs compiled (a partial batch padded to
+    the static rows); every score equals the eager one."""
+    import polars as pl
+
+    from ntk.pipelines.score_variants import score_variants
+
+    tables = {}
+    for mode in ("off", "on"):
+        s = score_variants(str(sample_dir / "variants.vcf"), str(sample_dir / "genome.fa.gz"), output=None,
+                           table=str(tmp_path / f"{mode}.parquet"), regions=["I:1-30,000"], device="cpu",
+                           threads=1, compile=mode)
+        tables[mode] = pl.read_parquet(tmp_path / f"{mode}.parquet")
+        if mode == "on":
+            assert s.compile["batches_compiled"] >= 1, s.compile
+    a, b = tables["off"], tables["on"]
+    assert a.height == b.height > 0
+    for col in a.columns:
+        if a[col].dtype in (pl.Float32, pl.Float64):
+            assert_f32_close(b[col].to_numpy(), a[col].to_numpy(), REORDER_ULPS, what=col)

@@ -32,6 +32,7 @@ import torch
 from ..errors import NtkError
 
 COMPILE_MODES = ("off", "on", "cudagraphs")
+BACKEND = "inductor"  # torch.compile's backend (tests of the plumbing set "eager": dynamo alone, no code generation)
 
 
 def check_compile(mode: str, device: torch.device | str) -> str:
@@ -67,16 +68,17 @@ class StaticCompiled:
     shapes run ``fn`` eagerly (see the module docstring). ``info()`` is what run.json records."""
 
     def __init__(self, fn: Callable[..., torch.Tensor], mode: str, shape: tuple[int, int] | None = None,
-                 rows_for: Callable[[int], int] | None = None, backend: str = "inductor"):
+                 rows_for: Callable[[int], int] | None = None, backend: str | None = None):
         """``shape``: the static (rows, tokens); None: the first batch's tokens T, and ``rows_for(T)`` rows (a full
         batch of that length under the job's batch rule) or else the first batch's rows. ``backend``: torch.compile's
-        (tests check the shape rules with ``"eager"``: dynamo alone, no code generation)."""
+        (default :data:`BACKEND`)."""
         self.fn = fn
         self.mode = mode
         self.shape = shape
         self.rows_for = rows_for
         graphs = {"mode": "reduce-overhead"} if mode == "cudagraphs" else {}  # CUDA graphs (inductor's option)
-        self.compiled = torch.compile(fn, dynamic=False, fullgraph=True, backend=backend, **graphs)
+        self.compiled = torch.compile(fn, dynamic=False, fullgraph=True, backend=backend or BACKEND,
+                                      **graphs)
         self.batches_compiled = self.batches_eager = self.rows_padded = 0
         self.compile_seconds: float | None = None
 

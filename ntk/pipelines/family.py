@@ -66,7 +66,7 @@ class Family:
         self.m = model
         self.compiled = None  # a StaticCompiled forward (--compile), set by compile()
 
-    def compile(self, mode: str, shape: tuple[int, int], backend: str = "inductor"):
+    def compile(self, mode: str, shape: tuple[int, int], backend: str | None = None):
         """Compile the forward for batches of ``shape`` (rows, tokens); -> the StaticCompiled (run.json info)."""
         raise NtkError(f"--compile: not available for {self.name} models; run without --compile")
 
@@ -133,13 +133,14 @@ class SegmentNTFamily(Family):
         rescale = m.config.rescaling_for_tokens(ids.shape[1])
         return m(ids, rescaling_factor=rescale, heads="segment", unpadded=True).segment_probabilities
 
-    def compile(self, mode, shape, backend="inductor"):
+    def compile(self, mode, shape, backend=None):
+        from ..model import compiled as compiled_module
         from ..model.compiled import StaticCompiled
 
         # kept on the model: a later run on the same loaded model (Python callers, benchmarks) reuses the compiled
         # forward instead of tracing again (dynamo would recompile for each new Family object, up to its limit)
         cache = self.m.__dict__.setdefault("_ntk_compiled", {})
-        key = (mode, tuple(shape), backend)
+        key = (mode, tuple(shape), backend or compiled_module.BACKEND)
         if key not in cache:
             cache[key] = StaticCompiled(self.probabilities, mode, shape, backend=backend)
         self.compiled = cache[key]

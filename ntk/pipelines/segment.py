@@ -85,7 +85,7 @@ def iter_batches(jobs: Iterable[Job], token_budget: int, max_items: int | None, 
 
 
 def compile_forward(fam: Family, mode: str, window: int, budget: int, max_items: int | None, copies: int = 1,
-                    backend: str = "inductor"):
+                    backend: str | None = None):
     """``fam``'s forward compiled (``--compile``) for the one shape it is worth compiling for: a full batch of
     full windows as :func:`iter_batches` makes them (``copies`` rows per window with ``--rc-average``); batches
     of the window with at least half those rows are padded to it, others run eager (ntk/model/compiled.py)."""
