@@ -6,8 +6,14 @@
 - ``sdpa-flash`` / ``sdpa-efficient`` / ``sdpa-math``: the same with SDPA forced to one kernel
   (``torch.nn.attention.sdpa_kernel``); plus the check that SegmentNT windows pass no attention mask (so flash
   is eligible) and the attention ops/kernels the profiler saw in one forward;
-- ``compile``: ``torch.compile`` of the whole model (encoder + U-Net, static shapes, ``dynamic=False``);
-- ``cudagraphs``: the same in ``mode="reduce-overhead"`` (inductor with CUDA graphs); CUDA only;
+- ``compile``: what ``ntk segment --compile on`` runs: the unpadded SegmentNT forward (encoder + U-Net, no
+  attention mask, 0 graph breaks) compiled by inductor for one static shape (``dynamic=False``, a full batch of
+  full windows; shorter batches of the window padded to it, other shapes eager: ``pipelines/segment.py``
+  ``compile_forward``), model only on segment's batches, ratio against ``eager``;
+- ``cudagraphs``: the same with ``--compile cudagraphs`` (``mode="reduce-overhead"``: inductor + CUDA graphs);
+  CUDA only;
+- ``e2e compile`` / ``e2e cudagraphs``: ``segment_genome(..., compile=...)`` end to end (compilation in a warm-up
+  run first, as the ``e2e`` rows warm up, reused by the timed run; its compile time in the note); CUDA only;
 - ``batch=N``: the eager model with N windows per forward (tokens/s vs batch; peak memory);
 - ``fp8``: ``--precision fp8`` (the encoder's linear layers in float8 e4m3 with per-row scales,
   ``torch._scaled_mm``; ``ntk/model/fp8.py``), model only, and its accuracy against the bf16 model on the same
@@ -21,7 +27,8 @@ a 3.1 Gbp human genome (kept nt per second of that row). A row that fails record
 
     python bench/segment_gpu.py [--mbp 3] [--precision bf16] [--crop N] [--rows eager,compile,...] [--json F]
     python bench/segment_gpu.py --cpu-smoke     # every row on the CPU with the golden tiny SegmentNT (a dry run;
-                                                # the compile row with backend="eager": the plumbing, not inductor)
+                                                # the compile row with backend="eager": the plumbing, not inductor;
+                                                # no cudagraphs / e2e compile rows)
 """
 from __future__ import annotations
 
@@ -50,11 +57,13 @@ from ntk.model import NucleotideTransformer, preset_config  # noqa: E402
 from ntk.model.runtime import resolve_dtype  # noqa: E402
 from ntk.model.tokenizer import sequence_codes  # noqa: E402
 from ntk.plan.batching import auto_token_budget  # noqa: E402
-from ntk.pipelines.segment import family_of, iter_batches, iter_windows, plan_units, segment_genome  # noqa: E402
+from ntk.pipelines.segment import (compile_forward, family_of, iter_batches, iter_windows, plan_units,  # noqa: E402
+                                   segment_genome)
 
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 HUMAN_BP = 3.1e9
-ROWS = ["sdpa", "eager", "sdpa-flash", "sdpa-efficient", "sdpa-math", "batch", "e2e", "compile", "cudagraphs", "fp8"]
+ROWS = ["sdpa", "eager", "sdpa-flash", "sdpa-efficient", "sdpa-math", "batch", "e2e", "compile", "cudagraphs",
+        "e2e-compile", "fp8"]
 
 
 def flops_per_token(cfg, tokens: int) -> float:
@@ -125,9 +134,8 @@ class Bench:
         return time.perf_counter() - t0
 
     def eager(self, ids: torch.Tensor) -> torch.Tensor:
-        m = self.m
-        return m(ids, rescaling_factor=m.config.rescaling_for_tokens(ids.shape[1]),
-                 heads="segment").segment_probabilities
+        """What ``ntk segment`` runs per batch without --compile: the unpadded forward (no mask, no check)."""
+        return family_of(self.m).probabilities(ids)
 
     def add(self, name: str, seconds: float | None, tokens: int | None = None, e2e: float | None = None,
             note: str = "", **extra) -> dict:
@@ -274,22 +282,51 @@ class Bench:
                  calls_changed_vs_bf16=acc["call_flip_fraction"], compared_positions=acc["positions"])
         del m8
 
-    def row_compiled(self, name: str, **kw) -> None:
-        if self.smoke:  # the plumbing only: inductor's C++ compile of a model takes minutes on a busy CPU
-            kw.setdefault("backend", "eager")
-        torch._dynamo.reset()
-        t_c = time.perf_counter()
-        self.m.compile(dynamic=False, **kw)
+    def row_compiled(self, name: str, mode: str) -> None:
+        """``ntk segment --compile MODE``'s forward (``compile_forward``), model only, on segment's batches."""
+        backend = "eager" if self.smoke else "inductor"  # smoke: the plumbing only (inductor's C++ build is slow)
+        self.fresh()
+        fam = family_of(self.m)
+        c = compile_forward(fam, mode, self.W, self.budget, None, backend=backend)
         try:
             batches = self.batches()
-            t = self.forward_time(self.eager, batches)
+            t_c = time.perf_counter()
+            t = self.forward_time(c, batches)
             t_c = time.perf_counter() - t_c - t
+            ratio = f"; eager / this {self.model_only_s / t:.3f}" if self.model_only_s else ""
             self.add(name, t, sum(x.numel() for x in batches),
-                     note=f"torch.compile(dynamic=False{''.join(f', {k}={v!r}' for k, v in kw.items())}) of the "
-                          f"whole model", compile_and_warmup_s=t_c)
+                     note=f"--compile {mode} (compile_forward: static shape {list(c.shape)}, dynamic=False"
+                          f"{', backend=eager' if self.smoke else ''}), model only{ratio}",
+                     compile_and_warmup_s=t_c, compile_s=c.compile_seconds, **{k: v for k, v in c.info().items()
+                                                                              if k.startswith(("batches", "rows"))})
         finally:
-            self.m._compiled_call_impl = None  # back to eager for the next rows
-            torch._dynamo.reset()
+            self.fresh()
+
+    def fresh(self) -> None:
+        """Forget compiled code: dynamo's caches and the compiled forward segment keeps on the model."""
+        torch._dynamo.reset()
+        self.m.__dict__.pop("_ntk_compiled", None)
+
+    def row_e2e_compiled(self, mode: str) -> None:
+        """``segment_genome(..., compile=MODE)`` end to end (writers in processes, the default for genomes); the
+        warm-up run compiles, the timed run reuses its compiled forward (kept on the model)."""
+        self.fresh()
+        t0 = time.perf_counter()
+        w = segment_genome(self.fasta, self.tmp / "warm", model=self.m, regions=[f"chr1:1-{4 * self.W}"],
+                           threshold=THRESHOLD, force=True, crop=self.crop, compile=mode)
+        warm = time.perf_counter() - t0
+        self.sync()
+        t0 = time.perf_counter()
+        r = segment_genome(self.fasta, self.tmp / "out", model=self.m, threshold=THRESHOLD, force=True,
+                           crop=self.crop, compile=mode)
+        self.sync()
+        t = time.perf_counter() - t0
+        self.add(f"e2e {mode}", t, sum(len(v) for v in self.ids.values()), e2e=t,
+                 note=f"segment_genome(compile={mode!r}) end to end, compiled in the warm-up run "
+                      f"({w.compile.get('compile_seconds')} s of its {warm:.1f} s)",
+                 bp_scored=r.bp_scored, bp_per_s=r.bp_scored / t, end_to_end_s=t, compile=r.compile,
+                 warm_compile=w.compile)
+        self.fresh()
 
 
 def main() -> None:
@@ -342,14 +379,20 @@ def main() -> None:
             for w in ("thread", "process"):
                 b.guarded(f"e2e {w}", lambda w=w: b.row_e2e(w))
         if "compile" in rows:
-            b.guarded("compile", lambda: b.row_compiled("compile"))
+            b.guarded("compile", lambda: b.row_compiled("compile", "on"))
         if "cudagraphs" in rows:
             if dev.type == "cuda":
-                b.guarded("cudagraphs", lambda: b.row_compiled("cudagraphs", mode="reduce-overhead"))
+                b.guarded("cudagraphs", lambda: b.row_compiled("cudagraphs", "cudagraphs"))
             else:
                 b.add("cudagraphs", None, note="skipped: needs CUDA")
         if "fp8" in rows:
             b.guarded("fp8", b.row_fp8)
+        if "e2e-compile" in rows:
+            for mode in ("on", "cudagraphs"):
+                if dev.type == "cuda":
+                    b.guarded(f"e2e {mode}", lambda mode=mode: b.row_e2e_compiled(mode))
+                else:
+                    b.add(f"e2e {mode}", None, note="skipped on the CPU smoke run (inductor's C++ build)")
     if args.json:
         Path(args.json).write_text(json.dumps({"setup": head, "rows": b.rows}, indent=1) + "\n")
     print("\n| row | tokens/s | MFU | end-to-end / model-only | human genome (min) | max abs dp vs bf16 | "

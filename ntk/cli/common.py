@@ -25,6 +25,10 @@ PrecisionOpt = Annotated[str, typer.Option("--precision", help="auto, fp32, bf16
                                             "CPU fp32, or bf16 for segment where the CPU has native bf16; fp8: "
                                             "encoder linears in float8, GPUs of compute capability 8.9+)")]
 BatchSizeOpt = Annotated[str, typer.Option("--batch-size", help="Sequences per forward pass, or auto (a token budget)")]
+CompileOpt = Annotated[str, typer.Option(
+    "--compile", metavar="off|on|cudagraphs", rich_help_panel="Model & device",
+    help="torch.compile the model for the full window's batch shape (on; cudagraphs: plus CUDA graphs, CUDA only); "
+    "pays on long GPU runs; CPU needs a C++ compiler")]
 ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="CPU threads for torch (default: torch's choice)")]
 ShardOpt = Annotated[str | None, typer.Option(
     "--shard", help="Run the I-th of N deterministic shards (1-based); join with ntk merge")]

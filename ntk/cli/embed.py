@@ -6,7 +6,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from .common import (BatchSizeOpt, ChrMapOpt, DeviceOpt, ForceOpt, ModelOpt, PrecisionOpt, QuietOpt, RegionOpt,
+from .common import (BatchSizeOpt, ChrMapOpt, CompileOpt, DeviceOpt,
+                     ForceOpt, ModelOpt, PrecisionOpt, QuietOpt, RegionOpt,
                      RegionsFileOpt, ShardOpt, ThreadsOpt, console, parse_batch_size, parse_shard)
 
 HELP = (
@@ -72,6 +73,7 @@ def register(app: typer.Typer) -> None:
         precision: PrecisionOpt = "auto",
         batch_size: BatchSizeOpt = "auto",
         threads: ThreadsOpt = None,
+        compile_mode: CompileOpt = "off",
         shard: ShardOpt = None,
         chunk_tokens: Annotated[Optional[int], typer.Option(
             "--chunk-tokens", hidden=True, help="Tokens per scheduling chunk (shards are cut between chunks)")] = None,
@@ -91,7 +93,8 @@ def register(app: typer.Typer) -> None:
             output, input=input, reference=reference, regions=list(region or []), regions_file=regions,
             chr_map=chr_map, model=model, layers=layer, pool=pool, rc_average=rc_average, fmt=fmt, species=species,
             window=window, device=device, precision=precision, batch_size=parse_batch_size(batch_size),
-            threads=threads, shard=parse_shard(shard), chunk_tokens=chunk_tokens, resume=resume, force=force)
+            threads=threads,
+            compile=compile_mode, shard=parse_shard(shard), chunk_tokens=chunk_tokens, resume=resume, force=force)
         ranks = world_size() > 1
         check_embed_options(opts, ranks)
         inputs = plan_inputs(opts)

@@ -7,7 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from .common import (BatchSizeOpt, ChrMapOpt, DeviceOpt, ForceOpt, ModelOpt, PrecisionOpt, QuietOpt, RegionOpt,
+from .common import (BatchSizeOpt, ChrMapOpt, CompileOpt, DeviceOpt,
+                     ForceOpt, ModelOpt, PrecisionOpt, QuietOpt, RegionOpt,
                      RegionsFileOpt, ShardOpt, ThreadsOpt, console, parse_batch_size, parse_shard)
 
 HELP = """Score VCF variants with a Nucleotide Transformer / SegmentNT model (zero-shot).
@@ -57,6 +58,7 @@ def register(app: typer.Typer) -> None:
         precision: PrecisionOpt = "auto",
         batch_size: BatchSizeOpt = "auto",
         threads: ThreadsOpt = None,
+        compile_mode: CompileOpt = "off",
         shard: ShardOpt = None,
         chunk_size: Annotated[int, typer.Option(
             "--chunk-size", hidden=True, help="Records scored together (shards are cut between chunks)")] = 4096,
@@ -79,7 +81,8 @@ def register(app: typer.Typer) -> None:
             vcf, reference, output=output, table=table, model=model, scores=scores, window=window,
             rc_average=rc_average, segment_radius=segment_radius, regions=list(region or ()), regions_file=regions,
             chr_map=chr_map, device=device, precision=precision, batch_size=parse_batch_size(batch_size),
-            threads=threads, shard=parse_shard(shard), force=force, progress=not quiet and console.is_terminal,
+            threads=threads,
+            compile=compile_mode, shard=parse_shard(shard), force=force, progress=not quiet and console.is_terminal,
             command=shlex.join(["ntk"] + sys.argv[1:]), chunk_size=chunk_size, resume=resume, species=species)
         log = None if quiet else console.print
 

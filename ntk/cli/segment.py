@@ -9,7 +9,8 @@ import typer
 
 from ..io.segments import DEFAULT_MERGE_GAP
 from ..io.tracks import DEFAULT_BEDGRAPH_DIGITS
-from .common import (BatchSizeOpt, ChrMapOpt, DeviceOpt, ForceOpt, GenomeResumeOpt, ModelOpt, PrecisionOpt, QuietOpt,
+from .common import (BatchSizeOpt, ChrMapOpt, CompileOpt, DeviceOpt,
+                     ForceOpt, GenomeResumeOpt, ModelOpt, PrecisionOpt, QuietOpt,
                      RegionOpt, ResumeChunkBpOpt, ZoomLevelsOpt,
                      RegionsFileOpt, ShardOpt, ThreadsOpt, console, parse_batch_size, parse_shard)
 
@@ -150,6 +151,7 @@ def register(app: typer.Typer) -> None:
         precision: PrecisionOpt = "auto",
         batch_size: BatchSizeOpt = "auto",
         threads: ThreadsOpt = None,
+        compile_mode: CompileOpt = "off",
         shard: ShardOpt = None,
         resume: GenomeResumeOpt = False,
         resume_chunk_bp: ResumeChunkBpOpt = None,
@@ -169,7 +171,8 @@ def register(app: typer.Typer) -> None:
             features=feats, window=window, crop=crop, rc_average=rc_average, blend=blend, threshold=threshold,
             min_length=min_length, merge_gap=merge_gap, bedgraph=bedgraph, bedgraph_digits=digits,
             zoom_levels=zoom_levels, device=device, precision=precision, batch_size=parse_batch_size(batch_size),
-            threads=threads, force=force, shard=parse_shard(shard), resume=resume, resume_chunk_bp=resume_chunk_bp,
+            threads=threads,
+            compile=compile_mode, force=force, shard=parse_shard(shard), resume=resume, resume_chunk_bp=resume_chunk_bp,
             species=species)
         result = run_genome_job("segment", opts, quiet)
         if result is None:  # a torchrun rank

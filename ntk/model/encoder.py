@@ -37,22 +37,34 @@ class Embeddings(nn.Module):
         self.pad_id = cfg.pad_token_id
         self.mask_id = cfg.mask_token_id
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """``attention_mask`` None: nothing is padded (the caller knows it; no check, no multiply)."""
         x = self.word_embeddings(input_ids)
         if self.token_dropout:
             # ESM token dropout as applied at inference by the reference: zero <mask> rows, rescale by
             # (1 - 0.15*0.8) / (1 - observed mask ratio) per sequence.
             is_mask = input_ids == self.mask_id
             x = x.masked_fill(is_mask.unsqueeze(-1), 0.0)
-            observed = is_mask.sum(-1).float() / attention_mask.sum(-1).float()
+            real = attention_mask.sum(-1).float() if attention_mask is not None else float(input_ids.shape[1])
+            observed = is_mask.sum(-1).float() / real
             x = (x * (1 - 0.15 * 0.8) / (1 - observed)[:, None, None]).to(x.dtype)
         if self.position_embeddings is not None:
             not_pad = (input_ids != self.pad_id).long()
             positions = torch.cumsum(not_pad, dim=1) * not_pad + self.pad_id
             x = x + self.position_embeddings(positions)
-        if bool(attention_mask.all()):  # nothing padded: skip a full pass over the activations
+        if attention_mask is None or not_padded(attention_mask):  # skip a full pass over the activations
             return x
         return x * attention_mask.unsqueeze(-1).to(x.dtype)
+
+
+def not_padded(attention_mask: torch.Tensor) -> bool:
+    """Whether a key-padding mask masks nothing, checked in eager mode only: the check reads the mask back to the
+    host (a device sync, and data-dependent control flow that ``torch.compile`` breaks its graph at). Under
+    compilation the mask is kept as it is (same values: an all-True mask masks nothing); callers that know
+    nothing is padded pass no mask at all."""
+    if torch.compiler.is_compiling():
+        return False
+    return bool(attention_mask.all())
 
 
 def rotary_inv_freq(head_dim: int, rescaling_factor: float | None, device=None) -> torch.Tensor:
@@ -100,10 +112,13 @@ def apply_rotary(x: torch.Tensor, tables: RotaryTables) -> torch.Tensor:
     """Rotate-half rotary on ``x`` [B, T, heads, head_dim] (any strides): a new contiguous tensor.
 
     Without autograd the two halves are written straight into the output (a multiply and a fused multiply-add
-    per half); with autograd, ``x cos + swap(x) [-sin, sin]`` (one flip, no negation)."""
+    per half); with autograd or under ``torch.compile``, ``x cos + swap(x) [-sin, sin]`` (one flip, no
+    negation)."""
     cos, sin, nsin, cos_full, sin_signed = tables
     h = x.shape[-1] // 2
-    if torch.is_grad_enabled() and x.requires_grad:
+    if (torch.is_grad_enabled() and x.requires_grad) or torch.compiler.is_compiling():
+        # (under torch.compile: the functional form, which the compiler fuses into one kernel; ``out=`` writes
+        # into strided halves are a graph break)
         swapped = x.unflatten(-1, (2, h)).flip(-2).flatten(-2)
         return x * cos_full + swapped * sin_signed
     out = torch.empty(x.shape, dtype=torch.result_type(x, cos), device=x.device)
@@ -226,12 +241,14 @@ class ESM(nn.Module):
 
     def forward(self, input_ids, attention_mask, output_hidden_states=False, rescaling_factor=None,
                 layers: int | None = None):
-        """``layers``: stop after that many blocks (no final LN unless all blocks ran)."""
+        """``layers``: stop after that many blocks (no final LN unless all blocks ran). ``attention_mask`` None:
+        nothing is padded; SDPA then gets no mask (flash-eligible) and no data-dependent check runs."""
         B, T = input_ids.shape
         dtype = self.encoder.emb_layer_norm_after.weight.dtype  # compute dtype
         x = self.embeddings(input_ids, attention_mask).float()  # residual stream in float32
         # key-padding mask only; None when nothing is padded (lets SDPA pick its fastest kernel)
-        key_mask = None if bool(attention_mask.all()) else attention_mask[:, None, None, :]
+        unmasked = attention_mask is None or not_padded(attention_mask)
+        key_mask = None if unmasked else attention_mask[:, None, None, :]
         rope = None
         if self.rotary is not None:
             factor = rescaling_factor if rescaling_factor is not None else self.config.rescaling_for_tokens(T)

@@ -54,6 +54,11 @@ class NucleotideTransformer(nn.Module):
     ``hidden_states`` follows HF: ``[0]`` embedding output, ``[i]`` output of block i, ``[L]`` after the final
     LayerNorm (= ``last_hidden_state``).
 
+    ``unpadded=True`` (no ``attention_mask``): the caller guarantees that no position is padded (SegmentNT
+    windows, fixed-length windows). No mask is built or checked, so the forward has no data-dependent control
+    flow (``torch.compile`` traces it whole) and SDPA gets ``attn_mask=None`` (its flash kernel on CUDA).
+    Without it, the mask is ``input_ids != pad`` and an all-True mask is dropped after a check (eager mode).
+
     ``heads`` says which heads run: ``True`` (default) every head the model has, ``False`` none (trunk only:
     ``last_hidden_state``/``hidden_states``), or a name or collection of names from :data:`HEADS` (``"lm"`` ->
     ``logits``, ``"segment"`` -> ``segment_logits``/``segment_probabilities``, ``"classifier"`` -> ``logits``).
@@ -95,7 +100,8 @@ class NucleotideTransformer(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def _as_ids(self, input_ids, attention_mask):
+    def _as_ids(self, input_ids, attention_mask, unpadded: bool = False):
+        """``(input_ids, attention_mask)`` on the model's device; ``unpadded``: the mask is None (nothing padded)."""
         if isinstance(input_ids, TokenBatch):
             attention_mask = input_ids.attention_mask if attention_mask is None else attention_mask
             input_ids = input_ids.input_ids
@@ -104,6 +110,10 @@ class NucleotideTransformer(nn.Module):
         if input_ids.dim() == 1:
             input_ids = input_ids.unsqueeze(0)
         input_ids = input_ids.to(self.device, torch.long)
+        if unpadded:
+            if attention_mask is not None:
+                raise ValueError("unpadded=True takes no attention_mask (nothing is padded)")
+            return input_ids, None
         if attention_mask is None:
             attention_mask = input_ids != self.config.pad_token_id
         else:
@@ -114,9 +124,9 @@ class NucleotideTransformer(nn.Module):
 
     # -- forward ----------------------------------------------------------------------------------
     def forward(self, input_ids, attention_mask=None, output_hidden_states: bool = False,
-                rescaling_factor: float | None = None, heads=True) -> ModelOutput:
+                rescaling_factor: float | None = None, heads=True, unpadded: bool = False) -> ModelOutput:
         want = wanted_heads(heads)
-        input_ids, attention_mask = self._as_ids(input_ids, attention_mask)
+        input_ids, attention_mask = self._as_ids(input_ids, attention_mask, unpadded)
         x, hidden = self.esm(input_ids, attention_mask, output_hidden_states=output_hidden_states,
                              rescaling_factor=rescaling_factor)
         out = ModelOutput(last_hidden_state=x, hidden_states=tuple(hidden) if hidden is not None else None)
@@ -126,7 +136,8 @@ class NucleotideTransformer(nn.Module):
             out.segment_logits = self.segment_head(x)
             out.segment_probabilities = segment_probabilities(out.segment_logits)
         if self.classifier is not None and "classifier" in want:
-            out.logits = self.classifier(x, attention_mask)
+            mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.bool)
+            out.logits = self.classifier(x, mask)
         return out
 
     def segment_head(self, x: torch.Tensor) -> torch.Tensor:
@@ -141,9 +152,9 @@ class NucleotideTransformer(nn.Module):
         y = self.fc(torch.nn.functional.silu(y))
         return y.reshape(B, L * NUC_PER_TOKEN, len(self.config.features), 2)
 
-    def embed(self, input_ids, attention_mask=None, layer: int = -1) -> torch.Tensor:
+    def embed(self, input_ids, attention_mask=None, layer: int = -1, unpadded: bool = False) -> torch.Tensor:
         """Hidden states of one layer (HF indexing; -1 = after the final LayerNorm), stopping early when possible."""
-        input_ids, attention_mask = self._as_ids(input_ids, attention_mask)
+        input_ids, attention_mask = self._as_ids(input_ids, attention_mask, unpadded)
         L = self.config.num_hidden_layers
         idx = layer if layer >= 0 else L + 1 + layer
         if not 0 <= idx <= L:

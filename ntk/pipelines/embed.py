@@ -290,6 +290,7 @@ class EmbedStats:
     rows: int = 0
     seconds: float = 0.0
     resume: dict | None = None  # --resume: units reused / computed, tokens per unit
+    compile: dict | None = None  # --compile: mode, static shape, batches compiled / eager
     shard_records: tuple[int, int] | None = None  # --shard: the records [lo, hi) of this part
 
     @property
@@ -311,7 +312,7 @@ class Embedder:
     def __init__(self, model, layers=None, pool: str = "mean", rc_average: bool = False,
                  batch_size: int | None = None, token_budget: int | None = None, crop: int | None = None,
                  chunk_tokens: int | None = None, bucket: bool = True, tokenize_block: int = 1 << 20,
-                 species: str | None = None, window: int | None = None):
+                 species: str | None = None, window: int | None = None, compile: str = "off"):
         if pool not in POOLINGS:
             raise NtkError(f"--pool {pool!r}: expected one of {', '.join(POOLINGS)}")
         if rc_average and pool == "none":
@@ -343,6 +344,16 @@ class Embedder:
         self.batch_size = batch_size
         self.token_budget = token_budget or auto_token_budget(model.device.type, self.hidden_size,
                                                               cfg.num_hidden_layers)
+        self.compiled = None  # --compile: the unpadded forward, for one static shape (ntk/model/compiled.py)
+        if compile != "off":
+            from ..model.compiled import StaticCompiled, check_compile
+
+            check_compile(compile, model.device)
+            if self.ntv3:
+                raise NtkError("--compile: NTv3 models run eager for now (compilation covers the Nucleotide "
+                               "Transformer forward); run without --compile")
+            self.compiled = StaticCompiled(lambda ids: self._forward(ids, None), compile,
+                                           rows_for=lambda T: self.batch_size or max(1, self.token_budget // T))
         width = len(self.layers) * self.hidden_size
         if chunk_tokens is None:
             chunk_tokens = max(self.token_budget * 8, 1 << 17)
@@ -403,8 +414,14 @@ class Embedder:
 
     # -- model ----------------------------------------------------------------------------------
     @torch.inference_mode()
-    def _hidden(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """[B, T, n_layers, H] float32."""
+    def _hidden(self, ids: torch.Tensor, mask: torch.Tensor, unpadded: bool = False) -> torch.Tensor:
+        """[B, T, n_layers, H] float32. ``unpadded``: no position is padded (the compiled forward may take it)."""
+        if self.compiled is not None:
+            return self.compiled(ids) if unpadded else self.compiled.eager(self._forward, ids, mask)
+        return self._forward(ids, mask)
+
+    def _forward(self, ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """:meth:`_hidden`'s forward; ``mask`` None: nothing padded (NT only)."""
         m = self.model
         if self.ntv3:
             want_hidden = any(i != NTV3_FINAL for i in self.layers)
@@ -412,9 +429,10 @@ class Embedder:
             cols = [out.embedding if i == NTV3_FINAL else out.hidden_states[i].repeat_interleave(self.unit, dim=1)
                     for i in self.layers]
             return torch.stack([c.float() for c in cols], dim=2)
+        unpadded = mask is None
         if len(self.layers) == 1:
-            return m.embed(ids, mask, layer=self.layers[0]).float().unsqueeze(2)
-        out = m(ids, attention_mask=mask, output_hidden_states=True, heads=False)
+            return m.embed(ids, mask, layer=self.layers[0], unpadded=unpadded).float().unsqueeze(2)
+        out = m(ids, attention_mask=mask, output_hidden_states=True, heads=False, unpadded=unpadded)
         return torch.stack([out.hidden_states[i].float() for i in self.layers], dim=2)
 
     def _run_batch(self, batch: list[_Window], pad_to: int | None = None) -> None:
@@ -436,7 +454,7 @@ class Embedder:
         dev = self.model.device
         ids_t = torch.from_numpy(ids).to(dev)
         mask_t = ids_t != tok.pad_id
-        h = self._hidden(ids_t, mask_t)  # [B, T, nl, H]
+        h = self._hidden(ids_t, mask_t, unpadded=not self.ntv3 and not (ids == tok.pad_id).any())
         keep_t = torch.from_numpy(keep).to(dev)
         st = self.stats
         st.batches += 1
@@ -774,6 +792,8 @@ def write_embeddings(model, inputs: Iterable, output: str | Path, fmt: str = "pa
     with contextlib.closing(events):  # on a failure: the reader thread stops before the outputs are removed
         _write_events(emb, events, output, fmt, meta, journal, reused)
     emb.stats.rows += reused[0]
+    if emb.compiled is not None:
+        emb.stats.compile = emb.compiled.info()
     if journal is not None:
         emb.stats.resume = {"units_reused": journal.reused, "units_computed": journal.computed,
                             "chunk_tokens": journal.chunk_bp}
@@ -948,9 +968,9 @@ def run_embed(o: EmbedOptions, progress: Callable[[EmbedStats], None] | None = N
     ``inputs``: planned already (:func:`plan_inputs`); ``log(line)`` gets the shard's record range."""
     check_embed_options(o)
     inputs = inputs or plan_inputs(o)
-    m, _ = open_model(o.model, o.device, o.precision, o.threads, task="embed", window=o.window)
+    m, _ = open_model(o.model, o.device, o.precision, o.threads, task="embed", window=o.window, compile=o.compile)
     run_opts = {"layers": o.layers, "pool": o.pool, "rc_average": o.rc_average, "species": o.species,
-                "window": o.window, "batch_size": o.batch_size, "chunk_tokens": o.chunk_tokens}
+                "window": o.window, "batch_size": o.batch_size, "chunk_tokens": o.chunk_tokens, "compile": o.compile}
     emb = Embedder(m, **run_opts)  # fail before any output starts
     label = str(o.model) if isinstance(o.model, (str, os.PathLike)) and str(o.model) else None
     identity = {"layers": o.layers, "pool": o.pool, "rc_average": o.rc_average, "regions": o.regions or None,

@@ -145,26 +145,31 @@ def write_part_manifest(kind: str, fmt: str, shard: tuple[int, int], inputs: dic
 # the model
 
 def open_model(model, device: str = "auto", precision: str = "auto", threads: int | None = None,
-               task: str | None = None, window: int | None = None):
+               task: str | None = None, window: int | None = None, compile: str = "off"):
     """``(model, precision)`` for a job: ``model`` is a loaded model (used as it is, on its device and dtype), a
     checkpoint directory, a preset name, or None (the embedded default), loaded on ``device`` in ``precision``
     (``auto``: :func:`ntk.model.runtime.choose_precision` for ``task``: segment, embed or score, which also names
     the job whose rules a ``window`` is checked against from config.json before any weights load). ``threads`` sets torch's CPU
-    threads. ``fp8``: bf16 with the trunk's linear layers in float8 (:func:`ntk.model.fp8.to_fp8`)."""
+    threads. ``compile`` (``--compile``: off, on, cudagraphs) is checked against the device before any weights
+    load (:func:`ntk.model.compiled.check_compile`); the job compiles its own forward. ``fp8``: bf16 with the
+    trunk's linear layers in float8 (:func:`ntk.model.fp8.to_fp8`)."""
     import torch
 
     from ..model import load_model
     from ..model.checkpoint import check_window_before_loading
+    from ..model.compiled import check_compile
     from ..model.runtime import Precision, choose_precision, resolve_device, set_threads
 
     set_threads(threads)
     if isinstance(model, torch.nn.Module):
         from ..model.fp8 import is_fp8
+        check_compile(compile, next(model.parameters()).device)
         return model.eval(), Precision(model.dtype, "given model", fp8=is_fp8(model))
     if model is not None and not isinstance(model, (str, os.PathLike)):
         raise NtkError(f"model: expected a checkpoint directory, a preset name or a loaded model, not "
                        f"{type(model).__name__}")
     prec = choose_precision(precision, resolve_device(device), task=task)
+    check_compile(compile, resolve_device(device))
     check_window_before_loading(model, window, task or "")
     m = load_model(model, device=resolve_device(device), dtype=prec.dtype).eval()
     if prec.fp8:  # --precision fp8: the trunk's linear layers in float8 (ntk/model/fp8.py)

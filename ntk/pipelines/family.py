@@ -64,6 +64,11 @@ class Family:
 
     def __init__(self, model):
         self.m = model
+        self.compiled = None  # a StaticCompiled forward (--compile), set by compile()
+
+    def compile(self, mode: str, shape: tuple[int, int], backend: str | None = None):
+        """Compile the forward for batches of ``shape`` (rows, tokens); -> the StaticCompiled (run.json info)."""
+        raise NtkError(f"--compile: not available for {self.name} models; run without --compile")
 
     @property
     def unit(self) -> int:
@@ -122,10 +127,29 @@ class SegmentNTFamily(Family):
             codes = np.concatenate([codes, np.stack([reverse_complement_codes(c) for c in codes])])
         return torch.from_numpy(np.stack([tok.tokenize_codes(c)[0] for c in codes]).astype(np.int64)), None
 
-    def predict(self, ids, head, select, n_fwd, rc_average, species_id):
+    def probabilities(self, ids: torch.Tensor) -> torch.Tensor:
+        """[B, T] ids of unpadded windows -> segment probabilities [B, 6 (T - 1), F] (what --compile compiles)."""
         m = self.m
         rescale = m.config.rescaling_for_tokens(ids.shape[1])
-        probs = m(ids, rescaling_factor=rescale, heads="segment").segment_probabilities.index_select(2, select)
+        return m(ids, rescaling_factor=rescale, heads="segment", unpadded=True).segment_probabilities
+
+    def compile(self, mode, shape, backend=None):
+        from ..model import compiled as compiled_module
+        from ..model.compiled import StaticCompiled
+
+        # kept on the model: a later run on the same loaded model (Python callers, benchmarks) reuses the compiled
+        # forward instead of tracing again (dynamo would recompile for each new Family object, up to its limit)
+        cache = self.m.__dict__.setdefault("_ntk_compiled", {})
+        key = (mode, tuple(shape), backend or compiled_module.BACKEND)
+        if key not in cache:
+            cache[key] = StaticCompiled(self.probabilities, mode, shape, backend=backend)
+        self.compiled = cache[key]
+        self.compiled.reset_counts()
+        return self.compiled
+
+    def predict(self, ids, head, select, n_fwd, rc_average, species_id):
+        run = self.compiled if self.compiled is not None else self.probabilities
+        probs = run(ids).index_select(2, select)
         if rc_average:
             probs = (probs[:n_fwd] + probs[n_fwd:].flip(1)) * 0.5
         return probs, 0

@@ -42,6 +42,7 @@ class SegmentOptions:
     precision: str = "auto"
     batch_size: int | None = None
     threads: int | None = None
+    compile: str = "off"                     # --compile: off, on, cudagraphs (ntk/model/compiled.py)
     force: bool = False
     command: str | None = None               # the command line, for run.json
     shard: tuple[int, int] | None = None
@@ -73,6 +74,7 @@ class EmbedOptions:
     precision: str = "auto"
     batch_size: int | None = None
     threads: int | None = None
+    compile: str = "off"                     # --compile: off, on, cudagraphs (ntk/model/compiled.py)
     shard: tuple[int, int] | None = None
     chunk_tokens: int | None = None
     resume: bool = False
@@ -100,6 +102,7 @@ class ScoreOptions:
     batch_size: int | None = None
     token_budget: int | None = None
     threads: int | None = None
+    compile: str = "off"                     # --compile: off, on, cudagraphs (ntk/model/compiled.py)
     shard: tuple[int, int] | None = None
     force: bool = False
     progress: bool = False                   # a progress bar on stderr

@@ -213,6 +213,18 @@ class PassRunner:
         self.segmentation = cfg.is_segmentation
         self.pad_id = cfg.pad_token_id
         self.counts = Counter()
+        self.compiled = None  # --compile: the unpadded trunk, for one static shape (ntk/model/compiled.py)
+
+    def compile(self, mode: str) -> None:
+        """Compile the trunk's unpadded forward (--compile); padded batches stay eager."""
+        from ..model.compiled import StaticCompiled
+
+        self.compiled = StaticCompiled(self._trunk, mode, rows_for=lambda T: self.max_batch or
+                                       max(1, self.token_budget // T))
+
+    def _trunk(self, input_ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Last hidden state [B, T, H]; ``mask`` None: nothing padded."""
+        return self.model(input_ids, attention_mask=mask, heads=False, unpadded=mask is None).last_hidden_state
 
     def run(self, passes: list[_Pass], kind: str = "") -> None:
         order = sorted(passes, key=lambda p: len(p.ids))
@@ -236,7 +248,12 @@ class PassRunner:
             ids[i, :len(p.ids)] = p.ids
         input_ids = torch.from_numpy(ids).to(m.device)
         mask = input_ids != self.pad_id
-        x = m(input_ids, attention_mask=mask, heads=False).last_hidden_state
+        if self.compiled is None:
+            x = self._trunk(input_ids, mask)
+        elif (ids == self.pad_id).any():
+            x = self.compiled.eager(self._trunk, input_ids, mask)
+        else:
+            x = self.compiled(input_ids)
         self.counts["passes"] += len(batch)
         self.counts["batches"] += 1
         emb_rows = [i for i, p in enumerate(batch) if p.want_embedding]
@@ -310,6 +327,7 @@ class ScoreSummary:
     scores: list[str] = field(default_factory=list)
     window: int = 0
     resume: dict | None = None  # chunks reused / computed with --resume
+    compile: dict | None = None  # --compile: mode, static shape, batches compiled / eager
 
     @property
     def variants_per_second(self) -> float:
@@ -694,8 +712,14 @@ def run_score(o: ScoreOptions, log: Callable[[str], None] | None = None) -> Scor
     out = None
     try:
         _check_vcf_contigs(reader, chr_map, fasta)
-        model, _ = open_model(o.model, o.device, o.precision, o.threads, task="score", window=o.window)
+        model, _ = open_model(o.model, o.device, o.precision, o.threads, task="score", window=o.window,
+                              compile=o.compile)
         scorer = _scorer(o, model, fasta)
+        if o.compile != "off":
+            if not isinstance(getattr(scorer, "runner", None), PassRunner):
+                raise NtkError("--compile: NTv3 models run eager for now (compilation covers the Nucleotide "
+                               "Transformer forward); run without --compile")
+            scorer.runner.compile(o.compile)
         why = zero_shot_not_informative(model)
         if why and log is not None:
             log(f"warning: this model's zero-shot scores are not informative ({why}): on held-out yeast they do not "
@@ -731,6 +755,8 @@ def run_score(o: ScoreOptions, log: Callable[[str], None] | None = None) -> Scor
     finally:
         reader.close()
     summary.passes = Counter(scorer.pass_counts)
+    if o.compile != "off":
+        summary.compile = scorer.runner.compiled.info()
     summary.seconds = time.perf_counter() - t0
     if o.output is not None and not summary.indexed and log:
         log(f"{o.output}: records are not sorted by position, so no tabix index was written")

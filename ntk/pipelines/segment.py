@@ -84,6 +84,17 @@ def iter_batches(jobs: Iterable[Job], token_budget: int, max_items: int | None, 
         yield from by_token_budget(group, lambda j: copies * tokens(j.window.length), token_budget, max_items)
 
 
+def compile_forward(fam: Family, mode: str, window: int, budget: int, max_items: int | None, copies: int = 1,
+                    backend: str | None = None):
+    """``fam``'s forward compiled (``--compile``) for the one shape it is worth compiling for: a full batch of
+    full windows as :func:`iter_batches` makes them (``copies`` rows per window with ``--rc-average``); batches
+    of the window with at least half those rows are padded to it, others run eager (ntk/model/compiled.py)."""
+    n_tok = fam.tokens(window)
+    items = max(1, budget // (copies * n_tok))
+    items = min(items, max_items) if max_items else items
+    return fam.compile(mode, (copies * items, n_tok), backend=backend)
+
+
 def select_batches(batches: Iterable[list[Job]], bp_range: tuple[int, int] | None = None,
                    skip: Callable[[int], bool] | None = None) -> Iterator[tuple[list[Job], bool]]:
     """``(batch, own)``: the batches of a shard (first kept position of the batch's first window in
@@ -133,6 +144,7 @@ class SegmentResult:
     n_segments: int = 0
     timings: dict[str, float] = field(default_factory=dict)
     run_info: dict = field(default_factory=dict)
+    compile: dict = field(default_factory=lambda: {"mode": "off"})  # --compile: mode, shape, batches compiled/eager
     shard: tuple[int, int] | None = None
     bp_range: tuple[int, int] = (0, 0)  # the positions of this run (all, or a shard's), units laid end to end
     spans: list[list] = field(default_factory=list)  # [chrom, start, end] covered by kept windows, genome order
@@ -156,6 +168,7 @@ class _Plan:
     bp_range: tuple[int, int]
     bedgraph_index: int | None
     shard: tuple[int, int] | None
+    compile: str = "off"  # --compile: off, on, cudagraphs (ntk/model/compiled.py)
 
 
 def note_span(spans: list[list], chrom: str, start: int, end: int) -> None:
@@ -204,7 +217,8 @@ def run_segment(o: SegmentOptions, *, progress: Callable[[int], None] | None = N
     fa = IndexedFasta(o.fasta)
     try:
         units = plan_units(fa, o.regions, o.regions_file, read_chr_map(o.chr_map))
-        m, prec = open_model(o.model, o.device, o.precision, o.threads, task="segment", window=o.window)
+        m, prec = open_model(o.model, o.device, o.precision, o.threads, task="segment", window=o.window,
+                             compile=o.compile)
         plan = _plan(o, m, units)
         kind = "tracks" if o.head == "bigwig" else "segment"
         journal = None
@@ -235,11 +249,13 @@ def run_segment(o: SegmentOptions, *, progress: Callable[[int], None] | None = N
                 raise
             result.n_windows, result.spans, result.resume = done.n_windows, done.spans, done.resume
             result.timings["model"] = done.model_seconds
+            result.compile = done.compile
             result.bp_scored = outputs.bp_written
             result.n_segments = outputs.segments.n_segments if outputs.segments is not None else 0
             result.timings["total"] = time.perf_counter() - t0
             result.run_info = _run_info(o, m, plan, result)
             result.run_info["runtime"]["precision"] = prec.as_json()
+            result.run_info["runtime"]["compile"] = result.compile
             if tmp_dir is not None:
                 write_run_json(tmp_dir, result.run_info)
                 if o.shard is not None:
@@ -318,9 +334,12 @@ def _plan(o: SegmentOptions, m, units: list[Interval]) -> _Plan:
         raise NtkError("--shard needs an output directory (-o): the part is merged with ntk merge")
     if o.resume and o.out_dir is None:
         raise NtkError("--resume needs an output directory (-o): finished chunks are kept beside it")
+    if o.compile != "off" and is_ntv3:
+        raise NtkError("--compile: NTv3 models run eager for now (compilation covers the Nucleotide Transformer "
+                       "and SegmentNT forward); run without --compile")
     return _Plan(fam, o.head, feats, [all_features.index(f) for f in feats], species, species_id, window, crop,
                  budget, units,
-                 shard_span(total, o.shard) if o.shard is not None else (0, total), bg_index, o.shard)
+                 shard_span(total, o.shard) if o.shard is not None else (0, total), bg_index, o.shard, o.compile)
 
 
 def _inputs(o: SegmentOptions) -> dict:
@@ -345,6 +364,7 @@ class _RunStats:
     spans: list[list] = field(default_factory=list)
     model_seconds: float = 0.0
     resume: dict | None = None
+    compile: dict = field(default_factory=lambda: {"mode": "off"})  # run.json runtime.compile
 
 
 def _run(fa: IndexedFasta, m, plan: _Plan, rc_average: bool, max_items: int | None, blend: str,
@@ -360,6 +380,10 @@ def _run(fa: IndexedFasta, m, plan: _Plan, rc_average: bool, max_items: int | No
     stats = _RunStats()
     keep = _KeptValues(outputs, journal, stats.spans, lo, hi, progress)
     write = _writer(keep, Blender(blend))
+    copies = 2 if rc_average else 1
+    compiled = None
+    if plan.compile != "off":
+        compiled = compile_forward(fam, plan.compile, plan.window, plan.budget, max_items, copies)
 
     def encode(item: tuple[list[Job], bool]):
         batch, own = item
@@ -376,13 +400,14 @@ def _run(fa: IndexedFasta, m, plan: _Plan, rc_average: bool, max_items: int | No
     if on_start is not None:
         on_start(hi - lo)
     jobs = fam.jobs(fa, plan.units, plan.window, plan.crop)
-    batches = ((b, True) for b in iter_batches(jobs, plan.budget, max_items, copies=2 if rc_average else 1,
-                                               tokens=fam.tokens))
+    batches = ((b, True) for b in iter_batches(jobs, plan.budget, max_items, copies=copies, tokens=fam.tokens))
     if plan.shard is not None or journal is not None:
         batches = select_batches((b for b, _ in batches), plan.bp_range if plan.shard else None,
                                  journal.is_done if journal is not None else None)
     with torch.inference_mode():
         stats.model_seconds = overlap(map(encode, batches), forward, write)
+    if compiled is not None:
+        stats.compile = compiled.info()
     if journal is not None:
         journal.commit()
         journal.replay(keep.replayed)
