@@ -10,7 +10,7 @@ from ntk.model.checkpoint import EMBEDDED_DEFAULT, EMBEDDED_DIR
 
 from conftest import run_ntk
 
-FEATURES = ["protein_coding_gene", "exon", "intron", "splice_donor", "splice_acceptor"]
+FEATURES = ["protein_coding_gene", "exon", "intron", "splice_donor", "splice_acceptor", "5UTR", "3UTR"]
 
 
 def test_default_model_loads_with_both_heads():
@@ -19,7 +19,7 @@ def test_default_model_loads_with_both_heads():
     assert m.config.features == FEATURES and m.lm_head is not None
     assert 1e6 < m.num_parameters() < 1e7
     out = m(m.tokenizer.encode(["ACGTAC" * 16]))
-    assert out.segment_probabilities.shape == (1, 96, 5) and out.logits.shape[-1] == 4107
+    assert out.segment_probabilities.shape == (1, 96, len(FEATURES)) and out.logits.shape[-1] == 4107
 
 
 def test_segment_default_model_tracks_genes(tmp_path, sample_dir):
