@@ -23,6 +23,7 @@ import torch
 import ntk
 from ntk.errors import NtkError
 from ntk.model.tokenizer import reverse_complement
+from ntk.pipelines.finetune import build_task_model
 from ntk.pipelines.score_variants import score_variants
 from ntk.plan.windows import tile
 
@@ -65,8 +66,15 @@ def write_vcf(path: Path, contigs: dict[str, int], records: list[tuple], samples
 
 @pytest.fixture(scope="module")
 def models():
-    return {n: ntk.load_model(str(GOLDEN / n), device="cpu", dtype=torch.float32)
-            for n in ("nt_v2_tiny", "nt_v1_tiny", "segment_nt_tiny")}
+    ms = {n: ntk.load_model(str(GOLDEN / n), device="cpu", dtype=torch.float32)
+          for n in ("nt_v2_tiny", "nt_v1_tiny", "segment_nt_tiny")}
+    # + ntk's nucleotide head (it reads the bases of each window: the scorer must hand it the right ids)
+    seg = ms["segment_nt_tiny"]
+    m = build_task_model(seg, "segment", features=seg.features, nucleotide_head=8)
+    with torch.no_grad():
+        m.nuc_head.out.weight.normal_(0, 0.3, generator=torch.Generator().manual_seed(0))
+    ms["segment_nt_tiny+nuc"] = m.eval()
+    return ms
 
 
 @pytest.fixture(scope="module")
@@ -300,9 +308,10 @@ def test_vcf_output_matches_table_and_bcftools_reads_it(models, genome, tmp_path
         assert fa_[7].startswith(fb[7] + ";NTK_COS=")
 
 
-@pytest.mark.parametrize("rc", [False, True])
-def test_segment_scores_equal_direct_computation(models, genome, tmp_path, rc):
-    m = models["segment_nt_tiny"]
+@pytest.mark.parametrize("name,rc", [("segment_nt_tiny", False), ("segment_nt_tiny", True),
+                                     ("segment_nt_tiny+nuc", False)])
+def test_segment_scores_equal_direct_computation(models, genome, tmp_path, name, rc):
+    m = models[name]
     fa, seqs = genome
     s = seqs["c3"]
     W, R = 936, 150

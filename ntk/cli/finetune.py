@@ -110,6 +110,10 @@ RcAugmentOpt = Annotated[bool, typer.Option("--rc-augment/--no-rc-augment", help
                                             "training windows")]
 PosWeightOpt = Annotated[str, typer.Option("--pos-weight", help="Weight of positive nucleotides in the loss: none, auto "
                                            "(sqrt(neg/pos) per feature, 1..100) or a number")]
+NucHeadOpt = Annotated[Optional[int], typer.Option("--nucleotide-head", help="Add ntk's nucleotide-resolution head "
+                                                   "with this many channels (dilated convolutions over the bases "
+                                                   "and the U-Net features; 0 = none) [default: the base's, else "
+                                                   "none]")]
 
 
 def _names(values: list[str] | None) -> list[str]:
@@ -280,6 +284,7 @@ def segment_cmd(
     max_eval_windows: MaxEvalWindowsOpt = 256,
     rc_augment: RcAugmentOpt = True,
     pos_weight: PosWeightOpt = "none",
+    nucleotide_head: NucHeadOpt = None,
     model: ModelOpt = None,
     species: FtSpeciesOpt = None,
     method: MethodOpt = "full",
@@ -331,7 +336,8 @@ def segment_cmd(
         reference=reference, annotation=annotation, features=_names([features]), val_chroms=_names(val_chroms),
         test_chroms=_names(test_chroms), train_chroms=_names(train_chroms) or None,
         chr_map=read_chr_map(chr_map), annotation_format=annotation_format, window=window, eval_crop=eval_crop,
-        max_eval_windows=max_eval_windows or None, rc_augment=rc_augment, pos_weight=pos_weight)
+        max_eval_windows=max_eval_windows or None, rc_augment=rc_augment, pos_weight=pos_weight,
+        nucleotide_head=nucleotide_head)
     rep = finetune_segment(inp, output, opts, reporter())
     if not quiet:
         _summary("segment", rep, output)

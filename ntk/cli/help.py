@@ -56,6 +56,7 @@ PANEL = {
     "--val-fraction": TRAINING, "--test-fraction": TRAINING, "--test-chroms": TRAINING, "--train-chroms": TRAINING,
     "--folds": TRAINING, "--seq-len": TRAINING, "--max-n-frac": TRAINING, "--rc-aug": TRAINING,
     "--rc-augment": TRAINING, "--eval-crop": TRAINING, "--max-eval-windows": TRAINING, "--pos-weight": TRAINING,
+    "--nucleotide-head": TRAINING,
 }
 TRAINING_COMMANDS = {"pretrain", "classify", "regress", "finetune segment"}
 TRAINING_PANEL = {"--resume": TRAINING, "--batch-size": TRAINING, "--window": TRAINING, "--features": INPUT}
@@ -78,7 +79,7 @@ METAVAR = {
     "--epochs": "N", "--patience": "N", "--monitor": "METRIC", "--label-col": "COL", "--sequence-col": "COL",
     "--name-col": "COL", "--split-col": "COL", "--val-fraction": "F", "--test-fraction": "F", "--folds": "K",
     "--classes": "NAMES", "--annotation": "GTF", "--annotation-format": "FMT", "--eval-crop": "NT",
-    "--max-eval-windows": "N", "--pos-weight": "W",
+    "--max-eval-windows": "N", "--pos-weight": "W", "--nucleotide-head": "C",
 }
 METAVAR_BY_COMMAND = {
     ("segment", "--output"): "OUTDIR", ("embed", "--output"): "OUT", ("score-variants", "--output"): "VCF",

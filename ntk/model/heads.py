@@ -102,3 +102,63 @@ class SequenceHead(nn.Module):
         if self.target_std is not None:
             out = out * self.target_std.to(out.dtype) + self.target_mean.to(out.dtype)
         return out
+
+
+NUCLEOTIDE_HEAD_KEY = "ntk_nucleotide_head"  # config.json key of the optional head below (ntk's own models only)
+# receptive field +-(kernel-1)/2 * sum(dilations) = +-252 nt, like the dilated-CNN baseline of eval_segmentation.py
+NUCLEOTIDE_HEAD_DEFAULTS = {"kernel": 9, "dilations": [1, 2, 4, 8, 16, 32]}
+
+
+class _NucBlock(nn.Module):
+    """Residual dilated block at nucleotide resolution: x + mix(SiLU(conv_d(SiLU(BN(x)))))."""
+
+    def __init__(self, ch: int, kernel: int, dilation: int):
+        super().__init__()
+        self.norm = nn.BatchNorm1d(ch)
+        self.conv = nn.Conv1d(ch, ch, kernel, dilation=dilation, padding=dilation * (kernel - 1) // 2)
+        self.mix = nn.Conv1d(ch, ch, 1)
+
+    def forward(self, x):
+        return x + self.mix(F.silu(self.conv(F.silu(self.norm(x)))))
+
+
+class NucleotideHead(nn.Module):
+    """ntk's nucleotide-resolution refinement of the SegmentNT head (opt-in; official checkpoints have none).
+
+    SegmentNT predicts the 6 nucleotides of a token from that token's U-Net feature through one linear layer,
+    so nothing in it sees single bases: splice sites, whose signal is a few exact nucleotides, stay out of
+    reach, and every token boundary is a place where the prediction can step. This head adds, per nucleotide,
+    a residual dilated convolution stack over [the base itself (read back from the 6-mer token ids) + the
+    token's U-Net feature projected per position within the token]; its output is added to SegmentNT's logits.
+    The output layer starts at zero, so a freshly added head leaves the model's predictions unchanged.
+
+    config.json: ``"ntk_nucleotide_head": {"channels": C, "kernel": k, "dilations": [...]}``.
+    """
+
+    def __init__(self, hidden: int, n_features: int, tokenizer, channels: int, kernel: int,
+                 dilations: list[int]):
+        super().__init__()
+        if kernel % 2 == 0 or channels < 1 or not dilations:
+            raise ValueError(f"{NUCLEOTIDE_HEAD_KEY}: kernel must be odd, channels >= 1, dilations non-empty")
+        k, (lo, hi) = tokenizer.k, tokenizer.kmer_id_range
+        table = torch.full((tokenizer.vocab_size, k), 4, dtype=torch.long)  # 4: not a base of a k-mer token
+        v = torch.arange(hi - lo)
+        for j in range(k):
+            table[lo:hi, j] = (v // 4 ** (k - 1 - j)) % 4
+        self.register_buffer("bases", table, persistent=False)
+        self.k, self.channels, self.n_out = k, channels, n_features * 2
+        self.base_embed = nn.Embedding(5, channels, padding_idx=4)
+        self.context = nn.Linear(hidden, k * channels)
+        self.blocks = nn.Sequential(*[_NucBlock(channels, kernel, d) for d in dilations])
+        self.norm = nn.BatchNorm1d(channels)
+        self.out = nn.Conv1d(channels, self.n_out, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, token_features: torch.Tensor, dna_ids: torch.Tensor) -> torch.Tensor:
+        """U-Net features [B, L, H] and DNA token ids [B, L] (no CLS) -> logit corrections [B, k*L, n_out]."""
+        B, L, _ = token_features.shape
+        ctx = self.context(token_features).reshape(B, L * self.k, self.channels)
+        x = ctx + self.base_embed(self.bases[dna_ids].reshape(B, L * self.k)).to(ctx.dtype)
+        x = self.blocks(x.transpose(1, 2))
+        return self.out(F.silu(self.norm(x))).transpose(1, 2)

@@ -9,7 +9,7 @@ from torch import nn
 
 from .config import NTConfig
 from .encoder import ESM
-from .heads import LMHead, SequenceHead, UNet1D
+from .heads import NUCLEOTIDE_HEAD_KEY, LMHead, NucleotideHead, SequenceHead, UNet1D
 from .tokenizer import NucleotideTokenizer, TokenBatch
 
 NUC_PER_TOKEN = 6
@@ -80,9 +80,12 @@ class NucleotideTransformer(nn.Module):
             self.fc = nn.Linear(cfg.hidden_size, NUC_PER_TOKEN * 2 * len(cfg.features or []))
         else:
             self.unet = self.fc = None
+        self.tokenizer = NucleotideTokenizer(cfg.tokenizer_version)
+        nuc = cfg.extra.get(NUCLEOTIDE_HEAD_KEY) if cfg.is_segmentation else None
+        self.nuc_head = (NucleotideHead(cfg.hidden_size, len(cfg.features or []), self.tokenizer, int(nuc["channels"]),
+                                        int(nuc["kernel"]), [int(d) for d in nuc["dilations"]]) if nuc else None)
         n_labels = seq_head_labels if seq_head_labels is not None else cfg.num_labels
         self.classifier = SequenceHead(cfg, n_labels) if n_labels else None
-        self.tokenizer = NucleotideTokenizer(cfg.tokenizer_version)
 
     # -- conveniences -----------------------------------------------------------------------------
     @property
@@ -133,15 +136,16 @@ class NucleotideTransformer(nn.Module):
         if self.lm_head is not None and "lm" in want:
             out.logits = self.lm_head(x)
         if self.unet is not None and "segment" in want:
-            out.segment_logits = self.segment_head(x)
+            out.segment_logits = self.segment_head(x, input_ids)
             out.segment_probabilities = segment_probabilities(out.segment_logits)
         if self.classifier is not None and "classifier" in want:
             mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.bool)
             out.logits = self.classifier(x, mask)
         return out
 
-    def segment_head(self, x: torch.Tensor) -> torch.Tensor:
-        """Final-LN embeddings [B, T, H] -> per-nucleotide logits [B, 6*(T-1), F, 2]."""
+    def segment_head(self, x: torch.Tensor, input_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Final-LN embeddings [B, T, H] -> per-nucleotide logits [B, 6*(T-1), F, 2]. ``input_ids`` [B, T] (the
+        window's token ids, CLS first): needed by a model with ntk's nucleotide head (it reads the bases)."""
         e = x[:, 1:]  # drop CLS
         B, L, _ = e.shape
         levels = 2 ** self.unet.num_layers
@@ -149,8 +153,12 @@ class NucleotideTransformer(nn.Module):
             raise ValueError(f"SegmentNT needs a number of DNA tokens divisible by {levels} (got {L}); "
                              f"use windows whose length is a multiple of {NUC_PER_TOKEN * levels} nt")
         y = self.unet(e.transpose(1, 2)).transpose(1, 2)
-        y = self.fc(torch.nn.functional.silu(y))
-        return y.reshape(B, L * NUC_PER_TOKEN, len(self.config.features), 2)
+        logits = self.fc(torch.nn.functional.silu(y)).reshape(B, L * NUC_PER_TOKEN, -1)
+        if self.nuc_head is not None:
+            if input_ids is None:
+                raise ValueError("this model has ntk's nucleotide head: segment_head needs the window's input_ids")
+            logits = logits + self.nuc_head(y, input_ids[:, 1:])
+        return logits.reshape(B, L * NUC_PER_TOKEN, len(self.config.features), 2)
 
     def embed(self, input_ids, attention_mask=None, layer: int = -1, unpadded: bool = False) -> torch.Tensor:
         """Hidden states of one layer (HF indexing; -1 = after the final LayerNorm), stopping early when possible."""

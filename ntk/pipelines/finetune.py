@@ -33,6 +33,7 @@ from ..io.labels import LabeledSequences, read_labeled
 from ..model.adapters import ADAPTER_KEY, adapter_parameters, apply_ia3, apply_lora
 from ..model.checkpoint import load_into, load_model, load_state_dict, save_model
 from ..model.config import NTConfig
+from ..model.heads import NUCLEOTIDE_HEAD_DEFAULTS, NUCLEOTIDE_HEAD_KEY
 from ..model.nt import NUC_PER_TOKEN, NucleotideTransformer
 from ..model.runtime import set_threads
 from ..train import metrics as M
@@ -200,11 +201,14 @@ def _copy_config(cfg: NTConfig) -> NTConfig:
 def build_task_model(base: NucleotideTransformer, head: str, *, label_names: list[str] | None = None,
                      problem_type: str | None = None, regression_mean=None, regression_std=None,
                      features: list[str] | None = None, num_layers_head: int = 2,
-                     rescaling_factor: float | None = None) -> NucleotideTransformer:
+                     rescaling_factor: float | None = None,
+                     nucleotide_head: int | None = None) -> NucleotideTransformer:
     """The base encoder with a new task head (``head``: ``sequence`` or ``segment``), weights copied.
 
     Head weights of the base are reused when they fit: a classifier with the same labels, a SegmentNT U-Net of
-    the same depth, and the ``fc`` rows of features the base already predicts.
+    the same depth, the ``fc`` rows of features the base already predicts, and ntk's nucleotide head when the
+    base has one of the same shape for the same features. ``nucleotide_head`` (segment): channels of ntk's
+    nucleotide head (model/heads.py); 0 = none, None = the base's (if any).
     """
     cfg = _copy_config(base.config)
     for k in (ADAPTER_KEY, "regression_mean", "regression_std"):
@@ -212,6 +216,7 @@ def build_task_model(base: NucleotideTransformer, head: str, *, label_names: lis
     if head == "sequence":
         cfg.architectures = ["EsmForSequenceClassification"]
         cfg.features = cfg.num_layers_head = None
+        cfg.extra.pop(NUCLEOTIDE_HEAD_KEY, None)
         cfg.num_labels, cfg.problem_type = len(label_names), problem_type
         cfg.id2label = {str(i): n for i, n in enumerate(label_names)}
         if regression_mean is not None:
@@ -221,6 +226,10 @@ def build_task_model(base: NucleotideTransformer, head: str, *, label_names: lis
         cfg.architectures = ["SegmentNT"]
         cfg.features, cfg.num_layers_head = list(features), num_layers_head
         cfg.num_labels = cfg.problem_type = cfg.id2label = None
+        if nucleotide_head == 0:
+            cfg.extra.pop(NUCLEOTIDE_HEAD_KEY, None)
+        elif nucleotide_head is not None:
+            cfg.extra[NUCLEOTIDE_HEAD_KEY] = dict(NUCLEOTIDE_HEAD_DEFAULTS, channels=int(nucleotide_head))
         if rescaling_factor is not None:
             cfg.rescaling_factor = rescaling_factor
     else:
@@ -234,6 +243,10 @@ def build_task_model(base: NucleotideTransformer, head: str, *, label_names: lis
         for k, v in dst.items():
             if k.startswith(("esm.", "lm_head.")):
                 v.copy_(src[k])
+        same_nuc = base.features == list(features or []) and cfg.extra.get(NUCLEOTIDE_HEAD_KEY) is not None
+        for k in dst:
+            if same_nuc and k.startswith("nuc_head.") and k in src and src[k].shape == dst[k].shape:
+                dst[k].copy_(src[k])
         if head == "sequence" and base.classifier is not None and base.config.id2label == cfg.id2label:
             for k in dst:
                 if k.startswith("classifier.") and k in src and src[k].shape == dst[k].shape:
@@ -258,7 +271,7 @@ def build_task_model(base: NucleotideTransformer, head: str, *, label_names: lis
 
 def head_parameters(model: NucleotideTransformer) -> list[tuple[str, torch.nn.Parameter]]:
     return [(n, p) for n, p in model.named_parameters()
-            if n.startswith(("classifier.", "unet.", "fc.", "segment_head."))]
+            if n.startswith(("classifier.", "unet.", "fc.", "segment_head.", "nuc_head."))]
 
 
 def setup_method(model: NucleotideTransformer, opts: FinetuneOptions) -> list[tuple[str, torch.nn.Parameter]]:

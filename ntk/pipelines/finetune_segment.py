@@ -68,6 +68,7 @@ class SegmentTaskInput:
     rc_augment: bool = True
     num_layers_head: int = 2
     pos_weight: str = "none"  # none | auto (sqrt(neg/pos) per feature, capped at 100) | a number
+    nucleotide_head: int | None = None  # channels of ntk's nucleotide head (0 = none; None = the base's, if any)
 
 
 def positive_weights(spec: str, ann, fa: IndexedFasta, contigs: list[str]) -> torch.Tensor | None:
@@ -181,6 +182,8 @@ def finetune_segment(inp: SegmentTaskInput, run_dir: str | Path, opts: FinetuneO
     else:
         if opts.species:
             raise NtkError("--species: only NTv3 post-trained models are conditioned on a species")
+        if inp.nucleotide_head is not None and inp.nucleotide_head < 0:
+            raise NtkError(f"--nucleotide-head {inp.nucleotide_head}: channels must be >= 0 (0 = none)")
         setup = _nt_setup(base, inp, ann.features)
     model, window, crop, unit, blend = setup
     train_w = genome_windows(fa, train_contigs, window, 0, unit)
@@ -233,7 +236,7 @@ def _nt_setup(base, inp: SegmentTaskInput, features: list[str]):
         rescaling = (tokens - 1) / (cfg.max_position_embeddings - 2)
     crop = inp.eval_crop if inp.eval_crop is not None else window // 8
     model = build_task_model(base, "segment", features=features, num_layers_head=inp.num_layers_head,
-                             rescaling_factor=rescaling)
+                             rescaling_factor=rescaling, nucleotide_head=inp.nucleotide_head)
     return model, window, crop, target.window_unit, "linear"
 
 
@@ -241,6 +244,8 @@ def _ntv3_setup(base, inp: SegmentTaskInput, opts: FinetuneOptions, features: li
     """Per-base head on an NTv3 base: (model, window, eval crop = the kept centre's margin, unit, blend "none")."""
     from .family import NTv3Family
 
+    if inp.nucleotide_head:
+        raise NtkError("--nucleotide-head: only for NT (SegmentNT-type) bases; an NTv3 head is per base already")
     unit = base.config.window_unit
     ntv3_species(base, opts.species)
     window = base.config.check_window(inp.window or None, "finetune")

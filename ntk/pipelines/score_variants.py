@@ -264,7 +264,7 @@ class PassRunner:
                 batch[i].embedding = means[k]
         seg_rows = [i for i, p in enumerate(batch) if p.probs_range is not None]
         if seg_rows:
-            logits = m.segment_head(x[seg_rows])
+            logits = m.segment_head(x[seg_rows], input_ids[seg_rows])
             probs = segment_probabilities(logits).cpu().numpy()  # [b, W, F]
             for k, i in enumerate(seg_rows):
                 p = batch[i]

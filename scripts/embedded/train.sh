@@ -10,7 +10,8 @@
 #      both genomes except the validation and test ones (yeast I-XIV, Mito, At1_pre, At1: ~37 Mbp), masked-LM,
 #      PRETRAIN_STEPS x 16,384 tokens; validation loss on XV, XVI, At1_val, At1_test against the unigram baseline.
 #   2. ntk finetune segment from stage 1 on yeast I-XIV, Mito and At1, 7 features, 1,536-nt windows, batch 16,
-#      FINETUNE_STEPS steps, best/ by validation AUPRC on XV + At1_val; concurrently, for the same wall-clock and
+#      with ntk's nucleotide head (--nucleotide-head 32: dilated convolutions over the bases and the U-Net
+#      features, model/heads.py), FINETUNE_STEPS steps, best/ by validation AUPRC on XV + At1_val; concurrently, for the same wall-clock and
 #      the same number of CPU threads, the dilated-CNN baseline of scripts/eval_segmentation.py trains on the
 #      same contigs.
 #   3. evaluation on yeast XVI and the first 1 Mbp of At1_test (scripts/eval_segmentation.py: the stage-2 model,
@@ -27,7 +28,8 @@ STAGES=${STAGES:-1 2 3}
 THREADS=${THREADS:-1}
 PRETRAIN_STEPS=${PRETRAIN_STEPS:-600}
 PRETRAIN_THREADS=${PRETRAIN_THREADS:-2}
-FINETUNE_STEPS=${FINETUNE_STEPS:-4000}
+FINETUNE_STEPS=${FINETUNE_STEPS:-3500}
+NUC_HEAD=${NUC_HEAD:-32}
 NTK=${NTK:-ntk}
 OLD_MODEL=${OLD_MODEL:-$WORK/old_model}
 FEATURES=protein_coding_gene,exon,intron,splice_donor,splice_acceptor,5UTR,3UTR
@@ -53,7 +55,7 @@ if has 2; then
   log "stage 2: segmentation fine-tuning ($FINETUNE_STEPS steps) and the CNN baseline alongside"
   $NTK finetune segment --model "$WORK/pretrain/final" --reference "$WORK/data/genome.fa" \
       --annotation "$WORK/data/genes.gtf" --features "$FEATURES" --train-chroms "$TRAIN" \
-      --val-chroms XV,At1_val --window 1536 --method full --pos-weight auto --rc-augment \
+      --val-chroms XV,At1_val --window 1536 --method full --pos-weight auto --rc-augment --nucleotide-head "$NUC_HEAD" \
       --steps "$FINETUNE_STEPS" --batch-size 16 --lr 1e-3 --warmup 0.02 --weight-decay 0.01 --eval-every 500 \
       --patience 0 --monitor auprc --max-eval-windows 64 --seed 0 --device "$DEVICE" --threads "$THREADS" \
       -o "$WORK/segment" --force &
