@@ -84,6 +84,7 @@ def test_regions_strand_order_and_metadata(tmp_path, monkeypatch, capsys, genome
     md = read_parquet_metadata(out)
     assert md["model"] == str(v2_dir) and md["layers"] == "3" and md["pooling"] == "mean"
     assert md["ntk_version"] == ntk.__version__ and md["embedding_dim"] == "32"
+    assert md["precision"].split()[0] in ("fp32", "bf16")  # the compute precision it ran in, and why
 
 
 def test_fasta_file_stdin_and_npy(tmp_path, monkeypatch, capsys, v2_dir):

@@ -22,6 +22,7 @@ import torch
 
 import ntk
 from ntk.errors import NtkError
+from ntk.io.tables import read_parquet_metadata
 from ntk.model.tokenizer import reverse_complement
 from ntk.pipelines.finetune import build_task_model
 from ntk.pipelines.score_variants import score_variants
@@ -298,6 +299,8 @@ def test_vcf_output_matches_table_and_bcftools_reads_it(models, genome, tmp_path
     for fid in ("NTK_COS", "NTK_L2", "NTK_L1", "NTK_DOT", "NTK_LLR", "NTK_STATUS"):
         assert f"##INFO=<ID={fid},Number=A," in header
     assert "##ntkVersion=" in header and "##ntkCommand=ntk score-variants test" in header
+    assert "##ntkPrecision=fp32 (given model)" in header  # the precision it ran in, as in the table's metadata
+    assert read_parquet_metadata(tmp_path / "t.parquet")["precision"] == "fp32 (given model)"
     # every input column other than INFO is unchanged
     body = subprocess.run(["bcftools", "view", "-H", str(out)], capture_output=True, text=True,
                           check=True).stdout.splitlines()

@@ -741,9 +741,10 @@ def embed_regions(model, reference: str | Path | IndexedFasta, regions: Iterable
     return _collect(model, region_inputs(fasta, regions), options)
 
 
-def output_metadata(emb: Embedder, model_label: str | None = None) -> dict[str, str]:
+def output_metadata(emb: Embedder, model_label: str | None = None, precision: str | None = None) -> dict[str, str]:
     cfg = emb.model.config
     return {
+        **({"precision": precision} if precision else {}),
         "ntk_version": __version__,
         "model": model_label or getattr(emb.model, "source", "") or "",
         "model_fingerprint": cfg.fingerprint(),
@@ -769,7 +770,7 @@ def npy_rows_path(output: str | Path) -> Path:
 
 def write_embeddings(model, inputs: Iterable, output: str | Path, fmt: str = "parquet",
                      model_label: str | None = None, progress: Callable[[EmbedStats], None] | None = None,
-                     resume: dict | None = None, **options) -> EmbedStats:
+                     resume: dict | None = None, precision: str | None = None, **options) -> EmbedStats:
     """Embed ``inputs`` and stream the rows to ``output`` (atomic; ``-`` = stdout for Parquet). Records are read
     and tokenized in a reader thread and rows written in a writer thread while the model runs (the engine's
     overlap, ``pipelines/engine.py``).
@@ -781,11 +782,11 @@ def write_embeddings(model, inputs: Iterable, output: str | Path, fmt: str = "pa
     ``shard``) keeps every finished unit of records (see :meth:`Embedder.run_units`) in ``.OUTPUT.ntk-partial/``
     and, when the same run is started again after a kill, embeds only the unfinished units; the returned stats'
     ``resume`` says how many units were reused and computed. The partial directory is removed once ``output`` is
-    written."""
+    written. ``precision``: the compute precision to record in the metadata (``fp32``, ``bf16``, ``fp8``...)."""
     if fmt not in FORMATS:
         raise NtkError(f"--format {fmt!r}: expected parquet or npy")
     emb = Embedder(model, **options)
-    meta = output_metadata(emb, model_label)
+    meta = output_metadata(emb, model_label, precision)
     journal = _embed_journal(emb, output, fmt, resume) if resume is not None else None
     events = emb.run_units(inputs, progress, skip=journal.has if journal is not None else None)
     reused = [0]
@@ -968,7 +969,8 @@ def run_embed(o: EmbedOptions, progress: Callable[[EmbedStats], None] | None = N
     ``inputs``: planned already (:func:`plan_inputs`); ``log(line)`` gets the shard's record range."""
     check_embed_options(o)
     inputs = inputs or plan_inputs(o)
-    m, _ = open_model(o.model, o.device, o.precision, o.threads, task="embed", window=o.window, compile=o.compile)
+    m, prec = open_model(o.model, o.device, o.precision, o.threads, task="embed", window=o.window,
+                         compile=o.compile)
     run_opts = {"layers": o.layers, "pool": o.pool, "rc_average": o.rc_average, "species": o.species,
                 "window": o.window, "batch_size": o.batch_size, "chunk_tokens": o.chunk_tokens, "compile": o.compile}
     emb = Embedder(m, **run_opts)  # fail before any output starts
@@ -986,7 +988,7 @@ def run_embed(o: EmbedOptions, progress: Callable[[EmbedStats], None] | None = N
         if resume is not None:
             resume = {"sources": inputs.sources, "options": {**identity, "records": [lo, hi]}, "shard": o.shard}
     stats = write_embeddings(m, records, o.output, fmt=o.fmt, model_label=label, progress=progress, resume=resume,
-                             **run_opts)
+                             precision=f"{prec.name} ({prec.reason})", **run_opts)
     if o.shard is not None:
         stats.shard_records = (lo, hi)
         opts = {**identity, "layers": emb.layers, "chunk_tokens": emb.chunk_tokens}

@@ -712,8 +712,8 @@ def run_score(o: ScoreOptions, log: Callable[[str], None] | None = None) -> Scor
     out = None
     try:
         _check_vcf_contigs(reader, chr_map, fasta)
-        model, _ = open_model(o.model, o.device, o.precision, o.threads, task="score", window=o.window,
-                              compile=o.compile)
+        model, prec = open_model(o.model, o.device, o.precision, o.threads, task="score", window=o.window,
+                                 compile=o.compile)
         scorer = _scorer(o, model, fasta)
         if o.compile != "off":
             if not isinstance(getattr(scorer, "runner", None), PassRunner):
@@ -725,7 +725,7 @@ def run_score(o: ScoreOptions, log: Callable[[str], None] | None = None) -> Scor
             log(f"warning: this model's zero-shot scores are not informative ({why}): on held-out yeast they do not "
                 "separate coding from intergenic or stop-gain from synonymous SNVs; use a released model (--model)")
         summary = ScoreSummary(scores=scorer.value_names(), window=scorer.window)
-        out = _ScoreOutputs(o, reader, scorer, model)
+        out = _ScoreOutputs(o, reader, scorer, model, f"{prec.name} ({prec.reason})")
         inputs = {"vcf": o.vcf, "reference": fasta.path, "regions_file": o.regions_file}
         identity = _identity(o, scorer, chr_map)
         journal = None
@@ -864,7 +864,7 @@ class _ScoreJob:
 class _ScoreOutputs:
     """The annotated VCF and/or the Parquet table of a run (header lines name the model, window and command)."""
 
-    def __init__(self, o: ScoreOptions, reader: VcfReader, scorer: VariantScorer, model):
+    def __init__(self, o: ScoreOptions, reader: VcfReader, scorer: VariantScorer, model, precision: str = ""):
         self.scorer, self.writer, self.table_writer = scorer, None, None
         W, names = scorer.window, scorer.value_names()
         info = [InfoField(scorer.info_id(nm), "A", "Float", scorer.describe(nm, o.rc_average))
@@ -877,6 +877,8 @@ class _ScoreOutputs:
                  f"##ntkCommand={o.command or 'ntk.pipelines.score_variants.score_variants'}",
                  f"##ntkModel={source}; fingerprint={model.config.fingerprint()}; window={W}; "
                  f"rc_average={str(o.rc_average).lower()}{scorer.model_line()}"]
+        if precision:
+            extra.append(f"##ntkPrecision={precision}")
         if o.table is not None:
             check_writable_target(o.table, o.force)
         if o.output is not None:
@@ -885,7 +887,8 @@ class _ScoreOutputs:
             self.schema = scorer.table_schema(names)
             self.table_writer = ParquetStreamWriter(o.table, self.schema, metadata={
                 "ntk_version": __version__, "ntk_command": o.command or "", "model": source,
-                "model_fingerprint": model.config.fingerprint(), "window": W, "rc_average": o.rc_average})
+                "model_fingerprint": model.config.fingerprint(), "window": W, "rc_average": o.rc_average,
+                **({"precision": precision} if precision else {})})
 
     def write(self, item: tuple[list, list], summary: ScoreSummary) -> None:
         chunk, results = item
