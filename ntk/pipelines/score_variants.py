@@ -334,6 +334,17 @@ class ScoreSummary:
         return self.alleles / self.seconds if self.seconds else 0.0
 
 
+def llr_changed_bases(j: _Job) -> list[int]:
+    """Offsets in REF of the bases an ``llr`` score masks: [] when the variant gets none (not a same-length
+    change to ACGT bases) or needs none (REF == ALT: ``llr`` is set to 0 here)."""
+    if len(j.ref) != len(j.alt) or any(c not in "ACGT" for c in j.alt):
+        return []
+    diff = [i for i in range(len(j.ref)) if j.ref[i] != j.alt[i]]
+    if not diff:
+        j.values["llr"] = 0.0
+    return diff
+
+
 class VariantScorer:
     """Scores (record, ALT) jobs for one model, reference and option set; reusable across chunks."""
 
@@ -547,11 +558,8 @@ class VariantScorer:
         return True
 
     def _add_llr_passes(self, j: _Job, ref: _RefWindow, masked: dict) -> None:
-        if len(j.ref) != len(j.alt) or any(c not in "ACGT" for c in j.alt):
-            return
-        diff = [i for i in range(len(j.ref)) if j.ref[i] != j.alt[i]]
+        diff = llr_changed_bases(j)
         if not diff:
-            j.values["llr"] = 0.0
             return
         w = ref.window
         wseq = ref.window_seq()

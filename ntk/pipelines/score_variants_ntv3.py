@@ -41,7 +41,8 @@ from ..io.fasta import IndexedFasta
 from ..io.vcf import InfoField
 from ..model.tokenizer import reverse_complement
 from ..plan.batching import auto_token_budget, by_token_budget
-from .score_variants import (EMBEDDING_SCORES, INFO_IDS, VariantScorer, _describe, _Job, _Pass, _RefWindow)
+from .score_variants import (EMBEDDING_SCORES, INFO_IDS, VariantScorer, _describe, _Job, _Pass, _RefWindow,
+                             llr_changed_bases)
 from ..plan.windows import Window
 
 HEAD_SCORES = ("tracks", "elements")
@@ -311,11 +312,8 @@ class NTv3Scorer(VariantScorer):
         return True
 
     def _add_llr_passes(self, j: _Job, ref: _RefWindow, masked: dict) -> None:
-        if len(j.ref) != len(j.alt) or any(c not in "ACGT" for c in j.alt):
-            return
-        diff = [i for i in range(len(j.ref)) if j.ref[i] != j.alt[i]]
+        diff = llr_changed_bases(j)
         if not diff:
-            j.values["llr"] = 0.0
             return
         if any(j.ref[i] not in "ACGT" for i in diff):
             return
