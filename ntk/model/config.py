@@ -19,8 +19,22 @@ from ..errors import CheckpointError
 from . import window_rules
 
 
+class JsonConfig:
+    """What both config classes (NTConfig, NTv3Config) do with their ``to_dict()``: write config.json, hash it."""
+
+    def to_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def to_json(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    def fingerprint(self) -> str:
+        """Short hash of the architecture-defining fields (model identity in manifests)."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
 @dataclass
-class NTConfig:
+class NTConfig(JsonConfig):
     vocab_size: int = 4107
     hidden_size: int = 512
     num_hidden_layers: int = 12
@@ -147,13 +161,6 @@ class NTConfig:
         d = {k: v for k, v in d.items() if v is not None}
         d.update(self.extra)
         return d
-
-    def to_json(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-
-    def fingerprint(self) -> str:
-        """Short hash of the architecture-defining fields (model identity in manifests)."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
 
     def validate(self) -> None:
         if self.model_type not in ("esm", "segment_nt", "nt"):

@@ -24,8 +24,6 @@ and fp32 on CPU (exact; bf16 on CPU with ``--precision bf16``). The fields are v
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from . import window_rules
-from .config import config_from_json
+from .config import JsonConfig, config_from_json
 
 NUM_SPECIAL_TOKENS = 6  # <unk> <pad> <mask> <cls> <eos> <bos>
 
@@ -85,7 +83,7 @@ def filter_list(conv_init_embed_dim: int, embed_dim: int, num_downsamples: int) 
 
 
 @dataclass
-class NTv3Config:
+class NTv3Config(JsonConfig):
     alphabet_size: int = 11
     pad_token_id: int = 1
     mask_token_id: int = 2
@@ -251,12 +249,6 @@ class NTv3Config:
         d.update(self.compute_dtypes)
         d.update(self.extra)
         return d
-
-    def to_json(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-
-    def fingerprint(self) -> str:
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
 
     def _validate_ntk_head(self) -> None:
         head = self.extra.get("ntk_head")
