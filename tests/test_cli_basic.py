@@ -27,9 +27,10 @@ def test_models_list_and_info(golden_dir):
     assert row.split()[2] == fmt_count(n)
     p = run_ntk("models", "info", EMBEDDED_DIR / EMBEDDED_DEFAULT)
     assert f"{n:,} ({fmt_count(n)})" in p.stderr
+    assert "nucleotide head" in p.stderr and "32 channels" in p.stderr  # ntk's head, named
     p = run_ntk("models", "info", golden_dir / "segment_nt_tiny")
     assert p.returncode == 0, p.stderr
-    assert "214,020" in p.stderr and "splice_donor" in p.stderr
+    assert "214,020" in p.stderr and "splice_donor" in p.stderr and "nucleotide head" not in p.stderr
 
 
 def test_preset_parameter_counts():

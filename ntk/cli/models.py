@@ -176,6 +176,10 @@ def info(model: Annotated[str, typer.Argument(metavar="MODEL", help="Checkpoint 
             ("positions", cfg.position_embedding_type), ("vocab", f"{cfg.vocab_size} (tokenizer {cfg.tokenizer_version})"),
             ("max tokens", cfg.max_tokens), ("LM head", "yes" if m.lm_head is not None else "no"),
             ("segmentation features", ", ".join(cfg.features or []) or "-")]
+    if getattr(m, "nuc_head", None) is not None:
+        nh = cfg.extra["ntk_nucleotide_head"]
+        rows.append(("nucleotide head", f"{nh['channels']} channels, kernel {nh['kernel']}, dilations "
+                                        f"{', '.join(map(str, nh['dilations']))} (ntk's; --nucleotide-head)"))
     for k, v in rows:
         t.add_row(k, str(v))
     console.print(t)
