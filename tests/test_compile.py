@@ -73,6 +73,38 @@ def test_forward_has_no_graph_break(golden_dir, name):
         assert all(n.kwargs.get("attn_mask") is not None for n in _sdpa_nodes(e))
 
 
+@pytest.mark.parametrize("fp8", [False, True])
+def test_embedded_model_with_nucleotide_head_and_fp8_traces_whole(fp8):
+    """The embedded default model (SegmentNT + ntk's nucleotide head), as is and with its trunk linears in float8
+    (``--precision fp8`` together with ``--compile``): one graph, no break, and the traced function (dynamo,
+    ``backend="eager"``) gives the eager values."""
+    from ntk.model.fp8 import to_fp8
+
+    m = ntk.load_model(None).eval()
+    assert m.nuc_head is not None
+    if fp8:
+        m = m.to(torch.bfloat16)
+        to_fp8(m)
+    ids = _ids(m, 2, 65)
+
+    def f(ids):
+        return m(ids, heads="segment", unpadded=True).segment_probabilities
+
+    with torch.inference_mode():
+        e = torch._dynamo.explain(f)(ids)
+        assert (e.graph_count, e.graph_break_count) == (1, 0), e.break_reasons
+        want = f(ids)
+        got = torch.compile(f, backend="eager", fullgraph=True, dynamic=False)(ids)
+        logits = m(ids, heads="segment", unpadded=True).segment_logits
+    if not fp8:
+        assert_f32_close(got, want, REORDER_ULPS, scale=1.0, what="compiled vs eager")
+    else:
+        # bf16 logits: a reordered forward may land each of the two logits one bf16 ulp (2**-7 relative) away;
+        # p = sigmoid(l1 - l0) moves by at most 1/4 of that
+        ulp = 2.0 ** (float(torch.floor(torch.log2(logits.float().abs().max()))) - 7)
+        assert (got - want).abs().max() <= 0.25 * 2 * ulp
+
+
 def test_unpadded_path_passes_no_mask_and_equals_the_masked_path(golden_dir, monkeypatch):
     """Eager: ``unpadded=True`` calls SDPA with ``attn_mask=None`` and gives exactly what the default (a mask
     derived from the ids, found all-True and dropped) gives."""
