@@ -54,6 +54,20 @@ def test_fresh_head_changes_nothing_and_reads_the_bases(golden_seg):
     assert NUCLEOTIDE_HEAD_KEY not in c.config.extra and c.nuc_head is None
 
 
+def test_a_new_feature_set_keeps_the_head_of_the_features_the_base_predicts():
+    """Fine-tuning the embedded model (which has a nucleotide head) on other features: the head's body and the
+    output rows of the features it already predicts carry over, so those features start where the base is."""
+    base = ntk.load_model(None, device="cpu", dtype=torch.float32)
+    assert base.nuc_head is not None
+    m = build_task_model(base, "segment", features=["exon", "lncRNA", "splice_donor"]).eval()
+    assert m.config.extra[NUCLEOTIDE_HEAD_KEY] == base.config.extra[NUCLEOTIDE_HEAD_KEY]
+    batch = m.tokenizer.encode([random_dna(480, np.random.default_rng(5))])
+    with torch.no_grad():
+        want, got = base(batch).segment_probabilities, m(batch).segment_probabilities
+    for j, f in ((0, "exon"), (2, "splice_donor")):
+        assert_f32_close(got[..., j], want[..., base.features.index(f)], scale=1, what=f)
+
+
 def test_head_learns_a_nucleotide_exact_target_across_token_boundaries(golden_seg):
     """Target: 'the G of an AG dinucleotide' (an acceptor-like signal), often split over two tokens. 150 Adam steps
     on the head alone bring held-out MCC above 0.95; SegmentNT's own head (one linear per token) is not trained."""

@@ -243,10 +243,8 @@ def build_task_model(base: NucleotideTransformer, head: str, *, label_names: lis
         for k, v in dst.items():
             if k.startswith(("esm.", "lm_head.")):
                 v.copy_(src[k])
-        same_nuc = base.features == list(features or []) and cfg.extra.get(NUCLEOTIDE_HEAD_KEY) is not None
-        for k in dst:
-            if same_nuc and k.startswith("nuc_head.") and k in src and src[k].shape == dst[k].shape:
-                dst[k].copy_(src[k])
+        if model.nuc_head is not None and base.config.extra.get(NUCLEOTIDE_HEAD_KEY) == cfg.extra[NUCLEOTIDE_HEAD_KEY]:
+            _copy_nucleotide_head(src, dst, base.features, list(features))
         if head == "sequence" and base.classifier is not None and base.config.id2label == cfg.id2label:
             for k in dst:
                 if k.startswith("classifier.") and k in src and src[k].shape == dst[k].shape:
@@ -267,6 +265,21 @@ def build_task_model(base: NucleotideTransformer, head: str, *, label_names: lis
                     b_new[:, j] = b_old[:, old_f.index(f)]
     model.load_state_dict(dst)
     return model
+
+
+def _copy_nucleotide_head(src: dict, dst: dict, old_f: list[str], new_f: list[str]) -> None:
+    """ntk's nucleotide head of the base into the new model (same shape): its body as is, and the output rows
+    ([F * 2] laid out (feature, class)) of the features the base already predicts."""
+    for k in dst:
+        if k.startswith("nuc_head.") and not k.startswith("nuc_head.out.") and k in src:
+            dst[k].copy_(src[k])
+    for name in ("weight", "bias"):
+        k = f"nuc_head.out.{name}"
+        w_old = src[k].view(len(old_f), 2, *src[k].shape[1:])
+        w_new = dst[k].view(len(new_f), 2, *dst[k].shape[1:])
+        for j, f in enumerate(new_f):
+            if f in old_f:
+                w_new[j] = w_old[old_f.index(f)]
 
 
 def head_parameters(model: NucleotideTransformer) -> list[tuple[str, torch.nn.Parameter]]:
