@@ -10,7 +10,9 @@ import torch
 from conftest import assert_f32_close, run_ntk
 
 import ntk
+from ntk.model.config import NTConfig
 from ntk.model.heads import NUCLEOTIDE_HEAD_KEY
+from ntk.model.nt import NucleotideTransformer
 from ntk.model.tokenizer import sequence_codes
 from ntk.pipelines.finetune import build_task_model
 
@@ -66,6 +68,15 @@ def test_a_new_feature_set_keeps_the_head_of_the_features_the_base_predicts():
         want, got = base(batch).segment_probabilities, m(batch).segment_probabilities
     for j, f in ((0, "exon"), (2, "splice_donor")):
         assert_f32_close(got[..., j], want[..., base.features.index(f)], scale=1, what=f)
+    # a config that names a head its model does not have (a masked-LM model trained from this one): a fresh head
+    d = base.config.to_dict()
+    d["architectures"] = ["EsmForMaskedLM"]
+    for k in ("features", "num_layers_head"):
+        d.pop(k)
+    lm = NucleotideTransformer(NTConfig.from_dict(d))
+    assert lm.nuc_head is None and NUCLEOTIDE_HEAD_KEY in lm.config.extra
+    m2 = build_task_model(lm, "segment", features=["exon"])
+    assert m2.nuc_head is not None and not m2.nuc_head.out.weight.any()
 
 
 def test_head_learns_a_nucleotide_exact_target_across_token_boundaries(golden_seg):

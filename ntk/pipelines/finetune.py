@@ -207,9 +207,9 @@ def build_task_model(base: NucleotideTransformer, head: str, *, label_names: lis
 
     Head weights of the base are reused when they fit: a classifier with the same labels, a SegmentNT U-Net of
     the same depth, the ``fc`` rows of features the base already predicts, and ntk's nucleotide head when the
-    base has one of the same shape for the same features. ``nucleotide_head`` (segment): channels of ntk's
-    nucleotide head (model/heads.py); 0 = none, None = the base's (if any).
-    """
+    base has one of the same shape (its body, and its output rows of the features the base predicts).
+    ``nucleotide_head`` (segment): channels of ntk's nucleotide head (model/heads.py); 0 = none, None = the
+    base's (if any)."""
     cfg = _copy_config(base.config)
     for k in (ADAPTER_KEY, "regression_mean", "regression_std"):
         cfg.extra.pop(k, None)
@@ -243,7 +243,8 @@ def build_task_model(base: NucleotideTransformer, head: str, *, label_names: lis
         for k, v in dst.items():
             if k.startswith(("esm.", "lm_head.")):
                 v.copy_(src[k])
-        if model.nuc_head is not None and base.config.extra.get(NUCLEOTIDE_HEAD_KEY) == cfg.extra[NUCLEOTIDE_HEAD_KEY]:
+        if (model.nuc_head is not None and getattr(base, "nuc_head", None) is not None
+                and base.config.extra[NUCLEOTIDE_HEAD_KEY] == cfg.extra[NUCLEOTIDE_HEAD_KEY]):
             _copy_nucleotide_head(src, dst, base.features, list(features))
         if head == "sequence" and base.classifier is not None and base.config.id2label == cfg.id2label:
             for k in dst:
