@@ -177,7 +177,9 @@ def info(model: Annotated[str, typer.Argument(metavar="MODEL", help="Checkpoint 
             ("max tokens", cfg.max_tokens), ("LM head", "yes" if m.lm_head is not None else "no"),
             ("segmentation features", ", ".join(cfg.features or []) or "-")]
     if getattr(m, "nuc_head", None) is not None:
-        nh = cfg.extra["ntk_nucleotide_head"]
+        from ..model.heads import NUCLEOTIDE_HEAD_KEY
+
+        nh = cfg.extra[NUCLEOTIDE_HEAD_KEY]
         rows.append(("nucleotide head", f"{nh['channels']} channels, kernel {nh['kernel']}, dilations "
                                         f"{', '.join(map(str, nh['dilations']))} (ntk's; --nucleotide-head)"))
     for k, v in rows:

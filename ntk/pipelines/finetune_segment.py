@@ -169,6 +169,8 @@ def finetune_segment(inp: SegmentTaskInput, run_dir: str | Path, opts: FinetuneO
     run_dir = Path(run_dir)
     check_single_process()
     set_threads(opts.threads)
+    if inp.nucleotide_head is not None and inp.nucleotide_head < 0:  # before the reference and the model load
+        raise NtkError(f"--nucleotide-head {inp.nucleotide_head}: channels must be >= 0 (0 = none)")
     fa = IndexedFasta(inp.reference)
     ann = read_annotation(inp.annotation, list(inp.features), fa.lengths, inp.chr_map, inp.annotation_format)
     train_contigs = _train_contigs(inp, fa, ann)
@@ -182,8 +184,6 @@ def finetune_segment(inp: SegmentTaskInput, run_dir: str | Path, opts: FinetuneO
     else:
         if opts.species:
             raise NtkError("--species: only NTv3 post-trained models are conditioned on a species")
-        if inp.nucleotide_head is not None and inp.nucleotide_head < 0:
-            raise NtkError(f"--nucleotide-head {inp.nucleotide_head}: channels must be >= 0 (0 = none)")
         setup = _nt_setup(base, inp, ann.features)
     model, window, crop, unit, blend = setup
     train_w = genome_windows(fa, train_contigs, window, 0, unit)
